@@ -1,0 +1,83 @@
+"""Side-by-side comparison of a sweep's runs from its MLflow child runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from rich.table import Table
+
+from hpcvit.manifest import SweepDir
+
+_COLUMNS = ("task", "run", "model", "status", "params_M", "epochs", "best", "final", "rej@0.3", "rej@0.5",
+            "img_s", "wall_min")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, Any]]:
+    """One row per task with its best/final metric, sorted best first."""
+    from mlflow.tracking import MlflowClient
+
+    from hpcvit.tracking import child_runs
+
+    m = sweep.manifest
+    specs = sweep.run_specs()
+    metric = metric or ("val_roc_auc" if specs[0].data.task == "binary" else "val_mae")
+    maximise = not metric.endswith(("mae", "mre", "loss"))
+    client = MlflowClient(m["tracking_uri"])
+    rows = []
+    for run in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"]):
+        history = client.get_metric_history(run.info.run_id, metric)
+        values = [h.value for h in sorted(history, key=lambda h: h.step)]
+        best = (max(values) if maximise else min(values)) if values else None
+        best_step = next((h.step for h in history if h.value == best), None)
+        index = int(run.data.tags.get("hpcvit.task_index", -1))
+        metrics = run.data.metrics
+        wall = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000 if run.info.start_time else None
+        rows.append({
+            "task": index, "run": run.info.run_name, "model": run.data.tags.get("hpcvit.model", ""),
+            "status": run.info.status, "params_M": float(run.data.params.get("model.n_params", "nan")) / 1e6,
+            "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None,
+            "rej@0.3": metrics.get("val_rejection_at_eff_0.3"), "rej@0.5": metrics.get("val_rejection_at_eff_0.5"),
+            "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
+            "run_id": run.info.run_id,
+        })
+    rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0) if maximise else (r["best"] or 0)))
+    return rows
+
+
+def compare_table(sweep: SweepDir, metric: str | None = None) -> Table:
+    rows = compare_rows(sweep, metric)
+    name = rows[0]["metric"] if rows else (metric or "metric")
+    table = Table(title=f"{sweep.sweep_id}: runs by {name}")
+    for col in _COLUMNS:
+        table.add_column(f"{col} ({name})" if col in ("best", "final") else col,
+                         justify="left" if col in ("run", "model", "status") else "right")
+    for r in rows:
+        table.add_row(*(_fmt(r[c], 2 if c in ("params_M", "img_s", "wall_min", "rej@0.3", "rej@0.5") else 4)
+                        for c in _COLUMNS))
+    return table
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=1, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Evaluation metrics: ROC-AUC and background rejection for taggers, MAE/MRE for regression."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """(metric name, ``max`` or ``min``) that picks the best epoch."""
+    return ("val_roc_auc", "max") if task == "binary" else ("val_mae", "min")
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or np.isnan(best):
+        return not np.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def rejection_at(y: np.ndarray, score: np.ndarray, signal_eff: float) -> float:
+    """Background rejection 1/eps_B at signal efficiency ``signal_eff``.
+
+    When no background event passes, eps_B is bounded by one event: the rejection is reported as the
+    number of background events (a lower bound), never as infinity.
+    """
+    fpr, tpr, _ = roc_curve(y, score)
+    n_bkg = int(np.sum(y < 0.5))
+    eps_b = max(float(np.interp(signal_eff, tpr, fpr)), 1.0 / max(n_bkg, 1))
+    return 1.0 / eps_b
+
+
+def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
+    """Metrics from raw model outputs (logits for ``binary``) and targets."""
+    out, y = np.asarray(out, np.float64), np.asarray(y, np.float64)
+    if task == "binary":
+        p = _sigmoid(out)
+        eps = 1e-12
+        loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+        metrics = {"loss": loss, "accuracy": float(np.mean((p > 0.5) == (y > 0.5)))}
+        if 0 < y.sum() < len(y):
+            metrics["roc_auc"] = float(roc_auc_score(y, out))
+            metrics["rejection_at_eff_0.3"] = rejection_at(y, out, 0.3)
+            metrics["rejection_at_eff_0.5"] = rejection_at(y, out, 0.5)
+        else:
+            metrics["roc_auc"] = float("nan")
+        return metrics
+    err = out - y
+    nonzero = np.abs(y) > 0
+    return {"loss": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err))),
+            "mre": float(np.mean(np.abs(err[nonzero]) / np.abs(y[nonzero]))) if nonzero.any() else float("nan")}

@@ -1,0 +1,79 @@
+"""One registry of model builders, importable without torch.
+
+Entries name their builder as ``"module:function"`` and are imported on first use, so validating a
+5,000-run sweep does not pay for importing torch and timm. Every builder has the signature
+``build(in_chans: int, img_size: int, num_outputs: int = 1, **kwargs) -> torch.nn.Module``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+_FIXED_ARGS = ("in_chans", "img_size", "num_outputs")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    target: str
+    """``module:function`` of the builder."""
+    family: str
+    """``vit`` (plain transformer), ``windowed``, ``hybrid`` (conv + attention) or ``cnn``."""
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, target: str, family: str, description: str) -> None:
+    """Add a model under ``name``; names are unique."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(name, target, family, description)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def model_entry(name: str) -> ModelEntry:
+    check_model_name(name)
+    return _REGISTRY[name]
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ValueError`` naming the closest registered names when ``name`` is unknown."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (`hpcvit models` lists all {len(_REGISTRY)})")
+
+
+def get_builder(name: str) -> Callable[..., Any]:
+    module, _, attr = model_entry(name).target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when ``kwargs`` holds a name the builder does not take."""
+    if not kwargs:
+        return
+    params = inspect.signature(get_builder(name)).parameters
+    accepted = [p for p in params if p not in _FIXED_ARGS and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    for key in kwargs:
+        if key in _FIXED_ARGS:
+            raise ValueError(f"model.kwargs.{key} is set by hpcvit from the data; remove it")
+        if key not in accepted:
+            raise ValueError(f"model {name!r} takes no argument {key!r}; it takes: {', '.join(accepted) or 'none'}")
+
+
+def build_model(name: str, in_chans: int, img_size: int, num_outputs: int = 1, **kwargs: Any) -> Any:
+    """Build the registered model for images of ``in_chans`` x ``img_size`` x ``img_size``."""
+    check_model_kwargs(name, kwargs)
+    return get_builder(name)(in_chans=in_chans, img_size=img_size, num_outputs=num_outputs, **kwargs)

@@ -1,0 +1,302 @@
+"""The job spec: one pydantic model per concern, a docstring under every field.
+
+A spec file holds a :class:`JobSpec` plus an optional ``sweep:`` block (:class:`SweepSpec`) that
+:mod:`hpcvit.sweep` expands into runs, each of which is validated as a :class:`JobSpec` of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# sbatch options a spec may pass through ``resources.sbatch_extra``; everything else hpcvit sets itself
+# (array, signal, requeue, time, resources) or is unsafe to let a sweep vary (output paths, dependencies).
+SBATCH_EXTRA_ALLOWED = frozenset({
+    "constraint", "gres", "gpus_per_node", "gpus_per_task", "cpus_per_gpu", "mem_per_gpu", "exclusive",
+    "reservation", "mail_type", "mail_user", "comment", "nodelist", "exclude", "licenses", "hint",
+    "distribution", "switches", "wckey", "begin", "deadline", "nice", "tmp",
+})
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:=@/+%\-\[\] ]*$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True)
+
+
+class PreprocessSpec(_Section):
+    """Per-channel preprocessing of the GSoC ViT study, each step switchable."""
+
+    zero_suppress: float | None = 1e-3
+    """Set pixels with |value| below this threshold to 0; null turns it off."""
+    zscore: bool = True
+    """Channel-wise z-score with mean/std computed on the training split only."""
+    clip_sigma: float | None = 500.0
+    """After z-scoring, clip each channel at +-this many standard deviations; null turns it off."""
+    minmax: bool = True
+    """Sample-wise min-max scaling of each image to [0, 1]."""
+    stats_samples: int = Field(4096, gt=0)
+    """Training samples read (in batches of this size) to compute the channel statistics."""
+
+
+class SyntheticSpec(_Section):
+    """A deterministic toy data set in the HDF5 electron/photon layout (X: N x H x W x C float32, y)."""
+
+    n_samples: int = Field(2048, gt=1)
+    """Number of images written, half of each class."""
+    image_size: int = Field(32, ge=8, le=256)
+    """Height and width in pixels."""
+    channels: int = Field(2, ge=1, le=16)
+    """Channels per image (2 = hit energy and time, as in the electron/photon files)."""
+    seed: int = 0
+    """Seed of the generator; the same seed writes the same file."""
+
+
+class DataSpec(_Section):
+    """Where the images come from and how they are read."""
+
+    format: Literal["hdf5", "parquet", "synthetic"] = "synthetic"
+    """File format: ``hdf5`` (electron/photon layout), ``parquet`` (jet images), or ``synthetic`` (written at submit)."""
+    paths: list[str] = []
+    """Input files; several files form one data set (e.g. one file per class, as published)."""
+    task: Literal["binary", "regression"] = "binary"
+    """Binary classification (one logit, ROC-AUC) or regression (MAE/MRE)."""
+    input_key: str = "X"
+    """Data set / column holding the images (``X`` in HDF5, ``X_jets`` in Parquet)."""
+    target_key: str = "y"
+    """Data set / column holding the label or regression target."""
+    channels: list[int] | None = None
+    """Indices of the channels to keep; null keeps all."""
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    """Fraction of the samples held out for validation (split deterministic in ``split_seed``)."""
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    """Fraction held out for a final test evaluation; 0 disables it."""
+    split_seed: int = 0
+    """Seed of the train/validation/test split."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes per rank."""
+    preprocessing: PreprocessSpec = PreprocessSpec()
+    """Preprocessing steps (GSoC study defaults)."""
+    synthetic: SyntheticSpec = SyntheticSpec()
+    """Parameters of the synthetic data set when ``format: synthetic``."""
+    cuts: dict[str, list[float | None]] = {}
+    """Event selection: scalar column -> ``[min, max]`` (null leaves that side open); a sample is kept if
+    ``min <= value < max``; ``abs(col)`` cuts on ``|value|``, e.g. ``{pt: [20, 100], "abs(ieta)": [null, 1.4]}``."""
+    positive_value: float | None = None
+    """Binary task: the target value that is the positive class (label 1, every other value 0); null takes
+    targets that are already 0/1 as they are (e.g. ``y = jetIsQuark`` in the quark/gluon files)."""
+    max_samples: int | None = Field(None, gt=0)
+    """Use only the first this many samples that pass the cuts (in file order); null uses them all."""
+    layout: Literal["auto", "NHWC", "NCHW"] = "auto"
+    """Axis order of HDF5 images: ``NHWC`` (electron/photon files), ``NCHW``, or ``auto`` (channels last when
+    the last axis is shorter than the image height). Parquet images are always channels first."""
+    hdf5_chunk_cache_mb: float = Field(64.0, gt=0)
+    """HDF5 chunk cache per open file and reader process in MiB (raised to hold at least 4 chunks), so that
+    per-sample reads of a compressed file do not decompress a whole chunk each time."""
+    cache_dir: str | None = None
+    """Directory of the float32 memory-mapped cache (``hpcvit data convert``). When set, training reads the
+    cache, building it once if missing (under a lock, atomically); it is keyed by the source files' identity,
+    the columns, channels and cuts (and, for the preprocessed copy, the preprocessing and the channel
+    statistics), and rebuilt when any of them changes. Null reads the source files directly."""
+    cache_preprocessed: bool = True
+    """With ``cache_dir``: also store the preprocessed images (a second float32 copy), so that data loading
+    only copies memory; false preprocesses every batch in the loader workers instead (half the disk)."""
+
+    @field_validator("cuts")
+    @classmethod
+    def _valid_cuts(cls, cuts: dict[str, list[float | None]]) -> dict[str, list[float | None]]:
+        for key, bounds in cuts.items():
+            if not re.fullmatch(r"(abs\(\s*[^()\s]+\s*\)|[^()\s]+)", key):
+                raise ValueError(f"cut {key!r}: name a column, or abs(column)")
+            if len(bounds) != 2 or all(b is None for b in bounds):
+                raise ValueError(f"cut {key!r}: give [min, max] with at least one bound (null leaves a side open)")
+            if None not in bounds and not bounds[0] < bounds[1]:
+                raise ValueError(f"cut {key!r}: min {bounds[0]} must be below max {bounds[1]}")
+        return cuts
+
+    @model_validator(mode="after")
+    def _paths_match_format(self) -> DataSpec:
+        if self.format != "synthetic" and not self.paths:
+            raise ValueError(f"format {self.format!r} needs at least one entry in data.paths")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave training samples (< 1)")
+        if self.channels is not None and (not self.channels or len(set(self.channels)) != len(self.channels)
+                                          or min(self.channels) < 0):
+            raise ValueError("data.channels: give distinct, non-negative channel indices (or null for all)")
+        return self
+
+
+class ModelSpec(_Section):
+    """Which registered model to build (``hpcvit models`` lists them) and its keyword arguments."""
+
+    name: str
+    """Registered model name, e.g. ``vit_seed``, ``coatnet_0``, ``swin_tiny``."""
+    kwargs: dict[str, Any] = {}
+    """Keyword arguments of the model builder, checked against its signature."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from hpcvit.models import check_model_name
+
+        check_model_name(name)
+        return name
+
+
+class OptimSpec(_Section):
+    """Optimisation: optimiser, schedule, epochs, precision, seed."""
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimiser."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.05, ge=0)
+    """Decoupled (AdamW) or L2 (Adam/SGD) weight decay."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    warmup_epochs: float = Field(0.0, ge=0)
+    """Linear warm-up length in epochs (fractions allowed)."""
+    step_epochs: int = Field(10, gt=0)
+    """``step`` schedule: multiply the lr by ``gamma`` every this many epochs."""
+    gamma: float = Field(0.1, gt=0, le=1)
+    """``step`` schedule decay factor."""
+    epochs: int = Field(10, gt=0)
+    """Training epochs."""
+    batch_size: int = Field(64, gt=0)
+    """Batch size per rank (the global batch is this times the number of ranks)."""
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    """Cap on optimiser steps per epoch (for smoke tests); null runs whole epochs."""
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """Mixed precision: ``auto`` is bf16 on GPUs that support it, fp16 with a grad scaler on older ones, off on CPU."""
+    grad_clip: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value; null turns it off."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Label smoothing of the binary targets."""
+    seed: int = 0
+    """Seed of model initialisation, sampling order and dropout."""
+
+
+class CheckpointSpec(_Section):
+    """Periodic, atomic checkpoints; a task that finds one resumes from it."""
+
+    every_steps: int | None = Field(None, gt=0)
+    """Save every this many optimiser steps (null: only at epoch ends and on signals)."""
+    every_minutes: float | None = Field(10.0, gt=0)
+    """Save when this many minutes have passed since the last save (null: off)."""
+    keep: int = Field(2, ge=1)
+    """Number of recent checkpoints kept (the best one is kept besides)."""
+    keep_best: bool = True
+    """Keep a copy of the checkpoint with the best validation metric."""
+
+
+class ResourcesSpec(_Section):
+    """Per-task resources and scheduler settings."""
+
+    nodes: int = Field(1, ge=1)
+    """Nodes per task; with more than one, torchrun rendezvous on the allocation's first node."""
+    gpus_per_node: int = Field(0, ge=0)
+    """GPUs per node (0 trains on the CPU with the gloo backend)."""
+    nproc_per_node: int | None = Field(None, ge=1)
+    """torchrun processes per node; default: one per GPU, or 1 on the CPU."""
+    cpus_per_task: int = Field(2, ge=1)
+    """CPU cores per node for the task (shared by its ranks and data workers)."""
+    mem_gb: float | None = Field(None, gt=0)
+    """Memory per node in GiB (null: the cluster's default)."""
+    time_min: int = Field(60, ge=1)
+    """Wall-clock limit per run of the task, in minutes; the task is requeued and resumes when it hits it."""
+    partition: str | None = None
+    """Slurm partition."""
+    account: str | None = None
+    """Slurm account to charge."""
+    qos: str | None = None
+    """Slurm quality of service."""
+    array_parallelism: int = Field(16, ge=1)
+    """Most tasks of the sweep running at once (``--array=0-N%K``; enforced on the local executor too)."""
+    signal_delay_s: int = Field(120, ge=10)
+    """Seconds before the time limit at which Slurm warns the task (USR2) so it checkpoints and requeues."""
+    max_requeues: int = Field(3, ge=0)
+    """Times a task may be requeued after hitting its time limit before it counts as failed."""
+    sbatch_extra: dict[str, str | int | bool] = {}
+    """Further sbatch options from a vetted allow-list (e.g. ``constraint``, ``gres``, ``reservation``)."""
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+            raise ValueError(f"{value!r} is not a valid Slurm name (letters, digits, _ . -)")
+        return value
+
+    @field_validator("sbatch_extra")
+    @classmethod
+    def _vetted(cls, extra: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        for key, value in extra.items():
+            if key not in SBATCH_EXTRA_ALLOWED:
+                raise ValueError(f"sbatch option {key!r} is not allowed; allowed: {', '.join(sorted(SBATCH_EXTRA_ALLOWED))}")
+            if isinstance(value, str) and not _SAFE_VALUE.fullmatch(value):
+                raise ValueError(f"sbatch option {key!r} has unsafe characters in {value!r}")
+        return extra
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or max(self.gpus_per_node, 1)
+
+
+class TrackingSpec(_Section):
+    """Where runs are logged."""
+
+    uri: str | None = None
+    """MLflow tracking URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<output_dir>/mlflow.db``."""
+    experiment: str | None = None
+    """MLflow experiment name; default: the spec's ``name``."""
+
+
+class JobSpec(_Section):
+    """One training run: what a single array task does."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    """Experiment name (letters, digits, ``_ . -``); names the sweep and the MLflow experiment."""
+    description: str = ""
+    """Free text recorded with the sweep."""
+    executor: Literal["local", "slurm"] = "local"
+    """Where tasks run: this machine (submitit's local executor) or a Slurm cluster."""
+    output_dir: str = "runs"
+    """Directory holding one sub-directory per sweep (specs, logs, checkpoints, manifest)."""
+    data: DataSpec = DataSpec()
+    """Data set."""
+    model: ModelSpec
+    """Model."""
+    optim: OptimSpec = OptimSpec()
+    """Optimisation."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    """Checkpointing."""
+    resources: ResourcesSpec = ResourcesSpec()
+    """Resources."""
+    tracking: TrackingSpec = TrackingSpec()
+    """Tracking."""
+
+
+class SweepSpec(_Section):
+    """Expansion of one spec into runs: the cartesian product of ``grid`` times the paired lists of ``zip``."""
+
+    grid: dict[str, list[Any]] = {}
+    """Dotted field -> values; every combination becomes a run (``optim.lr: [1e-3, 3e-4]``)."""
+    zip: dict[str, list[Any]] = {}
+    """Dotted field -> values; lists of equal length, the i-th values go together."""
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> SweepSpec:
+        for block in ("grid", "zip"):
+            for key, values in getattr(self, block).items():
+                if not values:
+                    raise ValueError(f"{block}.{key}: needs at least one value")
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"zip lists must have equal lengths, got {sorted(lengths)}")
+        both = set(self.grid) & set(self.zip)
+        if both:
+            raise ValueError(f"field(s) {sorted(both)} appear in both grid and zip")
+        return self

@@ -1,0 +1,146 @@
+"""Expand a spec file's ``sweep:`` block into validated runs."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from hpcvit.spec import JobSpec, SweepSpec
+from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
+
+
+@dataclass(frozen=True)
+class Run:
+    """One expanded run: its index in the sweep (stable for the sweep's life) and its resolved spec."""
+
+    index: int
+    spec: JobSpec
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Short human name: the model plus the swept values other than the model."""
+        parts = [self.spec.model.name]
+        parts += [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.overrides.items() if k != "model.name"]
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A spec file expanded: the raw sweep-level spec and its runs."""
+
+    file: str
+    raw: dict[str, Any]
+    runs: list[Run]
+
+    @property
+    def base(self) -> JobSpec:
+        return self.runs[0].spec
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = target
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise KeyError(dotted)
+        node = child
+    node[keys[-1]] = value
+
+
+def _check_dotted(dotted: str) -> str | None:
+    """Return an error message if ``dotted`` does not name a field of :class:`JobSpec`."""
+    model: Any = JobSpec
+    keys = dotted.split(".")
+    for i, key in enumerate(keys):
+        fields = model.model_fields
+        if key not in fields:
+            prefix = ".".join(keys[:i]) or "the spec"
+            return f"unknown field {key!r} of {prefix}; valid: {', '.join(fields)}"
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif i < len(keys) - 1 and not str(annotation).startswith("dict"):
+            return f"{'.'.join(keys[: i + 1])} has no sub-fields"
+        else:
+            return None  # a leaf, or a free-form mapping (model.kwargs.*, resources.sbatch_extra.*)
+    return "names a whole section; sweep one of its fields"
+
+
+def _combinations(sweep: SweepSpec) -> list[dict[str, Any]]:
+    grid_keys = list(sweep.grid)
+    zip_len = len(next(iter(sweep.zip.values()))) if sweep.zip else 1
+    combos = []
+    for values in itertools.product(*(sweep.grid[k] for k in grid_keys)):
+        for j in range(zip_len):
+            combo = dict(zip(grid_keys, values))
+            combo.update({k: v[j] for k, v in sweep.zip.items()})
+            combos.append(combo)
+    return combos
+
+
+def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str = "<spec>") -> Sweep:
+    """Expand a parsed spec mapping into runs; every run is validated, the first error raises :class:`SpecError`."""
+    lines = lines or {}
+    raw = dict(raw)
+    sweep_raw = raw.pop("sweep", None) or {}
+    try:
+        sweep = SweepSpec.model_validate(sweep_raw)
+    except ValidationError as exc:
+        raise _to_spec_error(exc, file, lines, prefix=("sweep",)) from None
+    for block in ("grid", "zip"):
+        for key in getattr(sweep, block):
+            problem = _check_dotted(key)
+            if problem:
+                raise SpecError(problem, file=file, line=nearest_line(lines, ("sweep", block, key)),
+                                field=f"sweep.{block}.{key}")
+
+    runs: list[Run] = []
+    for index, combo in enumerate(_combinations(sweep)):
+        run_raw = copy.deepcopy(raw)
+        for key, value in combo.items():
+            try:
+                _set_dotted(run_raw, key, value)
+            except KeyError:
+                raise SpecError("cannot set a sub-field of a non-mapping value", file=file,
+                                line=nearest_line(lines, ("sweep",)), field=key) from None
+        try:
+            spec = JobSpec.model_validate(run_raw)
+        except ValidationError as exc:
+            raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
+        runs.append(Run(index=index, spec=spec, overrides=combo))
+    return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Load, expand and validate a spec file."""
+    raw, lines = load_yaml(path)
+    return expand(raw, lines, file=str(path))
+
+
+def _to_spec_error(exc: ValidationError, file: str, lines: dict[Loc, int], *, prefix: Loc = (),
+                   combo: dict[str, Any] | None = None, sweep: SweepSpec | None = None,
+                   run: int | None = None) -> SpecError:
+    err = exc.errors(include_url=False)[0]
+    loc: Loc = prefix + tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    line = nearest_line(lines, loc)
+    message = err["msg"].removeprefix("Value error, ")
+    if combo and sweep:
+        # An error inside an expanded run points at the sweep value that produced it, when one did.
+        for key in combo:
+            if dotted == key or dotted.startswith(key + "."):
+                values = sweep.grid.get(key) or sweep.zip.get(key) or []
+                position = values.index(combo[key]) if combo[key] in values else 0
+                line = nearest_line(lines, ("sweep", "grid" if key in sweep.grid else "zip", key, position))
+                break
+        message = f"{message} (run {run}: {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else message
+    return SpecError(message, file=file, line=line, field=dotted or None)

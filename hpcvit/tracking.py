@@ -1,0 +1,148 @@
+"""MLflow tracking: one parent run per sweep, one child run per task that every requeue continues."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# Before mlflow is imported: no phoning home, no git lookups, no URL lines on stdout (a closed pipe
+# there would leave the run RUNNING).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+PARENT_TAG = "mlflow.parentRunId"
+TASK_KEY_TAG = "hpcvit.task_key"
+
+
+def resolve_uri(spec_uri: str | None, output_dir: Path) -> str:
+    """Spec's URI, else ``$MLFLOW_TRACKING_URI``, else an absolute SQLite file in the output directory."""
+    uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def setup_sweep(uri: str, experiment: str, sweep_id: str, artifact_root: Path, spec_file: Path,
+                n_tasks: int, description: str = "") -> tuple[str, str]:
+    """Create (or reuse) the experiment and the sweep's parent run; return (experiment_id, parent_run_id).
+
+    Done once by the submitter before any task starts, which also creates a fresh SQLite schema
+    single-handedly (concurrent first use of a new database races in its migrations).
+    """
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = (artifact_root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = exp.experiment_id
+    parent = client.create_run(experiment_id, run_name=sweep_id, tags={
+        "hpcvit.sweep_id": sweep_id, "hpcvit.role": "sweep", "hpcvit.n_tasks": str(n_tasks),
+        "mlflow.note.content": description,
+    })
+    client.log_artifact(parent.info.run_id, str(spec_file))
+    return experiment_id, parent.info.run_id
+
+
+class TaskTracker:
+    """The child run of one task, opened by rank 0 of every (re)start of the task."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, task_dir: Path, task_key: str,
+                 run_name: str, tags: dict[str, str]):
+        self.client = MlflowClient(uri)
+        self.task_dir = task_dir
+        id_file = task_dir / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else None
+        if run_id is None:
+            found = self.client.search_runs([experiment_id], f"tags.`{TASK_KEY_TAG}` = '{task_key}'", max_results=1)
+            run_id = found[0].info.run_id if found else None
+        self.resumed = run_id is not None
+        if run_id is None:
+            run = self.client.create_run(experiment_id, run_name=run_name,
+                                         tags={PARENT_TAG: parent_run_id, TASK_KEY_TAG: task_key, **tags})
+            run_id = run.info.run_id
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(run_id)
+            os.replace(tmp, id_file)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+        self.run_id = run_id
+        history = self.client.get_metric_history(run_id, "val_loss")
+        self.last_epoch_logged = max((m.step for m in history), default=-1)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params once: a resumed run already has them (and MLflow refuses changed values)."""
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Log one epoch's metrics at ``step=epoch`` unless that epoch was logged before a restart."""
+        if epoch <= self.last_epoch_logged:
+            return False
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()])
+        self.last_epoch_logged = epoch
+        return True
+
+    def log_final(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def terminate_run(uri: str, run_id: str, status: str = "KILLED", state: str | None = None) -> bool:
+    """Close a run left RUNNING by a process that died; True if it was changed."""
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        return False
+    if state:
+        client.set_tag(run_id, "hpcvit.state", state)
+    client.set_terminated(run_id, status)
+    return True
+
+
+def finish_parent(uri: str, parent_run_id: str, all_completed: bool) -> None:
+    status = "FINISHED" if all_completed else "FAILED"
+    client = MlflowClient(uri)
+    if client.get_run(parent_run_id).info.status != status:
+        client.set_terminated(parent_run_id, status)
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    client = MlflowClient(uri)
+    return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=5000)
+
+
+__all__ = ["RunStatus", "TaskTracker", "child_runs", "finish_parent", "flatten", "resolve_uri", "setup_sweep",
+           "terminate_run"]
