@@ -18,7 +18,9 @@ SBATCH_EXTRA_ALLOWED = frozenset({
     "reservation", "mail_type", "mail_user", "comment", "nodelist", "exclude", "licenses", "hint",
     "distribution", "switches", "wckey", "begin", "deadline", "nice", "tmp",
 })
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:=@/+%\-\[\] ]*$")
+# Values are shell-quoted into "#SBATCH --key=value" lines; control characters (a newline would start a
+# new script line) are the one thing quoting cannot make safe.
+_SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 

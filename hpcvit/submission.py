@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +51,32 @@ def make_executor(kind: str, folder: Path, spec: JobSpec) -> submitit.Executor:
     return ex
 
 
+@contextlib.contextmanager
+def _detached_stdio(log: Path) -> Iterator[None]:
+    """Point fds 0-2 away from the terminal/pipe while local jobs are forked, so that they outlive the
+    submitter without holding its output open (``hpcvit submit | tee`` would wait for the whole sweep)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    with open(os.devnull, "rb") as null, open(log, "ab") as out:
+        os.dup2(null.fileno(), 0)
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    try:
+        yield
+    finally:
+        for fd, copy in zip((0, 1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def submit(sweep: SweepDir, indices: list[int], kind: str, spec: JobSpec) -> dict[int, str]:
     """Submit the given task indices as one array; record and return task index -> job id."""
     executor = make_executor(kind, sweep.submitit_dir, spec)
-    jobs = executor.map_array(TaskLauncher(str(sweep.root)), indices)
+    detach = _detached_stdio(sweep.submitit_dir / "local-jobs.log") if kind == "local" else contextlib.nullcontext()
+    with detach:
+        jobs = executor.map_array(TaskLauncher(str(sweep.root)), indices)
     job_ids = {i: job.job_id for i, job in zip(indices, jobs)}
     sweep.record_submission(job_ids, kind)
     return job_ids

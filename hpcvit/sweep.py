@@ -14,6 +14,10 @@ from hpcvit.spec import JobSpec, SweepSpec
 from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
 
 
+# Top-level sections every run of a sweep shares.
+SWEEP_FIXED = ("name", "executor", "output_dir", "tracking", "resources")
+
+
 @dataclass(frozen=True)
 class Run:
     """One expanded run: its index in the sweep (stable for the sweep's life) and its resolved spec."""
@@ -99,6 +103,9 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
     for block in ("grid", "zip"):
         for key in getattr(sweep, block):
             problem = _check_dotted(key)
+            if key.split(".")[0] in SWEEP_FIXED:
+                problem = ("cannot vary within a sweep: its tasks share one array job (resources, executor), "
+                           "one sweep folder and one MLflow experiment")
             if problem:
                 raise SpecError(problem, file=file, line=nearest_line(lines, ("sweep", block, key)),
                                 field=f"sweep.{block}.{key}")

@@ -79,8 +79,10 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Loc, int]]:
         raise SpecError(exc.message, file=str(path), line=exc.line, field=exc.field) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise SpecError(f"YAML syntax: {exc.problem or exc.context}", file=str(path),
-                        line=mark.line + 1 if mark else None) from None
+        problem = exc.problem or exc.context
+        if exc.context and exc.context_mark and exc.problem_mark:
+            problem = f"{problem} ({exc.context} at line {exc.context_mark.line + 1})"
+        raise SpecError(f"YAML syntax: {problem}", file=str(path), line=mark.line + 1 if mark else None) from None
     finally:
         loader.dispose()
     return data, lines

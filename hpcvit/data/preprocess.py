@@ -25,25 +25,50 @@ class ChannelStats:
 
 
 def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:
-    """Mean/std per channel over an iterable of NCHW float batches, accumulated in float64."""
-    total = sq = None
-    count = 0
+    """Mean/std per channel over an iterable of NCHW batches (the training split), in float64.
+
+    Pixels are taken as training sees them before the z-score: NaN/inf set to 0, then zero-suppressed. Batches
+    are merged with Chan's parallel formula (per-batch mean and sum of squared deviations), so the result is
+    the population mean/std over all pixels whatever the batch size; batches are processed in float64 slices
+    of at most ~32 MiB. A channel with zero spread gets std 1.
+    """
+    n_tot = 0
+    mean = m2 = None
     for batch in batches:
-        b = np.asarray(batch, dtype=np.float64)
-        if spec.zero_suppress is not None:
-            b = np.where(np.abs(b) < spec.zero_suppress, 0.0, b)
-        s, s2 = b.sum(axis=(0, 2, 3)), (b * b).sum(axis=(0, 2, 3))
-        total, sq = (s, s2) if total is None else (total + s, sq + s2)
-        count += b.shape[0] * b.shape[2] * b.shape[3]
-    if total is None:
+        b = np.asarray(batch)
+        if b.ndim != 4:
+            raise ValueError(f"channel_stats expects NCHW batches, got shape {b.shape}")
+        step = max(1, (32 << 20) // max(1, b[0].size * 8))
+        for i in range(0, len(b), step):
+            part = np.nan_to_num(b[i:i + step].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            if spec.zero_suppress is not None:
+                part[np.abs(part) < spec.zero_suppress] = 0.0
+            n = part.shape[0] * part.shape[2] * part.shape[3]
+            if n == 0:
+                continue
+            m = part.mean(axis=(0, 2, 3))
+            part -= m[None, :, None, None]
+            np.square(part, out=part)
+            s2 = part.sum(axis=(0, 2, 3))
+            if mean is None:
+                n_tot, mean, m2 = n, m, s2
+            else:
+                delta = m - mean
+                total = n_tot + n
+                mean = mean + delta * (n / total)
+                m2 = m2 + s2 + delta * delta * (n_tot * n / total)
+                n_tot = total
+    if mean is None:
         raise ValueError("no training samples to compute channel statistics from")
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+    std = np.sqrt(np.maximum(m2 / n_tot, 0.0))
     return ChannelStats(mean, np.where(std > 0, std, 1.0))
 
 
 def apply(x: np.ndarray, spec: PreprocessSpec, stats: ChannelStats | None) -> np.ndarray:
-    """Preprocess an NCHW float32 batch in place and return it. NaN/inf pixels become 0."""
+    """Preprocess an NCHW float batch in place and return it, in the study's order: NaN/inf pixels to 0,
+    zero suppression (|x| < threshold -> 0), channel z-score with the training statistics, clipping at
+    +-``clip_sigma`` (in standard deviations, so only after the z-score), and per-sample, per-channel min-max
+    scaling to [0, 1] (a constant channel becomes 0). Without ``stats`` the z-score and clipping are skipped."""
     np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if spec.zero_suppress is not None:
         x[np.abs(x) < spec.zero_suppress] = 0.0

@@ -1,0 +1,318 @@
+"""The float32 memory-mapped cache that training reads (``hpcvit data convert``, or built on first use).
+
+Two levels under ``data.cache_dir``:
+
+* ``raw-<key>/``: the selected samples (cuts applied, channels selected) as ``x.npy`` (N, C, H, W) float32,
+  plus every scalar column of those samples (``columns.npz``, with the source row numbers) and ``meta.json``.
+  The key hashes the source files' identity (absolute path, size, mtime, and a hash of their first and last
+  64 KiB), the format, image column, channels, layout, cuts and ``max_samples``. Decoding Parquet happens here,
+  once. Channel statistics of a training split are stored beside it (``stats-<key>.json``).
+* ``pre-<key>/``: ``x.npy`` preprocessed with given statistics; the key adds the preprocessing settings and
+  the statistics. Made from the raw level at memory speed, so another preprocessing or split costs no decode.
+
+Each directory is built under an exclusive lock (``.locks/<name>.lock``, ``fcntl.flock``) into a temporary directory
+that is renamed into place, so concurrent tasks (array tasks, torchrun ranks) wait for one build and never see a
+partial cache. A cache whose sources changed gets a new key, so it is rebuilt; old ones are left for the user
+to delete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcvit.data.preprocess import ChannelStats, apply, channel_stats
+from hpcvit.data.readers import DataError, Store, open_store, parse_cut, read_columns, selection_mask
+from hpcvit.spec import DataSpec, PreprocessSpec
+
+log = logging.getLogger("hpcvit.data")
+
+CACHE_VERSION = 1
+_PROBE = 1 << 16
+
+
+def file_identity(path: Path) -> dict[str, Any]:
+    """What identifies a source file: path, size, mtime and a hash of its first and last 64 KiB."""
+    path = Path(path).resolve()
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_PROBE))
+        if st.st_size > _PROBE:
+            f.seek(max(st.st_size - _PROBE, _PROBE))
+            h.update(f.read(_PROBE))
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe": h.hexdigest()[:16]}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def raw_key(spec: DataSpec, paths: list[Path]) -> str:
+    return _digest({
+        "version": CACHE_VERSION, "sources": [file_identity(p) for p in paths], "format": spec.format,
+        "input_key": spec.input_key, "channels": spec.channels, "layout": spec.layout, "cuts": spec.cuts,
+        "max_samples": spec.max_samples,
+    })
+
+
+def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None) -> str:
+    return _digest({"version": CACHE_VERSION, "raw": raw_dir.name, "pre": pre.model_dump(exclude={"stats_samples"}),
+                    "stats": stats.to_dict() if stats is not None else None})
+
+
+# -- locking and atomic publication --------------------------------------------------------------------------
+def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """Return ``cache_dir/name``, building it with ``build(tmp_dir)`` under a lock if it does not exist."""
+    final = cache_dir / name
+    if (final / "meta.json").exists():
+        return final
+    (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
+    lock_path = cache_dir / ".locks" / f"{name}.lock"  # kept: removing a lock file races with its waiters
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building %s", final)
+            t0 = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            log.info("lock on %s acquired after %.0f s", final, time.monotonic() - t0)
+        try:
+            if (final / "meta.json").exists():
+                return final
+            for stale in cache_dir.glob(f".{name}.tmp-*"):  # left by a crashed build; we hold the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = cache_dir / f".{name}.tmp-{socket.gethostname()}-{os.getpid()}"
+            tmp.mkdir()
+            try:
+                build(tmp)
+                if final.exists():  # an incomplete directory (no meta.json) from an older crash
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _fsync_dir(cache_dir)
+            return final
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _progress(total: int, description: str, enabled: bool):
+    """A rich progress bar (enabled on the CLI) or a no-op; yields ``advance(n)``."""
+    if not enabled:
+        class _Null:
+            def __enter__(self):
+                return lambda n: None
+
+            def __exit__(self, *a):
+                return False
+        return _Null()
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    class _Bar:
+        def __enter__(self):
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TimeRemainingColumn())
+            self.p.start()
+            task = self.p.add_task(description, total=total)
+            return lambda n: self.p.advance(task, n)
+
+        def __exit__(self, *a):
+            self.p.stop()
+            return False
+    return _Bar()
+
+
+# -- the memory-mapped store ---------------------------------------------------------------------------------
+class MemmapStore(Store):
+    """Images of one ``x.npy`` (N, C, H, W) float32, memory-mapped read-only in each process."""
+
+    format = "memmap"
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.paths = [Path(path)]
+        try:
+            mm = np.load(self.paths[0], mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable cache array ({exc}); delete the cache directory") from None
+        if mm.ndim != 4 or mm.dtype != np.float32:
+            raise DataError(f"{path}: cache array is {mm.dtype} {mm.shape}, expected float32 (N, C, H, W)")
+        self.n, self.shape, self.file_rows = int(mm.shape[0]), tuple(int(s) for s in mm.shape[1:]), [int(mm.shape[0])]
+
+    def _open(self, k: int) -> np.ndarray:
+        return np.load(self.paths[0], mmap_mode="r")
+
+    def close(self) -> None:
+        self._handles = {}
+
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        mm = self._handle(0)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a run: one slice copy
+            x = mm[int(rows[0]):int(rows[-1]) + 1]
+        else:
+            x = mm[rows]  # fancy indexing copies
+        if out is None:
+            return np.array(x, dtype=np.float32, copy=True)
+        np.copyto(out, x)
+        return out
+
+    def _read_file(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
+        self.read(local, out)
+
+    def scalar_columns(self) -> list[str]:
+        return []
+
+    def column(self, name: str) -> np.ndarray:
+        raise DataError(f"{self.paths[0]}: the image cache has no scalar columns")
+
+
+@dataclass
+class RawCache:
+    """A built ``raw-<key>`` directory."""
+
+    dir: Path
+    meta: dict[str, Any]
+    columns: dict[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return int(self.meta["n"])
+
+    def store(self) -> MemmapStore:
+        return MemmapStore(self.dir / "x.npy")
+
+
+def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path) -> None:
+    t0 = time.monotonic()
+    store = open_store(spec, paths)
+    names = store.scalar_columns()
+    cols = read_columns(store, names)
+    for key in spec.cuts:
+        col = parse_cut(key)[0]
+        if col not in cols:
+            raise DataError(f"{paths[0]}: no scalar column {col!r} for the cut {key!r} (has: {', '.join(names)})")
+    rows = np.flatnonzero(selection_mask(cols, spec, store.n)).astype(np.int64)
+    if spec.max_samples is not None:
+        rows = rows[:spec.max_samples]
+    if len(rows) == 0:
+        raise DataError(f"{paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
+    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *store.shape))
+    pos = 0
+    block = max(1, min(256, (64 << 20) // (int(np.prod(store.shape)) * 4)))
+    with _progress(len(rows), f"decoding {len(rows)} samples", progress) as advance:
+        for got, xb in store.iter_read(rows, block=block):
+            x[pos:pos + len(got)] = xb
+            pos += len(got)
+            advance(len(got))
+    if pos != len(rows):
+        raise DataError(f"{paths[0]}: read {pos} of {len(rows)} selected samples")
+    x.flush()
+    del x
+    np.savez(tmp / "columns.npz", __source_row__=rows, **{k: v[rows] for k, v in cols.items()})
+    file_of = store.file_index(rows)
+    meta = {
+        "version": CACHE_VERSION, "n": int(len(rows)), "n_source": int(store.n), "shape": list(store.shape),
+        "format": store.format, "sources": [file_identity(p) for p in paths],
+        "rows_per_file": [int(np.sum(file_of == k)) for k in range(len(paths))],
+        "input_key": spec.input_key, "channels": spec.channels, "cuts": spec.cuts, "max_samples": spec.max_samples,
+        "columns": names, "build_seconds": round(time.monotonic() - t0, 2), "host": socket.gethostname(),
+    }
+    store.close()
+    _write_json(tmp / "meta.json", meta)
+    log.info("cached %d samples of %s in %.1f s", len(rows), paths[0], meta["build_seconds"])
+
+
+def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False) -> RawCache:
+    """The raw cache of ``spec``'s selection of ``paths``, built (once, under a lock) if missing."""
+    if spec.cache_dir is None:
+        raise ValueError("data.cache_dir is not set")
+    cache_dir = Path(spec.cache_dir).expanduser().resolve()
+    name = f"raw-{raw_key(spec, paths)}"
+    d = _locked_build(cache_dir, name, lambda tmp: _build_raw(spec, paths, progress, tmp))
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        with np.load(d / "columns.npz") as z:
+            columns = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{d}: damaged cache ({exc}); delete the directory to rebuild it") from None
+    return RawCache(d, meta, columns)
+
+
+def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray) -> ChannelStats:
+    """Channel statistics of the training rows ``train_pos`` of a raw cache (stored beside it)."""
+    key = _digest({"train": hashlib.sha256(np.ascontiguousarray(train_pos, dtype=np.int64).tobytes()).hexdigest(),
+                   "zero_suppress": pre.zero_suppress})
+    path = raw.dir / f"stats-{key}.json"
+    if path.exists():
+        try:
+            return ChannelStats.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError):
+            pass
+    stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples), pre)
+    _write_json(path, stats.to_dict())
+    return stats
+
+
+def _batches(store: Store, rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    limit = max(1, (256 << 20) // (int(np.prod(store.shape)) * 4))  # at most 256 MiB per batch in memory
+    size = max(1, min(size, limit))
+    for i in range(0, len(rows), size):
+        yield store.read(rows[i:i + size])
+
+
+def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats | None, progress: bool = False) -> Path:
+    """``x.npy`` of the raw cache preprocessed with ``stats``, built (once, under a lock) if missing."""
+    name = f"pre-{pre_key(raw.dir, pre, stats)}"
+
+    def build(tmp: Path) -> None:
+        t0 = time.monotonic()
+        src = raw.store()
+        x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(src.n, *src.shape))
+        block = max(1, (64 << 20) // (int(np.prod(src.shape)) * 4))
+        with _progress(src.n, "preprocessing", progress) as advance:
+            for i in range(0, src.n, block):
+                b = src.read(np.arange(i, min(i + block, src.n)))
+                x[i:i + len(b)] = apply(b, pre, stats)
+                advance(len(b))
+        x.flush()
+        del x
+        _write_json(tmp / "meta.json", {"version": CACHE_VERSION, "raw": raw.dir.name, "n": src.n,
+                                        "shape": list(src.shape), "preprocessing": pre.model_dump(),
+                                        "stats": stats.to_dict() if stats else None,
+                                        "build_seconds": round(time.monotonic() - t0, 2)})
+
+    return _locked_build(raw.dir.parent, name, build) / "x.npy"

@@ -1,0 +1,171 @@
+"""Electron/photon HDF5 files: ``X`` (N, 32, 32, 2) float32 (hit energy, time) and ``y`` (N,), one file per
+class; several files form one data set.
+
+Reads are chunk-aware and never load a whole file: rows are grouped by the dataset's chunk (or by ~1 MiB
+blocks of a contiguous dataset) and each group is one hyperslab read. Files are opened per process with a chunk
+cache that holds several chunks (h5py's default of 8 MiB equals one 1,024-sample chunk of 32x32x2 float32, so
+per-sample reads of a compressed file would otherwise decompress a whole chunk per sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpcvit.data.readers import DataError, Store, _channel_list
+
+_CONTIGUOUS_BLOCK_BYTES = 1 << 20
+
+
+def _open_h5(path: Path, **kwargs: Any) -> h5py.File:
+    try:
+        return h5py.File(path, "r", **kwargs)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+class HDF5Store(Store):
+    """One data set over several HDF5 files with the same image shape and layout."""
+
+    format = "hdf5"
+
+    def __init__(self, paths: list[Path], input_key: str = "X", channels: list[int] | None = None,
+                 layout: str = "auto", chunk_cache_mb: float = 64.0):
+        super().__init__()
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise DataError("no HDF5 files given")
+        self.input_key = input_key
+        self.file_rows, self._chunk_rows, self._chunk_bytes, self._info = [], [], [], []
+        file_shape = None
+        scalar_sets: list[set[str]] = []
+        for path in self.paths:
+            with _open_h5(path) as f:
+                if input_key not in f or not isinstance(f[input_key], h5py.Dataset):
+                    raise DataError(f"{path}: no data set {input_key!r} (has: {', '.join(f.keys()) or 'nothing'})")
+                d = f[input_key]
+                if d.ndim not in (3, 4) or d.dtype.kind not in "fiu":
+                    raise DataError(f"{path}: {input_key} has shape {d.shape} and type {d.dtype}; expected numeric "
+                                    "(N, H, W, C), (N, C, H, W) or (N, H, W)")
+                if d.ndim == 3:
+                    lay = "NHW"
+                elif layout == "auto":
+                    lay = "NHWC" if d.shape[3] < d.shape[1] else "NCHW"
+                else:
+                    lay = layout
+                shape = (d.shape[1], d.shape[2], 1) if lay == "NHW" else (
+                    (d.shape[1], d.shape[2], d.shape[3]) if lay == "NHWC" else (d.shape[2], d.shape[3], d.shape[1]))
+                if file_shape is None:
+                    file_shape, self._layout = shape, lay
+                elif shape != file_shape or lay != self._layout:
+                    raise DataError(f"{path}: {input_key} images are {shape} ({lay}), but {self.paths[0]} has "
+                                    f"{file_shape} ({self._layout})")
+                row_bytes = int(np.prod(d.shape[1:])) * d.dtype.itemsize
+                self.file_rows.append(int(d.shape[0]))
+                self._chunk_rows.append(int(d.chunks[0]) if d.chunks else None)
+                self._chunk_bytes.append(int(np.prod(d.chunks)) * d.dtype.itemsize if d.chunks else 0)
+                self._info.append({"path": str(path), "rows": int(d.shape[0]), "dtype": str(d.dtype),
+                                   "shape": list(d.shape), "layout": lay, "chunks": list(d.chunks) if d.chunks else None,
+                                   "compression": d.compression, "row_bytes": row_bytes})
+                scalar_sets.append({k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 1
+                                    and v.shape[0] == d.shape[0] and v.dtype.kind in "fiub"})
+        h, w, c = file_shape
+        self._channels = _channel_list(channels, c, str(self.paths[0]))
+        self.shape = (len(self._channels), h, w)
+        self.n = int(sum(self.file_rows))
+        self._scalars = sorted(set.intersection(*scalar_sets))
+        self._cache_bytes = int(chunk_cache_mb * 2**20)
+        self._all_channels = self._channels == list(range(c))
+
+    def _open(self, k: int) -> Any:
+        nbytes = max(self._cache_bytes, 4 * self._chunk_bytes[k])
+        f = _open_h5(self.paths[k], rdcc_nbytes=nbytes, rdcc_nslots=100_003, rdcc_w0=0.75)
+        return f, f[self.input_key]
+
+    # -- images ---------------------------------------------------------------------------------------------
+    def _block_rows(self, k: int) -> int:
+        if self._chunk_rows[k]:
+            return self._chunk_rows[k]
+        return max(1, _CONTIGUOUS_BLOCK_BYTES // self._info[k]["row_bytes"])
+
+    def _to_nchw(self, slab: np.ndarray, out: np.ndarray) -> None:
+        """Raw rows in the file's layout -> channel-selected NCHW float32 ``out``."""
+        if self._layout == "NHW":
+            out[:, 0] = slab
+        elif self._layout == "NHWC":
+            src = slab if self._all_channels else slab[..., self._channels]
+            np.copyto(out, np.moveaxis(src, 3, 1), casting="unsafe")
+        else:
+            np.copyto(out, slab if self._all_channels else slab[:, self._channels], casting="unsafe")
+
+    def _slab(self, k: int, lo: int, hi: int) -> np.ndarray:
+        _, d = self._handle(k)
+        try:
+            return d[lo:hi]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DataError(f"{self.paths[k]}: {self.input_key} rows {lo}-{hi - 1}: cannot read "
+                            f"({str(exc).splitlines()[0]})") from None
+
+    def _read_file(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
+        block = self._block_rows(k)
+        groups = np.flatnonzero(np.diff(local // block)) + 1
+        start = 0
+        for end in [*groups.tolist(), len(local)]:
+            g = local[start:end]
+            lo, hi = int(g[0]), int(g[-1]) + 1
+            if hi - lo <= 2 * len(g) + 8:  # dense enough: one hyperslab covering the group
+                slab = self._slab(k, lo, hi)
+                self._to_nchw(slab if hi - lo == len(g) else slab[g - lo], out[start:end])
+            else:  # sparse rows of one chunk: the chunk cache keeps the chunk decompressed between reads
+                for j, r in enumerate(g.tolist()):
+                    self._to_nchw(self._slab(k, r, r + 1), out[start + j:start + j + 1])
+            start = end
+
+    def _iter_file(self, k: int, local: np.ndarray, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # chunk-aligned slabs of about ``block`` rows (at least one chunk)
+        step = self._block_rows(k)
+        step = max(step, (block // step) * step)
+        buf = np.empty((min(step, len(local)), *self.shape), dtype=np.float32)
+        edges = np.searchsorted(local, np.arange(0, self.file_rows[k] + step, step))
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b > a:
+                part = local[a:b]
+                self._read_file(k, part, buf[:len(part)])
+                yield part, buf[:len(part)]
+
+    # -- scalars --------------------------------------------------------------------------------------------
+    def scalar_columns(self) -> list[str]:
+        return list(self._scalars)
+
+    def column(self, name: str) -> np.ndarray:
+        parts = []
+        for k, path in enumerate(self.paths):
+            with _open_h5(path) as f:
+                if name not in f:
+                    raise DataError(f"{path}: no data set {name!r} (has: {', '.join(f.keys())})")
+                d = f[name]
+                if d.shape != (self.file_rows[k],):
+                    raise DataError(f"{path}: {name} has shape {d.shape}, expected ({self.file_rows[k]},) "
+                                    f"like {self.input_key}")
+                try:
+                    parts.append(np.asarray(d[...], dtype=np.float64))
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{path}: {name}: cannot read ({str(exc).splitlines()[0]})") from None
+        return np.concatenate(parts)
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for info in self._info:
+            d = dict(info)
+            if d["chunks"] and d["compression"]:
+                chunk_mb = int(np.prod(d["chunks"])) * d["row_bytes"] / int(np.prod(d["shape"][1:])) / 2**20
+                d["note"] = (f"compressed chunks of {d['chunks'][0]} rows ({chunk_mb:.1f} MiB): random per-sample "
+                             "reads decompress whole chunks; convert to a cache (hpcvit data convert) for training")
+            out.append(d)
+        return out

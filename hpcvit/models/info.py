@@ -1,0 +1,182 @@
+"""Model facts for a given input: parameters, FLOPs per image, and whether the model builds and runs at all.
+
+``hpcvit models [PATTERN] [--in-chans C --img-size S] [--format table|json]`` lists the registry with these facts.
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of a single image in eval
+mode: matrix multiplications, convolutions and attention, 2 FLOPs per multiply-add; element-wise work (norms,
+activations, softmax) is not counted, as in the FLOP figures papers quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+from typing import Any
+
+from hpcvit.models._registry import build_model, list_models, model_entry
+
+STANDARD_INPUTS: tuple[tuple[int, int], ...] = ((2, 32), (3, 125))
+"""(channels, side) of the electron/photon crops and of the quark/gluon and top jet images."""
+
+
+def _shape(in_chans: int, img_size: int) -> str:
+    return f"{in_chans}x{img_size}x{img_size}"
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _flop_counter():
+    """A ``FlopCounterMode`` that also counts the CPU fused-attention kernel, which torch's table leaves out."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        custom[cpu_sdpa] = _cpu_sdpa_flop
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def model_info(name: str, in_chans: int, img_size: int, num_outputs: int = 1) -> dict[str, Any]:
+    """Parameters (M), GFLOPs per image and whether ``name`` builds and runs on ``in_chans`` x ``img_size``^2.
+
+    Returns ``{"name", "family", "input", "ok", "params", "params_m", "gflops", "error"}``; a model that fails to
+    build or run gives ``ok=False`` and the error text (``params`` is set when only the forward pass failed).
+    An unknown ``name`` raises ``ValueError``.
+    """
+    entry = model_entry(name)
+    info: dict[str, Any] = {"name": name, "family": entry.family, "input": _shape(in_chans, img_size), "ok": False,
+                            "params": None, "params_m": None, "gflops": None, "error": None}
+    import torch
+
+    model = None
+    try:
+        model = build_model(name, in_chans, img_size, num_outputs)
+        params = sum(p.numel() for p in model.parameters())
+        info["params"], info["params_m"] = params, params / 1e6
+        model.eval()
+        x = torch.randn(1, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        counter = _flop_counter()
+        # nn.MultiheadAttention's eval-mode fast path is one opaque native kernel the counter cannot see into.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with torch.no_grad(), counter:
+                out = model(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        if tuple(out.shape) != (1, num_outputs):
+            raise RuntimeError(f"output shape {tuple(out.shape)}, expected {(1, num_outputs)}")
+        info["gflops"] = counter.get_total_flops() / 1e9
+        info["ok"] = True
+    except Exception as exc:  # noqa: BLE001 -- any failure means "does not support this input"
+        info["error"] = f"{type(exc).__name__}: {exc}".strip()
+    finally:
+        del model
+        gc.collect()
+    return info
+
+
+def supports(name: str, in_chans: int, img_size: int) -> bool:
+    """Whether ``name`` builds and runs a forward pass on one ``in_chans`` x ``img_size``^2 image."""
+    return bool(model_info(name, in_chans, img_size)["ok"])
+
+
+def models_report(pattern: str = "*", in_chans: int = 2, img_size: int = 32,
+                  check_inputs: tuple[tuple[int, int], ...] = STANDARD_INPUTS, progress=None) -> list[dict[str, Any]]:
+    """``model_info`` for every registered name matching ``pattern``, plus ``supports`` for ``check_inputs``."""
+    rows = []
+    for name in list_models(pattern):
+        if progress is not None:
+            progress(name)
+        info = model_info(name, in_chans, img_size)
+        info["description"] = model_entry(name).description
+        info["supports"] = {}
+        for chans, side in check_inputs:
+            same = (chans, side) == (in_chans, img_size)
+            info["supports"][_shape(chans, side)] = info["ok"] if same else supports(name, chans, side)
+        rows.append(info)
+    return rows
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_table(rows: list[dict[str, Any]], in_chans: int, img_size: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    shape = _shape(in_chans, img_size)
+    table = Table(title=f"hpcvit models ({len(rows)}); params and GFLOPs per image at {shape}")
+    table.add_column("name", style="bold")
+    table.add_column("family")
+    table.add_column("params (M)", justify="right")
+    table.add_column(f"GFLOPs {shape}", justify="right")
+    for chans, side in STANDARD_INPUTS:
+        table.add_column(_shape(chans, side), justify="center")
+    table.add_column("description", overflow="fold")
+    for row in rows:
+        gflops = _fmt(row["gflops"], 3) if row["ok"] else "[red]fails[/red]"
+        marks = ["[green]yes[/green]" if ok else "[red]no[/red]" for ok in row["supports"].values()]
+        table.add_row(row["name"], row["family"], _fmt(row["params_m"], 2), gflops, *marks, row["description"])
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and fold every header
+        console = Console(width=160)
+    console.print(table)
+    for row in rows:
+        if not row["ok"]:
+            console.print(f"[red]{row['name']}[/red] on {shape}: {row['error']}", markup=True, highlight=False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no registered model matches {args.pattern!r}; `hpcvit models` lists all {len(list_models())}")
+        return 1
+    if args.no_build:
+        rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
+                for n in names]
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                print(f"{row['name']:<18} {row['family']:<9} {row['description']}")
+        return 0
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    with err.status("building models") as status:
+        rows = models_report(args.pattern, args.in_chans, args.img_size,
+                             progress=lambda name: status.update(f"building {name} ..."))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, args.in_chans, args.img_size)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``models`` command to an ``argparse`` sub-parser set; sets ``func(args) -> int``."""
+    parser = subparsers.add_parser(
+        "models", help="list registered models with parameters, FLOPs and supported input sizes",
+        description="List the registered models (shell wildcards select names) with their family, parameters "
+                    "and GFLOPs per image for the given input, and whether each builds and runs on 2x32x32 and "
+                    "3x125x125 images. Builds every model on the CPU: takes a few seconds per model.")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard over names (default: all)")
+    parser.add_argument("--in-chans", type=int, default=2, help="input channels (default 2)")
+    parser.add_argument("--img-size", type=int, default=32, help="image side in pixels (default 32)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--no-build", action="store_true", help="names, families and descriptions only (fast)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=_run)
+    return parser

@@ -1,0 +1,55 @@
+"""Checkpoints: atomic writes, keep-K pruning, best copy, checksum verification with fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hpcvit.checkpoint import CheckpointManager
+
+
+def _state(step: int) -> dict:
+    g = torch.Generator().manual_seed(step)
+    return {"model": {"w": torch.randn(64, generator=g)}, "step": step, "rng": torch.get_rng_state()}
+
+
+def test_round_trip_keep_and_best(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep=2, keep_best=True)
+    for step in (10, 20, 30):
+        mgr.save(_state(step), step=step, epoch=step // 10, metric=step / 100, is_best=step == 20)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.json", "best.pt", "ckpt-000000020.json", "ckpt-000000020.pt",
+                     "ckpt-000000030.json", "ckpt-000000030.pt"]
+    state, meta = mgr.load_latest()
+    assert meta["step"] == 30 and meta["epoch"] == 3
+    assert torch.equal(state["model"]["w"], _state(30)["model"]["w"])
+    best = torch.load(mgr.best(), weights_only=False)
+    assert best["step"] == 20
+
+
+def test_corrupt_newest_falls_back_to_previous(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        mgr.save(_state(step), step=step, epoch=0)
+    newest = tmp_path / "ckpt-000000003.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    state, meta = mgr.load_latest()
+    assert meta["step"] == 2 and state["step"] == 2
+    # A data file without its sidecar (crash between the two renames) does not count.
+    (tmp_path / "ckpt-000000002.json").unlink()
+    assert mgr.load_latest()[1]["step"] == 1
+
+
+def test_truncated_file_and_leftover_temp_are_ignored(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep=2)
+    mgr.save(_state(5), step=5, epoch=0)
+    mgr.save(_state(6), step=6, epoch=0)
+    (tmp_path / ".ckpt-000000007.pt.123.tmp").write_bytes(b"partial")
+    target = tmp_path / "ckpt-000000006.pt"
+    target.write_bytes(target.read_bytes()[:100])
+    assert mgr.load_latest()[1]["step"] == 5
+    assert CheckpointManager(tmp_path / "empty").load_latest() is None
+    assert mgr.best() is None

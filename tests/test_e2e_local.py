@@ -1,0 +1,184 @@
+"""End to end on the local executor: real submitit jobs, real torchrun with 2 gloo ranks, real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from hpcvit.manifest import SweepDir, find_sweep
+from tests.conftest import hpcvit, write_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = """
+name: {name}
+data:
+  format: synthetic
+  synthetic: {{n_samples: {n}, image_size: {size}, channels: 2, seed: 3}}
+  val_fraction: 0.25
+model:
+  name: cnn_small
+  kwargs: {{width: 8}}
+optim:
+  lr: 3e-3
+  epochs: {epochs}
+  batch_size: 16
+  seed: 7
+checkpoint:
+  every_steps: 5
+  every_minutes: null
+  keep: 3
+resources:
+  nproc_per_node: 2
+  cpus_per_task: 2
+  array_parallelism: 2
+"""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += parents.get(pid, [])
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def children(sweep: SweepDir) -> list:
+    m = sweep.manifest
+    client = MlflowClient(m["tracking_uri"])
+    return client.search_runs([m["experiment_id"]], f"tags.`mlflow.parentRunId` = '{m['parent_run_id']}'")
+
+
+def steps(sweep: SweepDir, run_id: str, key: str) -> list[int]:
+    client = MlflowClient(sweep.manifest["tracking_uri"])
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def start_lines(task_log: Path) -> list[str]:
+    return [line for line in task_log.read_text().splitlines() if " start: epoch " in line]
+
+
+def final_weights(sweep: SweepDir, index: int) -> dict[str, torch.Tensor]:
+    ckpts = sorted((sweep.task(index).checkpoints).glob("ckpt-*.pt"))
+    return torch.load(ckpts[-1], weights_only=False)["model"]
+
+
+def test_two_models_two_ranks_end_to_end(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="e2e", n=480, size=16, epochs=2) + """
+sweep:
+  grid:
+    model.name: [cnn_small, vit_seed]
+    model.kwargs: [{}]
+""")
+    proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = find_sweep(None, workdir / "runs")
+    assert "COMPLETED" in proc.stdout and "val_roc_auc" in proc.stdout
+    runs = children(sweep)
+    assert sorted(r.data.tags["hpcvit.model"] for r in runs) == ["cnn_small", "vit_seed"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert steps(sweep, run.info.run_id, "val_roc_auc") == [0, 1]
+        assert run.data.params["dist.world_size"] == "2"
+        assert run.data.tags["hpcvit.sweep_id"] == sweep.sweep_id
+        assert 0.0 <= run.data.metrics["val_roc_auc"] <= 1.0
+    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert (workdir / "runs" / "mlflow.db").exists()
+    log = sweep.task(0).log.read_text()
+    assert "2 rank(s) on cpu" in log and "finished" in log
+
+
+def test_sigkill_then_resume_continues_from_checkpoint(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="kill", n=1600, size=16, epochs=20))
+    proc = hpcvit("submit", str(spec), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(0)
+    wait_for(lambda: task.progress().get("epoch", 0) >= 2, 240, "the task to finish two epochs")
+    kill_tree(task.state()["pid"])  # launcher, torchrun and both ranks: no chance to save
+    wait_for(lambda: json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[0]["state"]
+             == "LOST", 30, "status to report the task LOST")
+    last_saved = max(json.loads(p.read_text())["step"] for p in task.checkpoints.glob("ckpt-*.json"))
+    assert not (task.path / "stopped.json").exists()
+
+    resumed = hpcvit("resume", "--wait", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resubmitted 1 task(s)" in resumed.stdout
+    starts = start_lines(task.log)
+    assert len(starts) == 2
+    assert " start: epoch 0 step 0/" in starts[0]
+    assert " start: epoch 0 step" not in starts[1], starts[1]  # not from scratch
+    ckpt_meta = sorted(task.checkpoints.glob("ckpt-*.json"))
+    assert json.loads(ckpt_meta[-1].read_text())["epoch"] == 20
+    runs = children(sweep)
+    assert len(runs) == 1, "the resumed task must continue its MLflow run, not start a second one"
+    assert runs[0].info.status == "FINISHED"
+    assert steps(sweep, runs[0].info.run_id, "val_loss") == list(range(20))
+    assert int(runs[0].data.params["optim.epochs"]) == 20
+    # At most one checkpoint interval (5 steps) lost: the resumed run started from the last saved step.
+    per_epoch = int(starts[0].split(" step 0/")[1].split()[0])
+    epoch, step = (int(v) for v in starts[1].split(" start: epoch ")[1].split(" step ")[0:1] +
+                   [starts[1].split(" step ")[1].split("/")[0]])
+    assert epoch * per_epoch + step == last_saved
+
+
+def test_preempted_task_resumes_bitwise_identical(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="exact", n=2400, size=32, epochs=2) + """
+sweep:
+  zip:
+    description: [uninterrupted, interrupted]
+""")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(1)
+    wait_for(lambda: any(task.checkpoints.glob("ckpt-*.json")) if task.checkpoints.exists() else False,
+             240, "the first periodic checkpoint of task 1")
+    os.killpg(task.state()["trainer_pgid"], signal.SIGTERM)  # what a preemption or scontrol requeue sends
+    wait_for(lambda: task.state().get("state") == "PREEMPTED", 120, "task 1 to checkpoint and stop")
+    stopped = json.loads((task.path / "stopped.json").read_text())
+    assert stopped["signal"] == "SIGTERM" and stopped["global_step"] >= 5
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 240, "task 0 to finish")
+
+    resumed = hpcvit("resume", "--wait", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"epoch {stopped['epoch']} step {stopped['step_in_epoch']}/" in start_lines(task.log)[1]
+    a, b = final_weights(sweep, 0), final_weights(sweep, 1)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
+    assert len(runs) == 2
+    assert runs["0"].data.metrics["val_loss"] == runs["1"].data.metrics["val_loss"]
+    assert steps(sweep, runs["1"].info.run_id, "val_loss") == [0, 1]
