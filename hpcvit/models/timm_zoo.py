@@ -50,8 +50,10 @@ def build_vit_small(in_chans: int, img_size: int, num_outputs: int = 1, patch_si
 def build_swin_tiny(in_chans: int, img_size: int, num_outputs: int = 1, window_size: int | None = None,
                     drop_rate: float = 0.0) -> nn.Module:
     # Patch 4 and 3 halvings: the last stage is img/32; pad to a multiple of 32 so every stage tiles.
+    # timm shrinks the window of any stage smaller than it to the stage's size (full attention there).
     padded = img_size + (-img_size) % 32
-    window = window_size or max(1, min(7, padded // 32))
+    # 32 px: window 8 = full attention on the 8x8 first stage; 224 px: the usual 7; else 4 (tiles 128 px).
+    window = window_size or (8 if padded <= 32 else 7 if (padded // 32) % 7 == 0 else 4)
     return PadTo(_create("swin_tiny_patch4_window7_224", in_chans, padded, num_outputs,
                          window_size=window, drop_rate=drop_rate), img_size, 32)
 
