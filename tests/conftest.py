@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import torch
+from mlflow.tracking import MlflowClient
+
+from hpcvit.manifest import SweepDir
+
 REPO = Path(__file__).resolve().parents[1]
+
+# A tiny CNN on a synthetic electron/photon-layout set, 2 torchrun ranks, periodic checkpoints.
+SPEC = """
+name: {name}
+data:
+  format: synthetic
+  synthetic: {{n_samples: {n}, image_size: {size}, channels: 2, seed: 3}}
+  val_fraction: 0.25
+model:
+  name: cnn_small
+  kwargs: {{width: 8}}
+optim:
+  lr: 3e-3
+  epochs: {epochs}
+  batch_size: 16
+  seed: 7
+checkpoint:
+  every_steps: 5
+  every_minutes: null
+  keep: 3
+resources:
+  nproc_per_node: 2
+  cpus_per_task: 2
+  array_parallelism: 2
+"""
+
 
 
 @pytest.fixture
@@ -35,3 +70,70 @@ def hpcvit(*args: str, cwd: Path, timeout: float = 600, check: bool = False) -> 
     if check and proc.returncode != 0:
         raise AssertionError(f"hpcvit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += parents.get(pid, [])
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def children(sweep: SweepDir) -> list:
+    m = sweep.manifest
+    client = MlflowClient(m["tracking_uri"])
+    return client.search_runs([m["experiment_id"]], f"tags.`mlflow.parentRunId` = '{m['parent_run_id']}'")
+
+
+def steps(sweep: SweepDir, run_id: str, key: str) -> list[int]:
+    client = MlflowClient(sweep.manifest["tracking_uri"])
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def start_lines(task_log: Path) -> list[str]:
+    return [line for line in task_log.read_text().splitlines() if " start: epoch " in line]
+
+
+def final_weights(sweep: SweepDir, index: int) -> dict[str, torch.Tensor]:
+    ckpts = sorted((sweep.task(index).checkpoints).glob("ckpt-*.pt"))
+    return torch.load(ckpts[-1], weights_only=False)["model"]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """A real single-node Slurm cluster started by slurm/local-cluster.sh (root only); yields SLURM_CONF."""
+    if os.geteuid() != 0 and shutil.which("sbatch") is None:
+        pytest.skip("starting the local Slurm cluster needs root (or a running cluster with sbatch on PATH)")
+    script = REPO / "slurm" / "local-cluster.sh"
+    was_up = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+    proc = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"local-cluster.sh start failed:\n{proc.stderr}"
+    conf = proc.stdout.strip().rsplit("=", 1)[1].strip("'\"")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if not was_up:
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=120)

@@ -5,93 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hpcvit.manifest import SweepDir, find_sweep
-from tests.conftest import hpcvit, write_spec
+from hpcvit.manifest import find_sweep
+from tests.conftest import SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
-SPEC = """
-name: {name}
-data:
-  format: synthetic
-  synthetic: {{n_samples: {n}, image_size: {size}, channels: 2, seed: 3}}
-  val_fraction: 0.25
-model:
-  name: cnn_small
-  kwargs: {{width: 8}}
-optim:
-  lr: 3e-3
-  epochs: {epochs}
-  batch_size: 16
-  seed: 7
-checkpoint:
-  every_steps: 5
-  every_minutes: null
-  keep: 3
-resources:
-  nproc_per_node: 2
-  cpus_per_task: 2
-  array_parallelism: 2
-"""
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def kill_tree(root: int) -> None:
-    """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += parents.get(pid, [])
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for pid in tree:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-def children(sweep: SweepDir) -> list:
-    m = sweep.manifest
-    client = MlflowClient(m["tracking_uri"])
-    return client.search_runs([m["experiment_id"]], f"tags.`mlflow.parentRunId` = '{m['parent_run_id']}'")
-
-
-def steps(sweep: SweepDir, run_id: str, key: str) -> list[int]:
-    client = MlflowClient(sweep.manifest["tracking_uri"])
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-def start_lines(task_log: Path) -> list[str]:
-    return [line for line in task_log.read_text().splitlines() if " start: epoch " in line]
-
-
-def final_weights(sweep: SweepDir, index: int) -> dict[str, torch.Tensor]:
-    ckpts = sorted((sweep.task(index).checkpoints).glob("ckpt-*.pt"))
-    return torch.load(ckpts[-1], weights_only=False)["model"]
 
 
 def test_two_models_two_ranks_end_to_end(workdir: Path) -> None:

@@ -1,0 +1,116 @@
+"""The memory-mapped cache: same samples as direct reading, built once, keyed by sources and preprocessing,
+atomic and safe when processes race."""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcvit.data import build_datasets
+from hpcvit.data.cache import raw_key
+from hpcvit.data.parquet import write_jets
+from hpcvit.spec import DataSpec, PreprocessSpec
+
+
+def make_file(path: Path, n: int = 24, seed: int = 0) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.exponential(1.0, size=(n, 3, 12, 12)) * (rng.random((n, 3, 12, 12)) < 0.4)
+    x[2, 0, 0, 0] = np.nan
+    return write_jets(path, x, {"y": (np.arange(n) % 2).astype(float), "pt": rng.uniform(0, 100, n),
+                                "m0": rng.uniform(0, 10, n)}), x
+
+
+def dirs(cache: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in cache.glob(f"{prefix}*") if p.is_dir())
+
+
+@pytest.mark.parametrize("preprocessed", [True, False], ids=["preprocessed", "raw-only"])
+def test_cache_gives_the_direct_samples(tmp_path, preprocessed):
+    p, _ = make_file(tmp_path / "a.parquet")
+    base = DataSpec(format="parquet", paths=[str(p)], cuts={"pt": [10, 90]}, val_fraction=0.25, test_fraction=0.2)
+    direct = build_datasets(base, tmp_path)
+    spec = base.model_copy(update={"cache_dir": str(tmp_path / "cache"), "cache_preprocessed": preprocessed})
+    cached = build_datasets(spec, tmp_path)
+    for a, b in ((direct.train, cached.train), (direct.val, cached.val), (direct.test, cached.test)):
+        xa, ya = a.arrays()
+        xb, yb = b.arrays()
+        np.testing.assert_allclose(xb, xa, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(yb, ya)
+    np.testing.assert_array_equal(cached.stats.mean, direct.stats.mean)
+    for key in ("n_train", "n_val", "n_test", "n_selected", "class_balance", "fingerprint"):
+        assert cached.info[key] == direct.info[key]
+    assert (dirs(tmp_path / "cache", "pre-") != []) == preprocessed
+
+
+def test_built_once_then_reused_and_rebuilt_when_sources_or_preprocessing_change(tmp_path):
+    p, x = make_file(tmp_path / "a.parquet")
+    cache = tmp_path / "cache"
+    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache))
+    b1 = build_datasets(spec, tmp_path)
+    (raw,) = dirs(cache, "raw-")
+    (pre,) = dirs(cache, "pre-")
+    stamp = (raw / "x.npy").stat().st_mtime_ns, (pre / "x.npy").stat().st_mtime_ns
+    b2 = build_datasets(spec, tmp_path)
+    assert ((raw / "x.npy").stat().st_mtime_ns, (pre / "x.npy").stat().st_mtime_ns) == stamp
+    np.testing.assert_array_equal(b1.train.arrays()[0], b2.train.arrays()[0])
+
+    # other preprocessing: the decoded cache is reused, a new preprocessed copy is made
+    b3 = build_datasets(spec.model_copy(update={"preprocessing": PreprocessSpec(minmax=False)}), tmp_path)
+    assert dirs(cache, "raw-") == [raw] and len(dirs(cache, "pre-")) == 2
+    assert b3.train.arrays()[0].max() > 1.0
+
+    # the source file changes: a new key, a rebuilt cache holding the new samples
+    key = raw_key(spec, [p])
+    x2 = x * 2.0
+    write_jets(p, x2, {"y": (np.arange(24) % 2).astype(float), "pt": np.zeros(24), "m0": np.zeros(24)})
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert raw_key(spec, [p]) != key
+    raw_spec = spec.model_copy(update={"preprocessing": PreprocessSpec(zero_suppress=None, zscore=False,
+                                                                       clip_sigma=None, minmax=False)})
+    b4 = build_datasets(raw_spec, tmp_path)
+    assert len(dirs(cache, "raw-")) == 2
+    got, _ = b4.train.arrays()
+    np.testing.assert_array_equal(got, np.nan_to_num(x2[b4.train.rows]).astype(np.float32))
+
+
+def test_crashed_builds_are_cleaned_up(tmp_path):
+    p, _ = make_file(tmp_path / "a.parquet")
+    cache = tmp_path / "cache"
+    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache), cache_preprocessed=False)
+    name = f"raw-{raw_key(spec, [p])}"
+    (cache / f".{name}.tmp-otherhost-123").mkdir(parents=True)  # a build that died
+    (cache / name).mkdir()  # an incomplete directory without meta.json
+    build_datasets(spec, tmp_path)
+    assert not list(cache.glob(".raw-*")) and (cache / name / "meta.json").exists()
+
+
+def _build(args):
+    spec_json, sweep_dir = args
+    t0 = time.monotonic()
+    b = build_datasets(DataSpec.model_validate_json(spec_json), Path(sweep_dir))
+    return time.monotonic() - t0, b.info["cache"], b.train.arrays()[0].sum()
+
+
+def test_waits_for_a_build_holding_the_lock_and_races_are_safe(tmp_path):
+    p, _ = make_file(tmp_path / "a.parquet", n=60)
+    cache = tmp_path / "cache"
+    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache))
+    name = f"raw-{raw_key(spec, [p])}"
+    (cache / ".locks").mkdir(parents=True)
+    ctx = mp.get_context("spawn")
+    with open(cache / ".locks" / f"{name}.lock", "a+") as lock, ctx.Pool(2) as pool:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another task is building
+        pending = [pool.apply_async(_build, ((spec.model_dump_json(), str(tmp_path)),)) for _ in range(2)]
+        time.sleep(1.5)
+        assert not any(r.ready() for r in pending) and not dirs(cache, "raw-")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        results = [r.get(timeout=60) for r in pending]
+    assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
+    assert len(dirs(cache, "raw-")) == 1 and len(dirs(cache, "pre-")) == 1
+    assert not list(cache.glob(".*.tmp-*"))

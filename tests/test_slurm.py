@@ -1,0 +1,159 @@
+"""The Slurm path against a real local cluster (slurm/local-cluster.sh): arrays, requeue, preemption,
+time limits, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcvit.manifest import SweepDir, find_sweep
+from tests.conftest import (SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for,
+                            write_spec)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+SLURM = "executor: slurm\n"
+
+
+def slurm_spec(workdir: Path, name: str, n: int = 2400, epochs: int = 2, extra: str = "", cpus: int = 1,
+               file: str = "spec.yaml") -> Path:
+    text = SPEC.format(name=name, n=n, size=32, epochs=epochs).replace("cpus_per_task: 2", f"cpus_per_task: {cpus}")
+    return write_spec(workdir, text + SLURM + extra, file)
+
+
+def queue_state(job: str) -> str:
+    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%T", f"--jobs={job}"],
+                         capture_output=True, text=True).stdout.strip()
+    return out
+
+
+def test_three_task_array_completes(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    spec = slurm_spec(workdir, "array3", n=480, epochs=1, extra="""
+sweep:
+  grid:
+    optim.lr: [1e-3, 2e-3, 3e-3]
+""")
+    proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = find_sweep(None, workdir / "runs")
+    jobs = sweep.latest_jobs()
+    array_ids = {job.split("_")[0] for job, _ in jobs.values()}
+    assert len(array_ids) == 1, f"one array job expected, got {jobs}"
+    assert sorted(job.split("_")[1] for job, _ in jobs.values()) == ["0", "1", "2"]
+    runs = children(sweep)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["hpcvit.slurm_job_id"] for r in runs} == array_ids
+
+    # status reads every task's Slurm state with ONE squeue call: count the calls of the real squeue.
+    shim = tmp_path_factory.mktemp("shim")
+    calls = shim / "calls"
+    real = subprocess.run(["bash", "-c", "command -v squeue"], capture_output=True, text=True).stdout.strip()
+    (shim / "squeue").write_text(f'#!/bin/sh\necho x >> "{calls}"\nexec "{real}" "$@"\n')
+    (shim / "squeue").chmod(0o755)
+    env_path = f"{shim}:{os.environ['PATH']}"
+    status = subprocess.run(["python", "-m", "hpcvit.cli", "status", "--format", "json"], cwd=workdir,
+                            capture_output=True, text=True, env={**os.environ, "PATH": env_path})
+    assert status.returncode == 0, status.stderr
+    assert [t["state"] for t in json.loads(status.stdout)] == ["COMPLETED"] * 3
+    assert calls.read_text().count("x") == 1
+
+
+def _wait_first_checkpoint(sweep: SweepDir, index: int) -> None:
+    ckpts = sweep.task(index).checkpoints
+    wait_for(lambda: ckpts.exists() and any(ckpts.glob("ckpt-*.json")), 300, f"a checkpoint of task {index}")
+
+
+def test_scontrol_requeue_resumes_exactly(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "requeue", extra="""
+sweep:
+  zip:
+    description: [uninterrupted, requeued]
+""")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    _wait_first_checkpoint(sweep, 1)
+    job = sweep.latest_jobs()[1][0]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    wait_for(lambda: all(sweep.task(i).state().get("state") == "COMPLETED" for i in (0, 1)), 600,
+             "both tasks to complete")
+    task = sweep.task(1)
+    assert task.state()["restarts"] >= 1  # SLURM_RESTART_COUNT
+    stopped_starts = start_lines(task.log)
+    assert len(stopped_starts) >= 2 and " start: epoch 0 step 0/" not in stopped_starts[-1]
+    a, b = final_weights(sweep, 0), final_weights(sweep, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a), "requeued task diverged from its twin"
+    runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
+    assert len(runs) == 2
+    assert steps(sweep, runs["1"].info.run_id, "val_loss") == [0, 1]
+    assert int(runs["1"].data.tags["hpcvit.restarts"]) >= 1
+
+
+def test_preemption_by_high_priority_partition_resumes(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "preempt", cpus=2, extra="""
+sweep:
+  zip:
+    description: [preempted]
+""")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    _wait_first_checkpoint(sweep, 0)
+    blocker = subprocess.run(["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "--mem=500",
+                              "--wrap", "sleep 3"], check=True, capture_output=True, text=True).stdout.strip()
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 600, "the preempted task to complete")
+    assert queue_state(blocker) in ("", "COMPLETED")
+    task = sweep.task(0)
+    assert task.state()["restarts"] >= 1
+    assert "SIGTERM" in task.log.read_text()
+    runs = children(sweep)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert steps(sweep, runs[0].info.run_id, "val_loss") == [0, 1]
+
+
+def test_time_limit_checkpoints_and_requeues(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "timelimit", n=4800, epochs=3, extra="""
+sweep:
+  zip:
+    description: [limited]
+""").read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  time_min: 1\n  signal_delay_s: 30")
+    path = write_spec(workdir, spec, "timelimit.yaml")
+    assert hpcvit("submit", str(path), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 900, "the time-limited task to complete")
+    task = sweep.task(0)
+    log = task.log.read_text()
+    assert "stopped by SIGUSR2" in log, log[-2000:]
+    assert task.state()["restarts"] >= 1
+    runs = children(sweep)
+    assert len(runs) == 1 and steps(sweep, runs[0].info.run_id, "val_loss") == [0, 1, 2]
+
+
+def test_sigkill_and_resume_only_the_failed_task(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "partial", n=960, epochs=6, extra="""
+sweep:
+  zip:
+    model.kwargs.dropout: [0.1, 2.0, 0.1]
+""")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    # Task 1 fails by itself (dropout 2.0 is invalid); task 2 is killed with SIGKILL after a checkpoint.
+    _wait_first_checkpoint(sweep, 2)
+    kill_tree(sweep.task(2).state()["pid"])
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 600, "task 0 to complete")
+    states = {t["index"]: t["state"] for t in json.loads(hpcvit("status", "--format", "json", cwd=workdir,
+                                                                 check=True).stdout)}
+    assert states[0] == "COMPLETED" and states[1] == "FAILED" and states[2] == "LOST", states
+    before = len(sweep.submissions())
+    resumed = hpcvit("resume", cwd=workdir)
+    assert resumed.returncode == 0 and "resubmitted 2 task(s)" in resumed.stdout, resumed.stdout
+    new = sweep.submissions()[before:]
+    assert len(new) == 1 and sorted(new[0]["jobs"]) == ["1", "2"]
+    wait_for(lambda: sweep.task(2).state().get("state") == "COMPLETED", 600, "task 2 to complete after resume")
+    assert " start: epoch 0 step 0/" not in start_lines(sweep.task(2).log)[-1]
+    wait_for(lambda: sweep.task(1).state().get("state") == "FAILED", 300, "task 1 to fail again")
+    again = hpcvit("resume", cwd=workdir)
+    assert "resubmitted 1 task(s)" in again.stdout and "[1]" in again.stdout
