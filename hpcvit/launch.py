@@ -137,7 +137,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
 
     def _outcome(self, task: TaskDir, rc: int) -> dict[str, Any]:
         if read_json(task.path / "result.json"):
-            return task.write_state(state="COMPLETED", returncode=rc, ended=time.time())
+            return task.write_state(state="COMPLETED", returncode=rc, ended=time.time(), message="")
         stopped = read_json(task.path / "stopped.json")
         if stopped:
             cancelled = (task.path / "cancel").exists()
