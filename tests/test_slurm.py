@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ sweep:
     (shim / "squeue").write_text(f'#!/bin/sh\necho x >> "{calls}"\nexec "{real}" "$@"\n')
     (shim / "squeue").chmod(0o755)
     env_path = f"{shim}:{os.environ['PATH']}"
-    status = subprocess.run(["python", "-m", "hpcvit.cli", "status", "--format", "json"], cwd=workdir,
+    status = subprocess.run([sys.executable, "-m", "hpcvit.cli", "status", "--format", "json"], cwd=workdir,
                             capture_output=True, text=True, env={**os.environ, "PATH": env_path})
     assert status.returncode == 0, status.stderr
     assert [t["state"] for t in json.loads(status.stdout)] == ["COMPLETED"] * 3
@@ -115,11 +116,13 @@ sweep:
 
 
 def test_time_limit_checkpoints_and_requeues(workdir: Path) -> None:
-    spec = slurm_spec(workdir, "timelimit", n=4800, epochs=3, extra="""
+    # 30 epochs of ~2 s against a 1-minute limit warned 20 s early: at least one USR2 mid-training.
+    spec = slurm_spec(workdir, "timelimit", n=4800, epochs=30, extra="""
 sweep:
   zip:
     description: [limited]
-""").read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  time_min: 1\n  signal_delay_s: 30")
+""").read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  time_min: 1\n  signal_delay_s: 20\n"
+                                                  "  max_requeues: 8")
     path = write_spec(workdir, spec, "timelimit.yaml")
     assert hpcvit("submit", str(path), cwd=workdir).returncode == 0
     sweep = find_sweep(None, workdir / "runs")
@@ -129,7 +132,7 @@ sweep:
     assert "stopped by SIGUSR2" in log, log[-2000:]
     assert task.state()["restarts"] >= 1
     runs = children(sweep)
-    assert len(runs) == 1 and steps(sweep, runs[0].info.run_id, "val_loss") == [0, 1, 2]
+    assert len(runs) == 1 and steps(sweep, runs[0].info.run_id, "val_loss") == list(range(30))
 
 
 def test_sigkill_and_resume_only_the_failed_task(workdir: Path) -> None:
