@@ -149,30 +149,37 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
 
 
 def _finish_parent(sweep_dir: Any) -> None:
+    from hpcvit.compare import finalize_parent
     from hpcvit.lifecycle import task_statuses
-    from hpcvit.tracking import finish_parent
 
     states = [s.state for s in task_statuses(sweep_dir)]
-    m = sweep_dir.manifest
-    if all(s in _TERMINAL for s in states) and m.get("parent_run_id"):
-        finish_parent(m["tracking_uri"], m["parent_run_id"], all(s == "COMPLETED" for s in states))
+    if all(s in _TERMINAL for s in states) and sweep_dir.manifest.get("parent_run_id"):
+        finalize_parent(sweep_dir, all(s == "COMPLETED" for s in states))
 
 
 def _status_table(sweep_dir: Any) -> Table:
     from hpcvit.lifecycle import task_statuses
 
     statuses = task_statuses(sweep_dir)
+    metric = next((s.metric for s in statuses if s.metric), "metric")
     table = Table(title=f"sweep {sweep_dir.sweep_id}")
-    for col in ("#", "run", "state", "job", "restarts", "epoch", "best", "log / message"):
-        table.add_column(col)
+    for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
+        table.add_column(col, overflow="fold")
     colours = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "LOST": "red", "PREEMPTED": "yellow"}
     for s in statuses:
         epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
-        best = f"{s.metric}={s.best_metric:.4f}" if s.best_metric is not None else ""
-        note = s.message if s.state in ("FAILED", "PREEMPTED", "CANCELLED") and s.message else str(s.log)
+        best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
+        note = s.message if s.state in ("FAILED", "PREEMPTED", "CANCELLED", "LOST") and s.message else _rel(s.log)
         table.add_row(str(s.index), s.label, f"[{colours.get(s.state, 'white')}]{s.state}[/]", s.job_id,
-                      str(s.restarts), epoch, best, note)
+                      str(s.restarts), epoch, best, escape(note))
     return table
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _sweep(args: argparse.Namespace):
@@ -246,6 +253,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.print(compare_table(sweep_dir, args.metric))
     else:
         print(render(compare_rows(sweep_dir, args.metric), args.format))
+    if args.plot:
+        from hpcvit.compare import plot_overlay
+
+        err.print(f"ROC overlay written to {plot_overlay(sweep_dir, args.plot)}")
     return 0
 
 
@@ -289,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sweep_cmd("compare", "compare the runs of a sweep by their metrics", cmd_compare)
     p.add_argument("--metric", help="metric to sort by (default: val_roc_auc or val_mae)")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--plot", metavar="PNG", help="also write the ROC overlay of the sweep's runs to this file")
 
     for module in ("hpcvit.models.info", "hpcvit.data.commands"):
         try:

@@ -20,7 +20,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else f"{value:.{digits}f}"
+        return "inf" if math.isinf(value) else "" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 
@@ -56,16 +56,20 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
     return rows
 
 
+# Terminal table: (row key, header, digits); "run" is left out, task index and model name say it.
+_TABLE = (("task", "#", 0), ("model", "model", 0), ("status", "status", 0), ("params_M", "Mparams", 2),
+          ("epochs", "ep", 0), ("best", "best", 4), ("final", "final", 4), ("rej@0.3", "1/eB@.3", 1),
+          ("rej@0.5", "1/eB@.5", 1), ("img_s", "img/s", 0), ("wall_min", "min", 1))
+
+
 def compare_table(sweep: SweepDir, metric: str | None = None) -> Table:
     rows = compare_rows(sweep, metric)
     name = rows[0]["metric"] if rows else (metric or "metric")
-    table = Table(title=f"{sweep.sweep_id}: runs by {name}")
-    for col in _COLUMNS:
-        table.add_column(f"{col} ({name})" if col in ("best", "final") else col,
-                         justify="left" if col in ("run", "model", "status") else "right")
+    table = Table(title=f"{sweep.sweep_id}: runs by {name} (best and final epoch)")
+    for _, header, _ in _TABLE:
+        table.add_column(header, justify="left" if header in ("model", "status") else "right")
     for r in rows:
-        table.add_row(*(_fmt(r[c], 2 if c in ("params_M", "img_s", "wall_min", "rej@0.3", "rej@0.5") else 4)
-                        for c in _COLUMNS))
+        table.add_row(*(_fmt(r[key], digits) for key, _, digits in _TABLE))
     return table
 
 
@@ -81,3 +85,54 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _curves(sweep: SweepDir, split: str = "val") -> dict[str, tuple[Any, Any]]:
+    import numpy as np
+
+    labels = sweep.manifest.get("labels", [])
+    curves = {}
+    for task in sweep.tasks():
+        path = task.path / "predictions.npz"
+        if path.exists():
+            with np.load(path) as data:
+                key = f"{split}_out" if f"{split}_out" in data else "val_out"
+                y = data[key.replace("_out", "_y")]
+                if 0 < y.sum() < len(y):
+                    curves[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = (y, data[key])
+    return curves
+
+
+def plot_overlay(sweep: SweepDir, path: Any) -> Any:
+    """ROC overlay of every finished run of the sweep (validation predictions of each run's best epoch)."""
+    from pathlib import Path
+
+    from hpcvit.plots import roc_overlay
+
+    curves = _curves(sweep)
+    if not curves:
+        raise ValueError(f"no finished binary-classification runs with predictions in {sweep.sweep_id}")
+    return roc_overlay(curves, Path(path), sweep.sweep_id)
+
+
+def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
+    """Once every task is final: the sweep's summary table and ROC overlay on the parent run, then close it."""
+    from mlflow.tracking import MlflowClient
+
+    m = sweep.manifest
+    client = MlflowClient(m["tracking_uri"])
+    parent = client.get_run(m["parent_run_id"])
+    status = "FINISHED" if all_completed else "FAILED"
+    if parent.data.tags.get("hpcvit.summary") != "logged":
+        out = sweep.root / "summary"
+        out.mkdir(exist_ok=True)
+        rows = compare_rows(sweep)
+        (out / "summary.csv").write_text(render(rows, "csv"))
+        (out / "summary.md").write_text(render(rows, "markdown"))
+        client.log_artifact(parent.info.run_id, str(out / "summary.csv"))
+        client.log_artifact(parent.info.run_id, str(out / "summary.md"))
+        if _curves(sweep):
+            client.log_artifact(parent.info.run_id, str(plot_overlay(sweep, out / "roc_overlay.png")))
+        client.set_tag(parent.info.run_id, "hpcvit.summary", "logged")
+    if parent.info.status != status:
+        client.set_terminated(parent.info.run_id, status)

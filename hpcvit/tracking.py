@@ -13,7 +13,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -132,17 +132,9 @@ def terminate_run(uri: str, run_id: str, status: str = "KILLED", state: str | No
     return True
 
 
-def finish_parent(uri: str, parent_run_id: str, all_completed: bool) -> None:
-    status = "FINISHED" if all_completed else "FAILED"
-    client = MlflowClient(uri)
-    if client.get_run(parent_run_id).info.status != status:
-        client.set_terminated(parent_run_id, status)
-
-
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     client = MlflowClient(uri)
     return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=5000)
 
 
-__all__ = ["RunStatus", "TaskTracker", "child_runs", "finish_parent", "flatten", "resolve_uri", "setup_sweep",
-           "terminate_run"]
+__all__ = ["TaskTracker", "child_runs", "flatten", "resolve_uri", "setup_sweep", "terminate_run"]

@@ -15,10 +15,12 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass
+from importlib.metadata import version as _version
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,24 @@ def _optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
 
 
+def _gflops(model: nn.Module, in_chans: int, img_size: int) -> float | None:
+    from hpcvit.models.info import count_gflops
+
+    try:
+        return count_gflops(model, in_chans, img_size)
+    except Exception:  # noqa: BLE001 - a FLOP count is information, never a reason to stop training
+        return None
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 class Trainer:
     """One task's training, from its spec and its task folder."""
 
@@ -201,6 +221,8 @@ class Trainer:
         self.metric_name, self.metric_mode = primary_metric(self.spec.data.task)
         model = build_model(self.spec.model.name, self.data.in_chans, self.data.img_size, 1, **self.spec.model.kwargs)
         self.n_params = sum(p.numel() for p in model.parameters())
+        self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
+        model.train()
         self.model = model.to(self.d.device)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.d.local_rank]
                                                        if self.d.device.type == "cuda" else None)
@@ -239,8 +261,11 @@ class Trainer:
 
     def save(self, is_best: bool = False) -> None:
         rng = _gather(_rng_state(self.d), self.d)
-        if not self.d.main:
-            return
+        if self.d.main:
+            self._write_checkpoint(rng, is_best)
+        self._sync_after_save()
+
+    def _write_checkpoint(self, rng: list[dict[str, Any]], is_best: bool) -> None:
         state = {
             "version": 1, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -251,6 +276,11 @@ class Trainer:
         }
         self.ckpt.save(state, step=self.global_step, epoch=self.epoch, metric=self.best_metric, is_best=is_best)
         self.last_save = time.monotonic()
+
+    def _sync_after_save(self) -> None:
+        # Other ranks must not read best.pt (or exit) before rank 0 has finished writing it.
+        if dist.is_initialized():
+            dist.barrier()
 
     # -- reporting ---------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
@@ -282,8 +312,10 @@ class Trainer:
         params = flatten(self.spec.model_dump(mode="json"))
         params.update({"model.n_params": self.n_params, "data.fingerprint": self.data.info["fingerprint"],
                        "data.n_train": self.data.info["n_train"], "data.n_val": self.data.info["n_val"],
-                       "hpcvit.version": __version__, "torch.version": torch.__version__,
-                       "dist.world_size": self.d.world})
+                       "model.gflops": self.gflops, "hpcvit.version": __version__, "hpcvit.git_commit": _git_commit(),
+                       "torch.version": torch.__version__, "timm.version": _version("timm"),
+                       "dist.world_size": self.d.world, "data.positive_fraction_train":
+                       self.data.info.get("positive_fraction_train")})
         self.tracker.log_params(params)
         if not self.tracker.resumed:
             spec_file = self.task.path / "spec.json"
@@ -363,6 +395,11 @@ class Trainer:
     def evaluate(self, dataset: Any) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         """Metrics on ``dataset`` with every rank's predictions gathered (no sample counted twice)."""
         self.ddp.eval()
+        if dist.is_initialized():
+            # Each rank's last forward updated its own BatchNorm statistics; evaluate rank 0's, the saved ones.
+            # (DDP broadcasts them again before the next training forward, so training is unchanged.)
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
         indices = list(range(self.d.rank, len(dataset), self.d.world))
         loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=self.spec.optim.batch_size * 2,
                             num_workers=self.spec.data.num_workers,
@@ -406,33 +443,52 @@ class Trainer:
         return self._finished()
 
     def _finished(self) -> int:
+        """Evaluate the best epoch's weights on validation (and test), write result and artifacts, close the run."""
+        best = self.ckpt.best()
+        if best is not None:
+            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+        _, val_out, val_y = self.evaluate(self.data.val)
         final: dict[str, float] = {}
+        test_out = test_y = None
         if self.data.test is not None:
-            best = self.ckpt.best()
-            if best is not None:
-                self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
-            test_metrics, _, _ = self.evaluate(self.data.test)
+            test_metrics, test_out, test_y = self.evaluate(self.data.test)
             final = {f"test_{k}": v for k, v in test_metrics.items()}
         if self.d.main:
+            np.savez(self.task.path / "predictions.npz", val_out=val_out, val_y=val_y,
+                     **({"test_out": test_out, "test_y": test_y} if test_out is not None else {}))
             result = {"status": "completed", "metric": self.metric_name, "best_metric": self.best_metric,
                       "best_epoch": self.best_epoch, "final": final, "finished": now_iso(),
                       "mlflow_run_id": self.tracker.run_id if self.tracker else None}
             if self.tracker:
-                if final:
-                    self.tracker.log_final(final, self.spec.optim.epochs)
-                best = self.ckpt.best()
-                if best is not None:
-                    weights = self.task.path / "best_model.pt"
-                    torch.save(torch.load(best, map_location="cpu", weights_only=False)["model"], weights)
-                    if weights.stat().st_size < 200 * 2**20:
-                        self.tracker.log_artifact(weights)
-                    self.tracker.set_tags({"hpcvit.best_checkpoint": str(best)})
-                self.tracker.set_tags({"hpcvit.state": "COMPLETED", f"best_{self.metric_name}": f"{self.best_metric}"})
-                self.tracker.end("FINISHED")
+                self._log_artifacts(best, final, val_out, val_y, test_out, test_y)
             self._progress(state="COMPLETED")
             write_json_atomic(self.task.path / "result.json", result)
         self._log("finished")
         return 0
+
+    def _log_artifacts(self, best: Path | None, final: dict[str, float], val_out: np.ndarray, val_y: np.ndarray,
+                       test_out: np.ndarray | None, test_y: np.ndarray | None) -> None:
+        from hpcvit.plots import write_roc_artifacts
+
+        assert self.tracker is not None
+        if final:
+            self.tracker.log_final(final, self.spec.optim.epochs)
+        if self.spec.data.task == "binary" and 0 < val_y.sum() < len(val_y):
+            use_test = test_out is not None and test_y is not None and 0 < test_y.sum() < len(test_y)
+            y, out, split = (test_y, test_out, "test") if use_test else (val_y, val_out, "validation")
+            for path in write_roc_artifacts(self.task.path / "roc", y, out,
+                                            f"{self.spec.model.name} ({split}, best epoch {self.best_epoch})"):
+                self.tracker.log_artifact(path, "roc")
+        self.tracker.log_artifact(self.task.path / "predictions.npz")
+        if best is not None:
+            weights = self.task.path / "best_model.pt"
+            torch.save(self.model.state_dict(), weights)
+            if weights.stat().st_size < 200 * 2**20:
+                self.tracker.log_artifact(weights)
+            self.tracker.set_tags({"hpcvit.best_checkpoint": str(best)})
+        self.tracker.set_tags({"hpcvit.state": "COMPLETED", "hpcvit.best_epoch": str(self.best_epoch),
+                               f"best_{self.metric_name}": f"{self.best_metric}"})
+        self.tracker.end("FINISHED")
 
     def _stopped(self) -> int:
         reason = _STOP.get("signal", "signal")

@@ -172,7 +172,13 @@ class MemmapStore(Store):
         self.n, self.shape, self.file_rows = int(mm.shape[0]), tuple(int(s) for s in mm.shape[1:]), [int(mm.shape[0])]
 
     def _open(self, k: int) -> np.ndarray:
-        return np.load(self.paths[0], mmap_mode="r")
+        # copy-on-write mapping: reads share the page cache, and a consumer writing into a returned view
+        # (an in-place augmentation) gets private pages instead of changing the cache file
+        return np.load(self.paths[0], mmap_mode="c")
+
+    def view(self, row: int) -> np.ndarray:
+        """Image ``row`` as a view into the mapping (no copy; the DataLoader's collate makes the one copy)."""
+        return self._handle(0)[row]
 
     def close(self) -> None:
         self._handles = {}
@@ -215,7 +221,48 @@ class RawCache:
         return MemmapStore(self.dir / "x.npy")
 
 
-def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path) -> None:
+def decode_workers(n_rows: int, workers: int | None) -> int:
+    """Processes decoding a raw cache: the usable cores (at most 16), at least 512 samples each."""
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:
+            workers = os.cpu_count() or 1
+        workers = min(workers, 16)
+    return max(1, min(workers, n_rows // 512))
+
+
+def _decode_worker_init() -> None:
+    try:
+        import pyarrow
+
+        pyarrow.set_cpu_count(1)  # the processes are the parallelism
+    except ImportError:
+        pass
+
+
+def _decode_part(store: Store, rows: np.ndarray, start: int, path: Path, advance=None) -> int:
+    """Decode sorted ``rows`` of ``store`` into rows ``start...`` of the ``.npy`` at ``path``."""
+    x = np.load(path, mmap_mode="r+")
+    pos = start
+    block = max(1, min(256, (64 << 20) // (int(np.prod(store.shape)) * 4)))
+    for got, xb in store.iter_read(rows, block=block):
+        x[pos:pos + len(got)] = xb
+        pos += len(got)
+        if advance is not None:
+            advance(len(got))
+    if pos - start != len(rows):
+        raise DataError(f"{store.paths[0]}: read {pos - start} of {len(rows)} selected samples")
+    x.flush()
+    store.close()
+    return len(rows)
+
+
+def _decode_part_job(args: tuple[Store, np.ndarray, int, Path]) -> int:
+    return _decode_part(*args)
+
+
+def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, workers: int | None = None) -> None:
     t0 = time.monotonic()
     store = open_store(spec, paths)
     names = store.scalar_columns()
@@ -230,21 +277,27 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path) -> 
     if len(rows) == 0:
         raise DataError(f"{paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
     x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *store.shape))
-    pos = 0
-    block = max(1, min(256, (64 << 20) // (int(np.prod(store.shape)) * 4)))
-    with _progress(len(rows), f"decoding {len(rows)} samples", progress) as advance:
-        for got, xb in store.iter_read(rows, block=block):
-            x[pos:pos + len(got)] = xb
-            pos += len(got)
-            advance(len(got))
-    if pos != len(rows):
-        raise DataError(f"{paths[0]}: read {pos} of {len(rows)} selected samples")
-    x.flush()
     del x
+    store.close()
+    n_proc = decode_workers(len(rows), workers)
+    with _progress(len(rows), f"decoding {len(rows)} samples ({n_proc} process{'es' if n_proc > 1 else ''})",
+                   progress) as advance:
+        if n_proc == 1:
+            _decode_part(store, rows, 0, tmp / "x.npy", advance)
+        else:
+            import multiprocessing as mp
+
+            bounds = np.linspace(0, len(rows), 4 * n_proc + 1).astype(np.int64)
+            parts = [(store, rows[a:b], int(a), tmp / "x.npy") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            # spawn: the parent may hold pyarrow/torch threads that a fork would copy in a broken state
+            with mp.get_context("spawn").Pool(n_proc, initializer=_decode_worker_init) as pool:
+                for got in pool.imap_unordered(_decode_part_job, parts):
+                    advance(got)
     np.savez(tmp / "columns.npz", __source_row__=rows, **{k: v[rows] for k, v in cols.items()})
     file_of = store.file_index(rows)
     meta = {
         "version": CACHE_VERSION, "n": int(len(rows)), "n_source": int(store.n), "shape": list(store.shape),
+        "decode_processes": n_proc,
         "format": store.format, "sources": [file_identity(p) for p in paths],
         "rows_per_file": [int(np.sum(file_of == k)) for k in range(len(paths))],
         "input_key": spec.input_key, "channels": spec.channels, "cuts": spec.cuts, "max_samples": spec.max_samples,
@@ -255,13 +308,14 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path) -> 
     log.info("cached %d samples of %s in %.1f s", len(rows), paths[0], meta["build_seconds"])
 
 
-def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False) -> RawCache:
-    """The raw cache of ``spec``'s selection of ``paths``, built (once, under a lock) if missing."""
+def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False, workers: int | None = None) -> RawCache:
+    """The raw cache of ``spec``'s selection of ``paths``, built (once, under a lock) if missing, decoding
+    in ``workers`` processes (default: the usable cores, at most 16; at least 512 samples each)."""
     if spec.cache_dir is None:
         raise ValueError("data.cache_dir is not set")
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     name = f"raw-{raw_key(spec, paths)}"
-    d = _locked_build(cache_dir, name, lambda tmp: _build_raw(spec, paths, progress, tmp))
+    d = _locked_build(cache_dir, name, lambda tmp: _build_raw(spec, paths, progress, tmp, workers))
     try:
         meta = json.loads((d / "meta.json").read_text())
         with np.load(d / "columns.npz") as z:

@@ -120,6 +120,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.raw_only:
         spec = spec.model_copy(update={"cache_preprocessed": False})
     t0 = time.monotonic()
+    from hpcvit.data import resolve_paths
+    from hpcvit.data.cache import ensure_raw
+
+    ensure_raw(spec, resolve_paths(spec, Path.cwd()), progress=sys.stderr.isatty(), workers=args.workers)
     bundle = build_datasets(spec, Path.cwd(), progress=sys.stderr.isatty())
     dt = time.monotonic() - t0
     info = bundle.info
@@ -257,6 +261,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--max-samples", type=int, help="keep only the first N samples passing the cuts")
     c.add_argument("--split-seed", type=int, help="seed of the train/val/test split (for the statistics)")
     c.add_argument("--raw-only", action="store_true", help="only the decoded cache, not the preprocessed copy")
+    c.add_argument("--workers", type=int, help="decoding processes (default: the usable cores, at most 16)")
     c.set_defaults(func=_guarded("convert", cmd_convert))
 
     i = sub.add_parser("inspect", help="print shape, class balance and row groups of data files")

@@ -259,7 +259,8 @@ class ImageDataset:
     """Map-style data set: ``(image float32 C x H x W, target float32 scalar)`` for rows of a store.
 
     ``__getitems__`` (used by the DataLoader for whole batches) reads the batch's rows sorted, in one pass per
-    file chunk/row group, and preprocesses the batch at once. With ``pre=None`` the images are returned as
+    file chunk/row group, and preprocesses the batch at once; over a preprocessed cache it returns views that
+    the DataLoader's collate copies once. With ``pre=None`` the images are returned as
     stored (a preprocessed cache). Pickles without open files, so it works with DataLoader worker processes
     and any sampler (DistributedSampler shards the indices).
     """
@@ -298,12 +299,18 @@ class ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         idx = np.where(idx < 0, idx + len(self), idx)
         rows = self.rows[idx]
+        yt = torch.from_numpy(self.targets[idx].copy())
+        if self.pre is None and hasattr(self.store, "view"):
+            # preprocessed cache: views into the (copy-on-write) mapping, which the DataLoader's collate copies
+            # into the batch, so the batch costs one copy; a caller writing into these views would change what
+            # this process reads later (``__getitem__`` returns a copy)
+            view = self.store.view
+            return [(torch.from_numpy(view(r)), yt[k]) for k, r in enumerate(rows.tolist())]
         uniq, inverse = np.unique(rows, return_inverse=True)
         x = self.store.read(uniq)
         if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
             x = x[inverse]
         xt = torch.from_numpy(self._prep(x))
-        yt = torch.from_numpy(self.targets[idx].copy())
         return [(xt[k], yt[k]) for k in range(len(idx))]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,26 @@ def _flop_counter():
     return FlopCounterMode(display=False, custom_mapping=custom)
 
 
+def count_gflops(model: Any, in_chans: int, img_size: int, num_outputs: int = 1) -> float:
+    """Forward GFLOPs for one image (2 per multiply-add); leaves the model in eval mode, touches no global RNG."""
+    import torch
+
+    model.eval()
+    x = torch.randn(1, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    counter = _flop_counter()
+    # nn.MultiheadAttention's eval-mode fast path is one opaque native kernel the counter cannot see into.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), counter:
+            out = model(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    if tuple(out.shape) != (1, num_outputs):
+        raise RuntimeError(f"output shape {tuple(out.shape)}, expected {(1, num_outputs)}")
+    return counter.get_total_flops() / 1e9
+
+
 def model_info(name: str, in_chans: int, img_size: int, num_outputs: int = 1) -> dict[str, Any]:
     """Parameters (M), GFLOPs per image and whether ``name`` builds and runs on ``in_chans`` x ``img_size``^2.
 
@@ -58,20 +78,7 @@ def model_info(name: str, in_chans: int, img_size: int, num_outputs: int = 1) ->
         model = build_model(name, in_chans, img_size, num_outputs)
         params = sum(p.numel() for p in model.parameters())
         info["params"], info["params_m"] = params, params / 1e6
-        model.eval()
-        x = torch.randn(1, in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
-        counter = _flop_counter()
-        # nn.MultiheadAttention's eval-mode fast path is one opaque native kernel the counter cannot see into.
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            with torch.no_grad(), counter:
-                out = model(x)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
-        if tuple(out.shape) != (1, num_outputs):
-            raise RuntimeError(f"output shape {tuple(out.shape)}, expected {(1, num_outputs)}")
-        info["gflops"] = counter.get_total_flops() / 1e9
+        info["gflops"] = count_gflops(model, in_chans, img_size, num_outputs)
         info["ok"] = True
     except Exception as exc:  # noqa: BLE001 -- any failure means "does not support this input"
         info["error"] = f"{type(exc).__name__}: {exc}".strip()
