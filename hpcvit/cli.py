@@ -157,10 +157,10 @@ def _finish_parent(sweep_dir: Any) -> None:
         finalize_parent(sweep_dir, all(s == "COMPLETED" for s in states))
 
 
-def _status_table(sweep_dir: Any) -> Table:
+def _status_table(sweep_dir: Any, statuses: list[Any] | None = None) -> Table:
     from hpcvit.lifecycle import task_statuses
 
-    statuses = task_statuses(sweep_dir)
+    statuses = task_statuses(sweep_dir) if statuses is None else statuses
     metric = next((s.metric for s in statuses if s.metric), "metric")
     table = Table(title=f"sweep {sweep_dir.sweep_id}")
     for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
@@ -189,15 +189,18 @@ def _sweep(args: argparse.Namespace):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from hpcvit.lifecycle import close_lost_runs, task_statuses
+
     sweep_dir = _sweep(args)
+    statuses = task_statuses(sweep_dir)
     if args.format == "json":
         from dataclasses import asdict
 
-        from hpcvit.lifecycle import task_statuses
-
-        print(json.dumps([asdict(s) for s in task_statuses(sweep_dir)], default=str, indent=1))
+        print(json.dumps([asdict(s) for s in statuses], default=str, indent=1))
     else:
-        console.print(_status_table(sweep_dir))
+        console.print(_status_table(sweep_dir, statuses))
+    if any(s.state == "LOST" for s in statuses):
+        close_lost_runs(sweep_dir, statuses)
     return 0
 
 

@@ -94,13 +94,23 @@ def task_statuses(sweep: SweepDir) -> list[TaskStatus]:
     return out
 
 
-def _close_stale_run(sweep: SweepDir, task: TaskDir, state: str) -> None:
+def _close_stale_run(sweep: SweepDir, task: TaskDir, state: str) -> bool:
     run_file = task.path / "mlflow_run_id"
     uri = sweep.manifest.get("tracking_uri")
-    if uri and run_file.exists():
-        from hpcvit.tracking import terminate_run
+    if not (uri and run_file.exists()):
+        return False
+    from hpcvit.tracking import terminate_run
 
-        terminate_run(uri, run_file.read_text().strip(), "KILLED" if state != "FAILED" else "FAILED", state)
+    return terminate_run(uri, run_file.read_text().strip(), "KILLED" if state != "FAILED" else "FAILED", state)
+
+
+def close_lost_runs(sweep: SweepDir, statuses: list[TaskStatus]) -> int:
+    """Mark the MLflow runs of LOST tasks KILLED (tag ``hpcvit.state=LOST``): a killed process cannot do it."""
+    closed = 0
+    for s in statuses:
+        if s.state == "LOST":
+            closed += _close_stale_run(sweep, sweep.task(s.index), "LOST")
+    return closed
 
 
 def resume(sweep: SweepDir, executor: str | None = None) -> tuple[list[int], dict[int, str]]:

@@ -43,7 +43,7 @@ def test_cache_gives_the_direct_samples(tmp_path, preprocessed):
         np.testing.assert_allclose(xb, xa, rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(yb, ya)
     np.testing.assert_array_equal(cached.stats.mean, direct.stats.mean)
-    for key in ("n_train", "n_val", "n_test", "n_selected", "class_balance", "fingerprint"):
+    for key in ("n_train", "n_val", "n_test", "n_selected", "class_balance", "fingerprint", "files", "shape"):
         assert cached.info[key] == direct.info[key]
     assert (dirs(tmp_path / "cache", "pre-") != []) == preprocessed
 
@@ -114,3 +114,44 @@ def test_waits_for_a_build_holding_the_lock_and_races_are_safe(tmp_path):
     assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
     assert len(dirs(cache, "raw-")) == 1 and len(dirs(cache, "pre-")) == 1
     assert not list(cache.glob(".*.tmp-*"))
+
+
+def test_cached_samples_through_loader_workers_and_writes_do_not_reach_the_cache(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    p, _ = make_file(tmp_path / "a.parquet", n=40)
+    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    b = build_datasets(spec, tmp_path)
+    want, _ = b.train.arrays()
+    img, _ = b.train[0]
+    img += 100.0  # an in-place augmentation of a returned sample changes neither later reads nor the file
+    np.testing.assert_array_equal(b.train[0][0].numpy(), want[0])
+    batch = b.train.__getitems__([0, 1])
+    np.testing.assert_array_equal(batch[0][0].numpy(), want[0])
+    np.testing.assert_array_equal(build_datasets(spec, tmp_path).train.arrays()[0], want)
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(b.train, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        idx = list(iter(sampler))
+        xs = torch.cat([xb for xb, _ in DataLoader(b.train, batch_size=6, sampler=sampler, num_workers=2)])
+        np.testing.assert_array_equal(xs.numpy(), want[idx])
+        seen.append(set(idx))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == len(b.train)
+
+
+def test_parallel_decode_matches_direct_reading(tmp_path):
+    from hpcvit.data.cache import ensure_raw
+    from hpcvit.data.readers import open_store
+
+    p1, _ = make_file(tmp_path / "a.parquet", n=1500, seed=1)
+    p2, _ = make_file(tmp_path / "b.parquet", n=700, seed=2)
+    spec = DataSpec(format="parquet", paths=[str(p1), str(p2)], cache_dir=str(tmp_path / "cache"),
+                    cuts={"pt": [5, 95]})
+    raw = ensure_raw(spec, [p1, p2], workers=2)
+    assert raw.meta["decode_processes"] == 2
+    store = open_store(spec, [p1, p2])
+    rows = raw.columns["__source_row__"]
+    np.testing.assert_array_equal(np.load(raw.dir / "x.npy"), store.read(rows))
+    pt = np.concatenate([store.column("pt")])
+    np.testing.assert_array_equal(rows, np.flatnonzero((pt >= 5) & (pt < 95)))

@@ -56,6 +56,8 @@ def test_sigkill_then_resume_continues_from_checkpoint(workdir: Path) -> None:
              == "LOST", 30, "status to report the task LOST")
     last_saved = max(json.loads(p.read_text())["step"] for p in task.checkpoints.glob("ckpt-*.json"))
     assert not (task.path / "stopped.json").exists()
+    lost = children(sweep)[0]
+    assert lost.info.status == "KILLED" and lost.data.tags["hpcvit.state"] == "LOST"  # not RUNNING forever
 
     resumed = hpcvit("resume", "--wait", cwd=workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -106,3 +108,22 @@ sweep:
     assert len(runs) == 2
     assert runs["0"].data.metrics["val_loss"] == runs["1"].data.metrics["val_loss"]
     assert steps(sweep, runs["1"].info.run_id, "val_loss") == [0, 1]
+
+
+def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="cancel", n=1600, size=16, epochs=30))
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(0)
+    wait_for(lambda: task.progress().get("epoch", 0) >= 1, 240, "the first epoch")
+    cancelled = hpcvit("cancel", sweep.sweep_id, cwd=workdir)
+    assert cancelled.returncode == 0 and "cancelled 1 task(s)" in cancelled.stdout
+    wait_for(lambda: task.state().get("state") == "CANCELLED", 120, "the task to stop")
+    run = children(sweep)[0]
+    assert run.info.status == "KILLED"
+    logs = hpcvit("logs", sweep.sweep_id, "0", cwd=workdir)
+    assert logs.returncode == 0 and "stopped by SIGTERM" in logs.stdout
+    assert hpcvit("resume", "--wait", cwd=workdir).returncode == 0
+    assert task.state()["state"] == "COMPLETED"
+    assert " start: epoch 0 step 0/" not in start_lines(task.log)[-1]
+    assert [r.info.status for r in children(sweep)] == ["FINISHED"]

@@ -181,7 +181,8 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
             info["cache"] = {"raw": str(raw.dir), "preprocessed": None}
         rows = np.arange(n, dtype=np.int64)
         shape = store.shape
-        info["files"] = [{"path": s["path"], "selected": int(c)} for s, c in zip(sources, raw.meta["rows_per_file"])]
+        info["files"] = [{"path": s["path"], "rows": int(r), "selected": int(c)}
+                         for s, r, c in zip(sources, raw.meta["file_rows"], raw.meta["rows_per_file"])]
     else:
         store = open_store(spec, paths)
         rows, cols = select_rows(store, spec)

@@ -18,6 +18,7 @@ to delete.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -74,40 +75,46 @@ def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None) -> s
 
 
 # -- locking and atomic publication --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _file_lock(cache_dir: Path, name: str) -> Iterator[None]:
+    """Exclusive ``fcntl.flock`` on ``cache_dir/.locks/<name>.lock`` (kept: removing it would race waiters)."""
+    (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".locks" / f"{name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process building %s", cache_dir / name)
+            t0 = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            log.info("lock on %s acquired after %.0f s", cache_dir / name, time.monotonic() - t0)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
     """Return ``cache_dir/name``, building it with ``build(tmp_dir)`` under a lock if it does not exist."""
     final = cache_dir / name
     if (final / "meta.json").exists():
         return final
-    (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
-    lock_path = cache_dir / ".locks" / f"{name}.lock"  # kept: removing a lock file races with its waiters
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process building %s", final)
-            t0 = time.monotonic()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            log.info("lock on %s acquired after %.0f s", final, time.monotonic() - t0)
-        try:
-            if (final / "meta.json").exists():
-                return final
-            for stale in cache_dir.glob(f".{name}.tmp-*"):  # left by a crashed build; we hold the lock
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = cache_dir / f".{name}.tmp-{socket.gethostname()}-{os.getpid()}"
-            tmp.mkdir()
-            try:
-                build(tmp)
-                if final.exists():  # an incomplete directory (no meta.json) from an older crash
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _fsync_dir(cache_dir)
+    with _file_lock(cache_dir, name):
+        if (final / "meta.json").exists():
             return final
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        for stale in cache_dir.glob(f".{name}.tmp-*"):  # left by a crashed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = cache_dir / f".{name}.tmp-{socket.gethostname()}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            build(tmp)
+            if final.exists():  # an incomplete directory (no meta.json) from an older crash
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(cache_dir)
+        return final
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,14 +193,13 @@ class MemmapStore(Store):
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
         mm = self._handle(0)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # a run: one slice copy
-            x = mm[int(rows[0]):int(rows[-1]) + 1]
-        else:
-            x = mm[rows]  # fancy indexing copies
-        if out is None:
-            return np.array(x, dtype=np.float32, copy=True)
-        np.copyto(out, x)
-        return out
+        run = len(rows) > 0 and rows[-1] - rows[0] + 1 == len(rows)
+        if out is not None:
+            np.copyto(out, mm[int(rows[0]):int(rows[-1]) + 1] if run else mm[rows])
+            return out
+        if run:  # a slice is a view of the mapping: copy it once
+            return np.array(mm[int(rows[0]):int(rows[-1]) + 1], dtype=np.float32, copy=True)
+        return np.asarray(mm[rows])  # fancy indexing already made a private copy
 
     def _read_file(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
         self.read(local, out)
@@ -300,6 +306,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
         "decode_processes": n_proc,
         "format": store.format, "sources": [file_identity(p) for p in paths],
         "rows_per_file": [int(np.sum(file_of == k)) for k in range(len(paths))],
+        "file_rows": [int(r) for r in store.file_rows],
         "input_key": spec.input_key, "channels": spec.channels, "cuts": spec.cuts, "max_samples": spec.max_samples,
         "columns": names, "build_seconds": round(time.monotonic() - t0, 2), "host": socket.gethostname(),
     }
@@ -330,13 +337,20 @@ def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray) -> C
     key = _digest({"train": hashlib.sha256(np.ascontiguousarray(train_pos, dtype=np.int64).tobytes()).hexdigest(),
                    "zero_suppress": pre.zero_suppress})
     path = raw.dir / f"stats-{key}.json"
-    if path.exists():
+
+    def load() -> ChannelStats | None:
         try:
             return ChannelStats.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError):
-            pass
-    stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples), pre)
-    _write_json(path, stats.to_dict())
+            return None
+
+    stats = load()
+    if stats is None:
+        with _file_lock(raw.dir.parent, f"{raw.dir.name}-stats-{key}"):  # ranks wait for one computation
+            stats = load()
+            if stats is None:
+                stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples), pre)
+                _write_json(path, stats.to_dict())
     return stats
 
 

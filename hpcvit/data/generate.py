@@ -311,8 +311,9 @@ def metadata(cfg: GenConfig) -> dict[str, Any]:
         "process": cfg.process, "labels": {str(k): v for k, v in PROCESSES[cfg.process]["labels"].items()},
         "seed": cfg.seed, "n_jets": cfg.n, "shard_size": cfg.shard_size, "ecm_gev": cfg.ecm,
         "generator": {"pythia8mc": ver("pythia8mc"), "clusterer": cfg.clusterer, "fastjet": ver("fastjet"),
-                      "hpcvit": ver("hpcvit"), "settings": {"label_1": pythia_settings(cfg, 1, 0)[4:],
-                                                              "label_0": pythia_settings(cfg, 0, 0)[4:]}},
+                      "hpcvit": ver("hpcvit"), "settings": {
+                          f"label_{lab}": [x for x in pythia_settings(cfg, lab, 0) if not x.startswith("Random:seed")]
+                          for lab in (1, 0)}},
         "cuts": {"pt_min": cfg.pt_min, "pt_max": cfg.pt_max, "abs_eta_max": cfg.eta_max, "jet_r": cfg.jet_r,
                  "algorithm": "anti-kT", "pthat": list(cfg.pthat),
                  "matching": "top and its 3 decay quarks within R" if cfg.process == "top-vs-qcd"
