@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean data-top data-qg
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,10 @@ bench: install
 
 clean:
 	rm -rf runs mlruns .pytest_cache
+
+# Physics data sets generated here with Pythia 8 (about 2-4 minutes each on 2 cores).
+data-top: install
+	$(BIN)/hpcvit data generate --process top-vs-qcd -n 8000 --seed 1 -o data/top_vs_qcd_n8000.parquet
+
+data-qg: install
+	$(BIN)/hpcvit data generate --process quark-vs-gluon -n 6000 --seed 2 -o data/quark_gluon_n6000.parquet

@@ -113,7 +113,8 @@ def _create(sweep: Sweep, output_dir: Path, sweep_id: str, kind: str):
     if base.data.format != "synthetic":
         data.prepare(base.data, output_dir)  # fails fast on missing files, before anything is written
     output_dir.mkdir(parents=True, exist_ok=True)
-    specs = [r.spec for r in sweep.runs]
+    # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
+    specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
     sweep_dir = create_sweep_dir(output_dir, sweep_id, Path(sweep.file), specs, kind, [r.label for r in sweep.runs])
     try:
         for spec in {s.data.model_dump_json(): s for s in specs}.values():

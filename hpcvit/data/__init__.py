@@ -50,6 +50,14 @@ def synthetic_path(spec: DataSpec, sweep_dir: Path) -> Path:
     return sweep_dir / "data" / f"synthetic_n{s.n_samples}_s{s.image_size}_c{s.channels}_seed{s.seed}.h5"
 
 
+def with_absolute_paths(spec: DataSpec) -> DataSpec:
+    """The same data spec with ``paths`` and ``cache_dir`` made absolute against the current directory."""
+    update: dict[str, Any] = {"paths": [str(Path(p).expanduser().resolve()) for p in spec.paths]}
+    if spec.cache_dir:
+        update["cache_dir"] = str(Path(spec.cache_dir).expanduser().resolve())
+    return spec.model_copy(update=update)
+
+
 def resolve_paths(spec: DataSpec, sweep_dir: Path) -> list[Path]:
     """Input files of the data set; relative paths are taken from the current directory at submit time."""
     if spec.format == "synthetic":
