@@ -229,6 +229,22 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from hpcvit.tracking import sync_task
+
+    sweep_dir = _sweep(args)
+    m = sweep_dir.manifest
+    total = 0
+    for task in sweep_dir.tasks():
+        sent = sync_task(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], task.path, task.key,
+                         f"{task.index:04d}-{m['labels'][task.index]}".replace(" ", "_"))
+        if sent:
+            console.print(f"task {task.index}: {sent} buffered tracking call(s) sent")
+        total += sent
+    console.print(f"synced {sweep_dir.sweep_id}: {total} call(s)" if total else "nothing buffered: tracking is in sync")
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     sweep_dir = _sweep(args)
     log = sweep_dir.task(args.task).log
@@ -295,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm"])
     p.add_argument("--wait", action="store_true")
     sweep_cmd("cancel", "cancel the unfinished tasks of a sweep (they checkpoint first)", cmd_cancel)
+    sweep_cmd("sync", "send tracking calls buffered while MLflow was unreachable", cmd_sync)
     p = sub.add_parser("logs", help="print a task's training log")
     p.add_argument("sweep")
     p.add_argument("task", type=int)

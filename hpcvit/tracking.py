@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,10 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# An unreachable server should cost seconds, not the client's default minutes of retries: calls are buffered.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -61,14 +66,51 @@ def setup_sweep(uri: str, experiment: str, sweep_id: str, artifact_root: Path, s
     return experiment_id, parent.info.run_id
 
 
+def _transient(exc: BaseException) -> bool:
+    """Errors that mean "tracking is unreachable right now", as opposed to a bug or a refused value."""
+    import sqlite3
+
+    import requests
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, (OSError, requests.RequestException, OperationalError, sqlite3.OperationalError)):
+        return True
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        return any(k in text for k in ("API request", "Max retries", "Connection", "database is locked", "timed out"))
+    return False
+
+
 class TaskTracker:
-    """The child run of one task, opened by rank 0 of every (re)start of the task."""
+    """The child run of one task, opened by rank 0 of every (re)start of the task.
+
+    When the tracking server is unreachable, training goes on: every call is appended to
+    ``tracking_buffer.jsonl`` in the task folder (and retried at most once a minute); ``hpcvit sync``
+    or the next successful call replays the buffer in order. Replays are idempotent: epochs already
+    logged are skipped, params are logged once.
+    """
+
+    RETRY_S = 60.0
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, task_dir: Path, task_key: str,
-                 run_name: str, tags: dict[str, str]):
+                 run_name: str, tags: dict[str, str], connect: bool = True):
         self.client = MlflowClient(uri)
         self.task_dir = task_dir
-        id_file = task_dir / "mlflow_run_id"
+        self.buffer = task_dir / "tracking_buffer.jsonl"
+        self._open_args = {"experiment_id": experiment_id, "parent_run_id": parent_run_id, "task_key": task_key,
+                           "run_name": run_name, "tags": tags}
+        self.run_id: str | None = None
+        self.resumed = (task_dir / "mlflow_run_id").exists()
+        self.last_epoch_logged = -1
+        self._offline_since: float | None = None
+        if connect:
+            self._call("open", **self._open_args)
+
+    # -- the operations, as replayed from the buffer ----------------------------------------------
+    def _op_open(self, experiment_id: str, parent_run_id: str, task_key: str, run_name: str,
+                 tags: dict[str, str]) -> None:
+        id_file = self.task_dir / "mlflow_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else None
         if run_id is None:
             found = self.client.search_runs([experiment_id], f"tags.`{TASK_KEY_TAG}` = '{task_key}'", max_results=1)
@@ -89,35 +131,94 @@ class TaskTracker:
         history = self.client.get_metric_history(run_id, "val_loss")
         self.last_epoch_logged = max((m.step for m in history), default=-1)
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log params once: a resumed run already has them (and MLflow refuses changed values)."""
+    def _op_params(self, params: dict[str, str]) -> None:
         existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
         for i in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[i:i + 100])
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> bool:
-        """Log one epoch's metrics at ``step=epoch`` unless that epoch was logged before a restart."""
+    def _op_epoch(self, epoch: int, metrics: dict[str, float], ts: int) -> None:
         if epoch <= self.last_epoch_logged:
-            return False
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()])
+            return
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in metrics.items()])
         self.last_epoch_logged = epoch
-        return True
 
-    def log_final(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+    def _op_final(self, metrics: dict[str, float], step: int, ts: int) -> None:
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
 
-    def set_tags(self, tags: dict[str, str]) -> None:
+    def _op_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
 
+    def _op_artifact(self, path: str, artifact_path: str | None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def _op_end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    # -- buffering ----------------------------------------------------------------------------------
+    def _append(self, op: str, kwargs: dict[str, Any]) -> None:
+        with open(self.buffer, "a") as f:
+            f.write(json.dumps({"op": op, **kwargs}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _call(self, op: str, **kwargs: Any) -> None:
+        if self._offline_since is not None and time.monotonic() - self._offline_since < self.RETRY_S:
+            self._append(op, kwargs)
+            return
+        try:
+            self.flush()
+            getattr(self, f"_op_{op}")(**kwargs)
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            self._offline_since = time.monotonic()
+            print(f"tracking unreachable ({type(exc).__name__}); buffering to {self.buffer}", flush=True)
+            self._append(op, kwargs)
+
+    def flush(self) -> int:
+        """Replay the buffered calls in order (the first one opens the run); return how many."""
+        if not self.buffer.exists():
+            return 0
+        lines = [json.loads(line) for line in self.buffer.read_text().splitlines() if line.strip()]
+        for entry in lines:
+            op = entry.pop("op")
+            if op != "open" and self.run_id is None:
+                self._op_open(**self._open_args)
+            getattr(self, f"_op_{op}")(**entry)
+        self.buffer.rename(self.buffer.with_suffix(f".synced-{int(time.time())}"))
+        self._offline_since = None
+        return len(lines)
+
+    # -- the interface the trainer uses -------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params once: a resumed run already has them (and MLflow refuses changed values)."""
+        self._call("params", params={k: str(v) for k, v in params.items()})
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's metrics at ``step=epoch`` unless that epoch was logged before a restart."""
+        self._call("epoch", epoch=epoch, metrics={k: float(v) for k, v in metrics.items()},
+                   ts=int(time.time() * 1000))
+
+    def log_final(self, metrics: dict[str, float], step: int) -> None:
+        self._call("final", metrics={k: float(v) for k, v in metrics.items()}, step=step, ts=int(time.time() * 1000))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("tags", tags={k: str(v) for k, v in tags.items()})
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call("artifact", path=str(path), artifact_path=artifact_path)
 
     def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status)
+        self._call("end", status=status)
+
+
+def sync_task(uri: str, experiment_id: str, parent_run_id: str, task_dir: Path, task_key: str,
+              run_name: str) -> int:
+    """Replay a task's buffered tracking calls (``hpcvit sync``); return how many were sent."""
+    tracker = TaskTracker(uri, experiment_id, parent_run_id, task_dir, task_key, run_name, tags={}, connect=False)
+    return tracker.flush()
 
 
 def terminate_run(uri: str, run_id: str, status: str = "KILLED", state: str | None = None) -> bool:
@@ -137,4 +238,4 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
     return client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=5000)
 
 
-__all__ = ["TaskTracker", "child_runs", "flatten", "resolve_uri", "setup_sweep", "terminate_run"]
+__all__ = ["TaskTracker", "child_runs", "sync_task", "flatten", "resolve_uri", "setup_sweep", "terminate_run"]

@@ -1,0 +1,52 @@
+"""Tracking outages: training goes on while the MLflow server is down, `hpcvit sync` sends what was buffered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hpcvit.manifest import find_sweep
+from hpcvit.ui import start_server, stop_server
+from tests.conftest import SPEC, children, hpcvit, steps, wait_for, write_spec
+
+pytestmark = pytest.mark.slow
+EPOCHS = 10
+
+
+def test_server_outage_is_buffered_and_synced(workdir: Path) -> None:
+    store = workdir / "server"
+    backend = f"sqlite:///{store / 'mlflow.db'}"
+    proc, url = start_server(backend, store / "artifacts", log_path=workdir / "server.log")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        spec = write_spec(workdir, SPEC.format(name="outage", n=2400, size=16, epochs=EPOCHS)
+                          + f"tracking:\n  uri: {url}\n")
+        assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+        sweep = find_sweep(None, workdir / "runs")
+        task = sweep.task(0)
+        wait_for(lambda: task.progress().get("epoch", 0) >= 2, 240, "two epochs logged while the server is up")
+    finally:
+        stop_server(proc)
+    wait_for(lambda: task.state().get("state") in ("COMPLETED", "FAILED"), 300, "training to end without tracking")
+    assert task.state()["state"] == "COMPLETED", task.log.read_text()[-3000:]
+    buffered = (task.path / "tracking_buffer.jsonl").read_text()
+    assert '"op": "epoch"' in buffered and '"op": "end"' in buffered
+    assert "tracking unreachable" in task.log.read_text()
+
+    proc, url2 = start_server(backend, store / "artifacts", port=port, log_path=workdir / "server2.log")
+    try:
+        assert url2 == url
+        synced = hpcvit("sync", cwd=workdir)
+        assert synced.returncode == 0 and "buffered tracking call(s) sent" in synced.stdout, synced.stdout
+        assert not (task.path / "tracking_buffer.jsonl").exists()
+        (run,) = children(sweep)
+        assert run.info.status == "FINISHED"
+        assert steps(sweep, run.info.run_id, "val_loss") == list(range(EPOCHS))  # nothing lost, nothing twice
+        names = {a.path for a in MlflowClient(url).list_artifacts(run.info.run_id, "roc")}
+        assert "roc/roc_curve.png" in names
+        again = hpcvit("sync", cwd=workdir)
+        assert "nothing buffered" in again.stdout
+    finally:
+        stop_server(proc)
