@@ -30,7 +30,13 @@ class Run:
     def label(self) -> str:
         """Short human name: the model plus the swept values other than the model."""
         parts = [self.spec.model.name]
-        parts += [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.overrides.items() if k != "model.name"]
+        for key, value in self.overrides.items():
+            if key == "model.name":
+                continue
+            if isinstance(value, dict):
+                parts += [f"{k}={v}" for k, v in value.items()]
+            else:
+                parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
         return " ".join(parts)
 
 
