@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
     p.add_argument("--plot", metavar="PNG", help="also write the ROC overlay of the sweep's runs to this file")
 
-    for module in ("hpcvit.models.info", "hpcvit.data.commands"):
+    for module in ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.ui"):
         try:
             __import__(module, fromlist=["add_parser"]).add_parser(sub)
         except ModuleNotFoundError:

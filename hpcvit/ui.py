@@ -59,12 +59,22 @@ def server_command(backend_uri: str, artifacts_dir: Path, port: int, host: str =
            "--artifacts-destination", str(Path(artifacts_dir).resolve()),
            "--host", host, "--port", str(port), "--workers", "1"]
     if host not in _LOOPBACK:
-        # --allowed-hosts replaces the defaults (loopback and private ranges) and matches host:port.
-        names = ["localhost", "127.0.0.1", "[::1]", socket.gethostname(), socket.getfqdn()]
-        if host not in _ANY:
-            names.append(host)
-        cmd += ["--allowed-hosts", ",".join(dict.fromkeys(f"{n}:*" for n in names if n))]
+        # Other machines reach it by this host's name, which the default Host-header check refuses (403).
+        # --allowed-hosts REPLACES MLflow's defaults (loopback, private address ranges): keep them, add the names.
+        names = [socket.gethostname(), socket.getfqdn()] + ([] if host in _ANY or ":" in host else [host])
+        allowed = _default_allowed_hosts() + [p for n in names if n for p in (n, f"{n}:*")]
+        cmd += ["--allowed-hosts", ",".join(dict.fromkeys(allowed))]
     return cmd
+
+
+def _default_allowed_hosts() -> list[str]:
+    try:
+        from mlflow.server.security_utils import get_default_allowed_hosts
+
+        return list(get_default_allowed_hosts())
+    except ImportError:  # fnmatch patterns; "[[]" escapes the IPv6 bracket
+        return ["localhost", "127.0.0.1", "[::1]", "0.0.0.0", "localhost:*", "127.0.0.1:*", "[[]::1]:*",
+                "0.0.0.0:*", "192.168.*", "10.*", *[f"172.{i}.*" for i in range(16, 32)], "fc00:*", "fd00:*"]
 
 
 def _health(url: str) -> str | None:
@@ -93,10 +103,10 @@ def start_server(backend_uri: str, artifacts_dir: Path | str, port: int = 0, hos
     """
     artifacts_dir = Path(artifacts_dir)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    bind = "127.0.0.1" if host in _ANY else host
+    probe = "127.0.0.1" if host in _ANY or host == "localhost" else host  # an address to test the port on
     if port == 0:
-        port = free_port(bind if bind not in ("localhost",) else "127.0.0.1")
-    elif _port_in_use(bind if bind != "localhost" else "127.0.0.1", port):
+        port = free_port(probe)
+    elif _port_in_use(probe, port):
         raise RuntimeError(f"port {port} on {host} is already in use (choose another with --port)")
     url_host = "127.0.0.1" if host in _ANY else (f"[{host}]" if ":" in host else host)
     url = f"http://{url_host}:{port}"
