@@ -265,14 +265,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hpcvit.compare import compare_rows, compare_table, render
+    from hpcvit.compare import compare_rows, compare_table, render, seed_table
 
     sweep_dir = _sweep(args)
     _finish_parent(sweep_dir)
+    rows = compare_rows(sweep_dir, args.metric)
     if args.format == "table":
-        console.print(compare_table(sweep_dir, args.metric))
+        console.print(compare_table(sweep_dir, args.metric, rows))
+        over_seeds = seed_table(sweep_dir, rows)
+        if over_seeds is not None:
+            console.print(over_seeds)
     else:
-        print(render(compare_rows(sweep_dir, args.metric), args.format))
+        print(render(rows, args.format))
     if args.plot:
         from hpcvit.compare import plot_overlay
 

@@ -62,8 +62,49 @@ _TABLE = (("task", "#", 0), ("model", "model", 0), ("status", "status", 0), ("pa
           ("rej@0.5", "1/eB@.5", 1), ("img_s", "img/s", 0), ("wall_min", "min", 1))
 
 
-def compare_table(sweep: SweepDir, metric: str | None = None) -> Table:
-    rows = compare_rows(sweep, metric)
+def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs that differ only in ``optim.seed`` grouped: mean and sample std of their best metric, best first."""
+    import numpy as np
+
+    specs = sweep.run_specs()
+    labels = sweep.manifest.get("labels", [])
+    groups: dict[str, list[dict[str, Any]]] = {}
+    names: dict[str, str] = {}
+    for row in rows:
+        if row["best"] is None or not 0 <= row["task"] < len(specs):
+            continue
+        spec = specs[row["task"]].model_dump(mode="json")
+        spec["optim"].pop("seed")
+        spec.pop("description")
+        key = json.dumps(spec, sort_keys=True)
+        groups.setdefault(key, []).append(row)
+        names.setdefault(key, " ".join(p for p in labels[row["task"]].split() if not p.startswith("seed=")))
+    out = []
+    for key, members in groups.items():
+        values = np.array([m["best"] for m in members], dtype=float)
+        out.append({"config": names[key], "n_seeds": len(members), "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "tasks": sorted(m["task"] for m in members), "metric": members[0]["metric"]})
+    maximise = not (rows and rows[0]["metric"].endswith(("mae", "mre", "loss")))
+    return sorted(out, key=lambda g: -g["mean"] if maximise else g["mean"])
+
+
+def seed_table(sweep: SweepDir, rows: list[dict[str, Any]]) -> Table | None:
+    """Mean +- std over seeds, when the sweep has more than one seed of some configuration."""
+    groups = seed_groups(sweep, rows)
+    if not any(g["n_seeds"] > 1 for g in groups):
+        return None
+    table = Table(title=f"{sweep.sweep_id}: best {groups[0]['metric']} over seeds (mean +- std)")
+    for col in ("configuration", "seeds", "mean", "std", "tasks"):
+        table.add_column(col, justify="left" if col in ("configuration", "tasks") else "right")
+    for g in groups:
+        table.add_row(g["config"], str(g["n_seeds"]), f"{g['mean']:.4f}", f"{g['std']:.4f}",
+                      ",".join(map(str, g["tasks"])))
+    return table
+
+
+def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[str, Any]] | None = None) -> Table:
+    rows = compare_rows(sweep, metric) if rows is None else rows
     name = rows[0]["metric"] if rows else (metric or "metric")
     table = Table(title=f"{sweep.sweep_id}: runs by {name} (best and final epoch)")
     for _, header, _ in _TABLE:
