@@ -38,20 +38,25 @@ class TaskStatus:
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str]:
-    """State of each listed Slurm job (``A_i`` for array tasks) in ONE squeue call; absent = not queued."""
+    """State of each listed Slurm job (``A_i`` for array tasks) from ONE squeue call; absent = not queued.
+
+    Asks for all of the user's jobs rather than ``--jobs=...``: one id that has aged out of the
+    controller makes squeue fail for the whole list, and a task wrongly reported gone would be resubmitted.
+    """
     if not job_ids:
         return {}
     if shutil.which("squeue") is None:
         raise RuntimeError("squeue not found: put the Slurm client tools on PATH (or use --executor local)")
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    proc = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T", f"--jobs={','.join(arrays)}"],
-                          capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-        raise RuntimeError(f"squeue failed: {proc.stderr.strip()}")
+    proc = subprocess.run(["squeue", "--noheader", "--array", "--me", "--format=%i|%T"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"squeue failed ({proc.stderr.strip()}); task states unknown, nothing was changed")
+    wanted = set(job_ids) | {j.split("_")[0] for j in job_ids}
     states: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         job, _, state = line.strip().partition("|")
-        states[job] = state
+        if job in wanted:
+            states[job] = state
     return states
 
 
