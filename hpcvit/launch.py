@@ -139,11 +139,13 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         if read_json(task.path / "result.json"):
             return task.write_state(state="COMPLETED", returncode=rc, ended=time.time(), message="")
         stopped = read_json(task.path / "stopped.json")
+        where = f" at epoch {stopped['epoch']} step {stopped['step_in_epoch']}" if stopped else " before training"
+        if (task.path / "cancel").exists():
+            # Cancelled even if the signal came before the trainer could save: resume restarts it cleanly.
+            return task.write_state(state="CANCELLED", returncode=rc, ended=time.time(), message=f"cancelled{where}")
         if stopped:
-            cancelled = (task.path / "cancel").exists()
-            return task.write_state(state="CANCELLED" if cancelled else "PREEMPTED", returncode=rc,
-                                    ended=time.time(), message=f"stopped by {stopped['signal']} at epoch "
-                                    f"{stopped['epoch']} step {stopped['step_in_epoch']}")
+            return task.write_state(state="PREEMPTED", returncode=rc, ended=time.time(),
+                                    message=f"stopped by {stopped['signal']}{where}")
         failed = read_json(task.path / "failed.json") or {}
         last = (failed.get("error") or "").strip().splitlines()[-1:] or [f"torchrun exited with {rc}"]
         task.write_state(state="FAILED", returncode=rc, ended=time.time(), message=last[0])

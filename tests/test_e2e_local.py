@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,25 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert task.state()["state"] == "COMPLETED"
     assert " start: epoch 0 step 0/" not in start_lines(task.log)[-1]
     assert [r.info.status for r in children(sweep)] == ["FINISHED"]
+
+
+def test_two_concurrent_resumes_submit_once(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="race", n=1600, size=16, epochs=40))
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(0)
+    wait_for(lambda: task.progress().get("epoch", 0) >= 1, 240, "the first epoch")
+    kill_tree(task.state()["pid"])
+    wait_for(lambda: json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[0]["state"]
+             == "LOST", 30, "status to report the task LOST")
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [subprocess.Popen([sys.executable, "-m", "hpcvit.cli", "resume"], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("resubmitted 1 task(s)" in o for o in outs) == 1, outs
+    assert sum("nothing to resume" in o for o in outs) == 1, outs
+    assert len(sweep.submissions()) == 2  # the first submission and exactly one resume
+    wait_for(lambda: task.state().get("state") == "RUNNING", 120, "the resumed task to run")
+    hpcvit("cancel", cwd=workdir, check=True)
+    wait_for(lambda: task.state().get("state") == "CANCELLED", 120, "the task to stop")
