@@ -84,6 +84,7 @@ def hpcvit_latency(workdir: Path) -> dict[str, float]:
     start_line = [line for line in (task / "train.log").read_text().splitlines() if " start: epoch " in line][-1]
     first_step = stamp(start_line)
     subprocess.run([*cli, "cancel"], cwd=workdir, capture_output=True)
+    wait(lambda: squeue_state(job) in ("", "COMPLETED", "CANCELLED"), timeout=120, step=0.5)
     return {"checkpoint saved": saved - t0, "RUNNING again": running - t0, "training again": first_step - t0}
 
 
@@ -93,7 +94,7 @@ def main() -> int:
                              text=True).stdout
         os.environ["SLURM_CONF"] = out.strip().rsplit("=", 1)[1].strip("'\"")
     baseline = plain_job_latency()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         ours = hpcvit_latency(Path(tmp))
     print(f"{'requeue -> ...':<34}{'seconds':>9}")
     print(f"{'plain sbatch job RUNNING (baseline)':<34}{baseline:>9.1f}")
