@@ -163,24 +163,18 @@ def _status_table(sweep_dir: Any, statuses: list[Any] | None = None) -> Table:
 
     statuses = task_statuses(sweep_dir) if statuses is None else statuses
     metric = next((s.metric for s in statuses if s.metric), "metric")
-    table = Table(title=f"sweep {sweep_dir.sweep_id}")
+    table = Table(title=f"sweep {sweep_dir.sweep_id} ({sweep_dir.root})")
     for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
         table.add_column(col, overflow="fold")
     colours = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "LOST": "red", "PREEMPTED": "yellow"}
     for s in statuses:
         epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
         best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
-        note = s.message if s.state in ("FAILED", "PREEMPTED", "CANCELLED", "LOST") and s.message else _rel(s.log)
+        note = s.message if s.state in ("FAILED", "PREEMPTED", "CANCELLED", "LOST") and s.message else \
+            str(s.log.relative_to(sweep_dir.root))
         table.add_row(str(s.index), s.label, f"[{colours.get(s.state, 'white')}]{s.state}[/]", s.job_id,
                       str(s.restarts), epoch, best, escape(note))
     return table
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _sweep(args: argparse.Namespace):
