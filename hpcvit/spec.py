@@ -169,7 +169,14 @@ class OptimSpec(_Section):
     epochs: int = Field(10, gt=0)
     """Training epochs."""
     batch_size: int = Field(64, gt=0)
-    """Batch size per rank (the global batch is this times the number of ranks)."""
+    """Batch size per rank and forward pass (a micro-batch when ``grad_accum_steps`` > 1); the global batch of
+    one optimiser step is this times ``grad_accum_steps`` times the number of ranks."""
+    grad_accum_steps: int = Field(1, ge=1)
+    """Micro-batches of ``batch_size`` whose gradients are accumulated into one optimiser step (DDP all-reduces
+    only on the last one). A step is one optimiser step everywhere: ``max_steps_per_epoch``,
+    ``checkpoint.every_steps``, warm-up and schedule; each micro-batch's loss is weighted by its share of the
+    step's samples, so the update equals that of one batch of ``batch_size * grad_accum_steps`` (for models
+    without batch statistics). An epoch's last step may have fewer micro-batches."""
     max_steps_per_epoch: int | None = Field(None, gt=0)
     """Cap on optimiser steps per epoch (for smoke tests); null runs whole epochs."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -178,6 +185,26 @@ class OptimSpec(_Section):
     """Clip the global gradient norm to this value; null turns it off."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Label smoothing of the binary targets."""
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    """Keep an exponential moving average of the weights (parameters and buffers; timm ``ModelEmaV3``), updated
+    after every optimiser step with this decay (e.g. 0.999); null turns it off. When set, the EMA weights are
+    what is evaluated: the ``val_*`` metrics, the best epoch, the final validation/test metrics, predictions
+    and ``best_model.pt``; the raw weights' validation metrics are logged besides as ``val_raw_*``.
+    Checkpoints hold both, so resuming stays exact."""
+    ema_warmup: bool = False
+    """With ``ema_decay``: warm the decay up as ``1 - (1 + step) ** (-2/3)`` (capped at ``ema_decay``), so that
+    short runs are not dominated by the initial weights (timm's ``--model-ema-warmup``)."""
+    compile: bool = False
+    """``torch.compile`` the model for training (evaluation runs eagerly); when the platform cannot compile,
+    training continues uncompiled with a warning in the log."""
+    channels_last: bool = False
+    """Keep weights and input batches in ``torch.channels_last`` memory format (faster convolutions with
+    tensor cores; models without convolutions gain nothing)."""
+    deterministic: bool = False
+    """Deterministic kernels: ``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN benchmark off
+    and cuDNN deterministic, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless set); slower on GPUs. On GPUs,
+    bitwise-exact resume depends on it (some CUDA kernels sum in a varying order; ops without a deterministic
+    kernel only warn); on the CPU resume is exact without it."""
     seed: int = 0
     """Seed of model initialisation, sampling order and dropout."""
 

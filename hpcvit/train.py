@@ -1,9 +1,13 @@
 """The training process started by torchrun: DDP training of one task, resumable to the exact step.
 
 Run as ``torchrun ... -m hpcvit.train TASK_DIR``. Stopping is cooperative: SIGTERM, SIGUSR2 or SIGINT on
-any rank sets a flag; before fetching each batch the ranks all-reduce their flags, so all of them stop at
-the same step, save one checkpoint and exit. Rank 0 writes ``stopped.json`` (to be requeued) or
-``result.json`` (finished) into the task folder for the launcher to read.
+any rank sets a flag; before each optimiser step (before fetching its first micro-batch) the ranks all-reduce
+their flags, so all of them stop at the same step, save one checkpoint and exit. Rank 0 writes
+``stopped.json`` (to be requeued) or ``result.json`` (finished) into the task folder for the launcher to read.
+
+A step is one optimiser step of ``optim.grad_accum_steps`` micro-batches; the sampler counts micro-batches,
+so a resumed epoch starts at micro-batch ``step_in_epoch * grad_accum_steps``. Optional: an EMA of the
+weights (evaluated instead of the raw weights), ``torch.compile``, channels-last, deterministic kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as _version
 from pathlib import Path
@@ -94,6 +99,8 @@ class Dist:
     local_rank: int
     world: int
     device: torch.device
+    flag_group: Any = None
+    """Process group of the per-step stop/save flags: a CPU (gloo) one beside NCCL; None: the default group."""
 
     @property
     def main(self) -> bool:
@@ -109,15 +116,22 @@ def _init_distributed(spec: JobSpec) -> Dist:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    flag_group = None
     if world > 1 or "MASTER_ADDR" in os.environ:
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=dt.timedelta(minutes=10))
-    return Dist(rank, local_rank, world, device)
+        timeout = dt.timedelta(minutes=10)
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        if use_cuda:
+            # The flags travel on the CPU: reading an NCCL result every step would make the CPU wait for the
+            # GPU's queued work every step, so it could never run ahead (launch kernels, load the next batch).
+            flag_group = dist.new_group(backend="gloo", timeout=timeout)
+    return Dist(rank, local_rank, world, device, flag_group)
 
 
 def _all_reduce_max(values: list[int], d: Dist) -> list[int]:
-    t = torch.tensor(values, dtype=torch.int64, device=d.device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if not dist.is_initialized():
+        return list(values)  # one process: no tensor, no host-device copy, no synchronisation
+    t = torch.tensor(values, dtype=torch.int64, device="cpu" if d.flag_group is not None else d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.flag_group)
     return t.tolist()
 
 
@@ -185,6 +199,24 @@ def _optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
 
 
+def _set_deterministic() -> None:
+    """Deterministic kernels (warn where none exists); before any CUDA work, so cuBLAS sees its workspace setting."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def _compile_probe(device: torch.device) -> str | None:
+    """None if ``torch.compile`` works here (compiler toolchain present), else why not."""
+    try:
+        fn = torch.compile(lambda t: torch.relu(t * 2.0 + 1.0).sum(), dynamic=False)
+        fn(torch.ones(8, device=device))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: train uncompiled
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
 def _gflops(model: nn.Module, in_chans: int, img_size: int) -> float | None:
     from hpcvit.models.info import count_gflops
 
@@ -209,6 +241,9 @@ class Trainer:
     def __init__(self, task: TaskDir):
         self.task = task
         self.spec = task.spec()
+        o = self.spec.optim
+        if o.deterministic:
+            _set_deterministic()
         self.d = _init_distributed(self.spec)
         torch.manual_seed(self.spec.optim.seed)
         np.random.seed(self.spec.optim.seed % 2**32)
@@ -224,14 +259,24 @@ class Trainer:
         self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
         model.train()
         self.model = model.to(self.d.device)
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.d.local_rank]
-                                                       if self.d.device.type == "cuda" else None)
-                    if dist.is_initialized() else self.model)
+        if o.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The EMA copy is taken before DDP and compile wrap the model: a plain module, on the same device.
+        self.ema = self._make_ema() if o.ema_decay is not None else None
+        self.ddp_module = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.d.local_rank]
+                                                              if self.d.device.type == "cuda" else None)
+                           if dist.is_initialized() else None)
+        self.ddp = self.ddp_module if self.ddp_module is not None else self.model
+        self.compiled = False
+        if o.compile:
+            self._compile()
         self.optimizer = _optimizer(self.spec, self.model)
-        o = self.spec.optim
+        self.accum = o.grad_accum_steps
+        # The sampler counts micro-batches; a step is one optimiser step of up to ``accum`` of them.
         self.sampler = ShardSampler(len(self.data.train), self.d.rank, self.d.world, o.batch_size, o.seed,
-                                    max_batches=o.max_steps_per_epoch)
-        self.steps_per_epoch = self.sampler.batches
+                                    max_batches=o.max_steps_per_epoch * self.accum if o.max_steps_per_epoch
+                                    else None)
+        self.steps_per_epoch = math.ceil(self.sampler.batches / self.accum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.spec, self.steps_per_epoch))
         self.amp_dtype = _amp_dtype(self.spec, self.d.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -240,12 +285,47 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch = -1
         self.tracker = None
+        self.last_save = time.monotonic()
         if self.state:
             self._restore(self.state)
+
+    def _make_ema(self) -> nn.Module:
+        from timm.utils.model_ema import ModelEmaV3
+
+        o = self.spec.optim
+        return ModelEmaV3(self.model, decay=o.ema_decay, use_warmup=o.ema_warmup)
+
+    def _compile(self) -> None:
+        """Compile the training forward (DDP's wrapper included, as PyTorch recommends); eager on failure."""
+        why = _compile_probe(self.d.device)
+        if why is None:
+            import torch._dynamo
+
+            # A model that cannot be compiled (an unsupported op) runs eagerly, with a warning, instead of failing.
+            torch._dynamo.config.suppress_errors = True
+            try:
+                self.ddp = torch.compile(self.ddp)
+                self.compiled = True
+                return
+            except Exception as exc:  # noqa: BLE001
+                why = f"{type(exc).__name__}: {exc}"
+        msg = f"optim.compile: torch.compile is not available here ({why}); training uncompiled"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        self._log(f"WARNING {msg}")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, tested and kept as the best: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoint --------------------------------------------------------------------------------
     def _restore(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
+        if self.ema is not None:
+            if s.get("ema") is not None:
+                self.ema.module.load_state_dict(s["ema"])
+            else:  # a checkpoint from before EMA was switched on: start the average at the current weights
+                self.ema.module.load_state_dict(s["model"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         if self.scaler and s.get("scaler"):
@@ -256,7 +336,7 @@ class Trainer:
             _set_rng_state(s["rng"][self.d.rank], self.d)
         else:
             self._log(f"checkpoint was written by {s['world_size']} ranks, now {self.d.world}: "
-                      "restarting epoch {self.epoch} from its first batch (not bitwise-exact)")
+                      f"restarting epoch {self.epoch} from its first batch (not bitwise-exact)")
             self.step_in_epoch = 0
 
     def save(self, is_best: bool = False) -> None:
@@ -269,6 +349,7 @@ class Trainer:
         state = {
             "version": 1, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch, "rng": rng, "world_size": self.d.world,
             "data_stats": self.data.stats.to_dict() if self.data.stats else None,
@@ -336,14 +417,65 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.d.device.type, dtype=self.amp_dtype)
 
+    def _step_size(self, step: int) -> tuple[int, int]:
+        """(micro-batches, samples) of optimiser step ``step`` of the epoch on this rank; (0, 0) past its end."""
+        bs, per_rank = self.sampler.batch_size, self.sampler.per_rank
+        first = step * self.accum
+        last = min(first + self.accum, self.sampler.batches)
+        return max(last - first, 0), sum(min(bs, per_rank - j * bs) for j in range(first, last))
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.d.device, non_blocking=True)
+        if self.spec.optim.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch, its loss weighted by its share of the step; the unweighted loss."""
+        o = self.spec.optim
+        x, y = self._to_device(x), y.to(self.d.device, non_blocking=True).view(-1, 1)
+        if o.label_smoothing and self.spec.data.task == "binary":
+            y = y * (1 - o.label_smoothing) + 0.5 * o.label_smoothing
+        # DDP all-reduces the gradients only in the backward of a step's last micro-batch.
+        no_sync = self.ddp_module.no_sync() if self.ddp_module is not None and not sync else contextlib.nullcontext()
+        with no_sync:
+            with self._autocast():
+                out = self.ddp(x)
+                loss = self.loss_fn(out.float(), y)
+            scaled = loss if weight == 1.0 else loss * weight
+            if self.scaler:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        o = self.spec.optim
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if o.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step_in_epoch += 1
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
     def train_epoch(self) -> dict[str, float] | None:
         """Train from ``step_in_epoch`` to the end of the epoch; None if stopped by a signal."""
-        o, ck = self.spec.optim, self.spec.checkpoint
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        loader = self._loader(self.data.train, self.sampler, o.seed * 7919 + self.epoch)
+        ck = self.spec.checkpoint
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.accum)
+        loader = self._loader(self.data.train, self.sampler, self.spec.optim.seed * 7919 + self.epoch)
         it = iter(loader)
         self.ddp.train()
-        loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+        # Summed on the device (float64, as Python floats would be): no host synchronisation per step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.d.device)
+        n_seen, t0 = 0, time.perf_counter()
         while True:
             due = (ck.every_minutes is not None and self.d.main
                    and time.monotonic() - self.last_save >= ck.every_minutes * 60)
@@ -354,51 +486,39 @@ class Trainer:
                 return None
             if save_now:
                 self.save()
-            try:
-                x, y = next(it)
-            except StopIteration:
+            n_micro, n_samples = self._step_size(self.step_in_epoch)
+            if n_micro == 0:
                 break
-            x, y = x.to(self.d.device, non_blocking=True), y.to(self.d.device, non_blocking=True).view(-1, 1)
-            if o.label_smoothing and self.spec.data.task == "binary":
-                y = y * (1 - o.label_smoothing) + 0.5 * o.label_smoothing
-            with self._autocast():
-                out = self.ddp(x)
-                loss = self.loss_fn(out.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if o.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.scheduler.step()
-            self.step_in_epoch += 1
-            self.global_step += 1
-            loss_sum += loss.item() * len(y)
-            n_seen += len(y)
+            for m in range(n_micro):
+                batch = next(it, None)  # the sampler holds exactly the micro-batches _step_size counts
+                if batch is None:
+                    raise RuntimeError(f"epoch {self.epoch}: data ran out inside step {self.step_in_epoch}")
+                x, y = batch
+                loss = self._backward(x, y, len(y) / n_samples, sync=m == n_micro - 1)
+                loss_sum += loss.double() * len(y)
+                n_seen += len(y)
+            self._optimizer_step()
             if ck.every_steps and self.global_step % ck.every_steps == 0:
                 self.save()
+        train_loss_sum = loss_sum.item()
         elapsed = time.perf_counter() - t0
-        sums = _gather((loss_sum, n_seen), self.d)
+        sums = _gather((train_loss_sum, n_seen), self.d)
         n_total = sum(n for _, n in sums)
         return {"train_loss": sum(s for s, _ in sums) / max(n_total, 1),
                 "throughput_img_s": n_total / max(elapsed, 1e-9), "epoch_time_s": elapsed,
                 "lr": self.scheduler.get_last_lr()[0]}
 
     @torch.no_grad()
-    def evaluate(self, dataset: Any) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """Metrics on ``dataset`` with every rank's predictions gathered (no sample counted twice)."""
+    def evaluate(self, dataset: Any, model: nn.Module | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Metrics of ``model`` (default: :attr:`eval_model`) on ``dataset``, every rank's predictions gathered."""
+        model = self.eval_model if model is None else model
         self.ddp.eval()
         if dist.is_initialized():
-            # Each rank's last forward updated its own BatchNorm statistics; evaluate rank 0's, the saved ones.
-            # (DDP broadcasts them again before the next training forward, so training is unchanged.)
-            for buffer in self.model.buffers():
+            # Each rank's last forward updated its own BatchNorm statistics (and its EMA of them); evaluate rank
+            # 0's, the saved ones. (DDP broadcasts the model's again before the next training forward, so
+            # training is unchanged; only rank 0's EMA is ever saved or evaluated.)
+            for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
         indices = list(range(self.d.rank, len(dataset), self.d.world))
         loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=self.spec.optim.batch_size * 2,
@@ -407,7 +527,7 @@ class Trainer:
         outs, ys = [], []
         for x, y in loader:
             with self._autocast():
-                outs.append(self.model(x.to(self.d.device)).float().view(-1).cpu())
+                outs.append(model(self._to_device(x)).float().view(-1).cpu())
             ys.append(y.view(-1))
         local = (torch.cat(outs).numpy() if outs else np.zeros(0, np.float32),
                  torch.cat(ys).numpy() if ys else np.zeros(0, np.float32))
@@ -420,15 +540,22 @@ class Trainer:
         self.last_save = time.monotonic()
         self._open_tracking()
         o = self.spec.optim
+        extras = [f"{self.accum} micro-batches per step" if self.accum > 1 else "",
+                  f"EMA {o.ema_decay}" if self.ema is not None else "", "compiled" if self.compiled else "",
+                  "channels-last" if o.channels_last else "", "deterministic" if o.deterministic else ""]
         self._log(f"start: epoch {self.epoch} step {self.step_in_epoch}/{self.steps_per_epoch} of {o.epochs} epochs, "
-                  f"{self.d.world} rank(s) on {self.d.device}, {self.n_params / 1e6:.2f}M params")
+                  f"{self.d.world} rank(s) on {self.d.device}, {self.n_params / 1e6:.2f}M params"
+                  + "".join(f", {e}" for e in extras if e))
         self._progress(state="RUNNING")
         while self.epoch < o.epochs:
             train_metrics = self.train_epoch()
             if train_metrics is None:
                 return self._stopped()
-            val_metrics, _, _ = self.evaluate(self.data.val)
+            val_metrics, _, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
             metrics = {**train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
+            if self.ema is not None:
+                raw_metrics, _, _ = self.evaluate(self.data.val, self.model)
+                metrics.update({f"val_raw_{k}": v for k, v in raw_metrics.items()})
             score = metrics[self.metric_name]
             improved = is_better(score, self.best_metric, self.metric_mode)
             if improved:
@@ -443,10 +570,14 @@ class Trainer:
         return self._finished()
 
     def _finished(self) -> int:
-        """Evaluate the best epoch's weights on validation (and test), write result and artifacts, close the run."""
+        """Evaluate the best epoch's weights (its EMA with ``optim.ema_decay``) on validation (and test), write
+        result and artifacts, close the run."""
         best = self.ckpt.best()
         if best is not None:
-            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+            state = torch.load(best, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.module.load_state_dict(state["ema"])
         _, val_out, val_y = self.evaluate(self.data.val)
         final: dict[str, float] = {}
         test_out = test_y = None
@@ -482,7 +613,7 @@ class Trainer:
         self.tracker.log_artifact(self.task.path / "predictions.npz")
         if best is not None:
             weights = self.task.path / "best_model.pt"
-            torch.save(self.model.state_dict(), weights)
+            torch.save(self.eval_model.state_dict(), weights)
             if weights.stat().st_size < 200 * 2**20:
                 self.tracker.log_artifact(weights)
             self.tracker.set_tags({"hpcvit.best_checkpoint": str(best)})
