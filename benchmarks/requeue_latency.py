@@ -52,7 +52,8 @@ def stamp(line: str) -> float:
 
 
 def plain_job_latency() -> float:
-    job = subprocess.run(["sbatch", "--parsable", "--requeue", "--cpus-per-task=1", "--mem=200", "--wrap", "sleep 300"],
+    job = subprocess.run(["sbatch", "--parsable", "--requeue", "--cpus-per-task=1", "--mem=200", "--output=/dev/null",
+                          "--wrap", "sleep 300"],
                          check=True, capture_output=True, text=True).stdout.strip()
     wait(lambda: squeue_state(job) == "RUNNING")
     t0 = time.time()
