@@ -231,7 +231,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     total = 0
     for task in sweep_dir.tasks():
         sent = sync_task(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], task.path, task.key,
-                         f"{task.index:04d}-{m['labels'][task.index]}".replace(" ", "_"))
+                         task.run_name)
         if sent:
             console.print(f"task {task.index}: {sent} buffered tracking call(s) sent")
         total += sent

@@ -95,6 +95,13 @@ class TaskDir:
         return f"{self.sweep.sweep_id}/{self.index:05d}"
 
     @property
+    def run_name(self) -> str:
+        """The MLflow run name: index and label, e.g. ``0003-coatnet_0_lr=0.0003``."""
+        labels = self.sweep.manifest.get("labels", [])
+        label = labels[self.index] if self.index < len(labels) else ""
+        return f"{self.index:04d}-{label}".replace(" ", "_")
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

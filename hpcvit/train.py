@@ -384,7 +384,7 @@ class Trainer:
         env = os.environ
         self.tracker = TaskTracker(
             m["tracking_uri"], m["experiment_id"], m["parent_run_id"], self.task.path, self.task.key,
-            run_name=f"{self.task.index:04d}-{m['labels'][self.task.index]}".replace(" ", "_"),
+            run_name=self.task.run_name,
             tags={"hpcvit.sweep_id": self.task.sweep.sweep_id, "hpcvit.task_index": str(self.task.index),
                   "hpcvit.model": self.spec.model.name, "hpcvit.dataset": self.spec.data.format,
                   "hpcvit.slurm_job_id": env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "")),

@@ -126,7 +126,8 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     logs = hpcvit("logs", sweep.sweep_id, "0", cwd=workdir)
     assert logs.returncode == 0 and "stopped by SIGTERM" in logs.stdout
     assert hpcvit("resume", "--wait", cwd=workdir).returncode == 0
-    assert task.state()["state"] == "COMPLETED"
+    # --wait returns once the trainer wrote its result; the launcher records COMPLETED a moment later.
+    wait_for(lambda: task.state().get("state") == "COMPLETED", 60, "the launcher to record COMPLETED")
     assert " start: epoch 0 step 0/" not in start_lines(task.log)[-1]
     assert [r.info.status for r in children(sweep)] == ["FINISHED"]
 
