@@ -81,7 +81,7 @@ def naive_parquet(path: Path, n: int) -> float:
     order = np.random.default_rng(0).permutation(pf.metadata.num_row_groups)[:n]
     t0 = time.perf_counter()
     for g in order:
-        x = np.asarray(pf.read_row_group(int(g), columns=["X_jets"]).column(0).to_pylist()[0], dtype=np.float32)
+        _ = np.asarray(pf.read_row_group(int(g), columns=["X_jets"]).column(0).to_pylist()[0], dtype=np.float32)
     return rate(len(order), time.perf_counter() - t0)
 
 
@@ -108,7 +108,7 @@ def naive_hdf5(path: Path, n: int) -> float:
         order = np.random.default_rng(0).permutation(d.shape[0])[:n]
         t0 = time.perf_counter()
         for i in order:
-            x = np.moveaxis(d[int(i)], -1, 0).astype(np.float32)
+            _ = np.moveaxis(d[int(i)], -1, 0).astype(np.float32)
         return rate(len(order), time.perf_counter() - t0)
 
 

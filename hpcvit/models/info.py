@@ -71,7 +71,6 @@ def model_info(name: str, in_chans: int, img_size: int, num_outputs: int = 1) ->
     entry = model_entry(name)
     info: dict[str, Any] = {"name": name, "family": entry.family, "input": _shape(in_chans, img_size), "ok": False,
                             "params": None, "params_m": None, "gflops": None, "error": None}
-    import torch
 
     model = None
     try:
