@@ -64,6 +64,18 @@ sweep:
     assert calls.read_text().count("x") == 1
 
 
+def assert_matches_uninterrupted(workdir: Path, spec: Path, sweep: SweepDir) -> None:
+    """Run the same spec uninterrupted on the local executor; the interrupted task's weights must be identical."""
+    reference_dir = workdir / "reference"
+    proc = hpcvit("submit", str(spec), "--executor", "local", "--wait", "--output-dir", str(reference_dir),
+                  cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reference = find_sweep(None, reference_dir)
+    assert len(start_lines(reference.task(0).log)) == 1  # the reference ran without a restart
+    a, b = final_weights(sweep, 0), final_weights(reference, 0)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted task diverged from an uninterrupted run"
+
+
 def _wait_first_checkpoint(sweep: SweepDir, index: int) -> None:
     ckpts = sweep.task(index).checkpoints
     wait_for(lambda: ckpts.exists() and any(ckpts.glob("ckpt-*.json")), 300, f"a checkpoint of task {index}")
@@ -95,24 +107,28 @@ sweep:
 
 
 def test_preemption_by_high_priority_partition_resumes(workdir: Path) -> None:
-    spec = slurm_spec(workdir, "preempt", cpus=2, extra="""
+    spec = slurm_spec(workdir, "preempt", cpus=2, epochs=4, extra="""
 sweep:
   zip:
     description: [preempted]
 """)
     assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
     sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(0)
     _wait_first_checkpoint(sweep, 0)
     blocker = subprocess.run(["sbatch", "--parsable", "--partition=high", "--cpus-per-task=2", "--mem=500",
-                              "--wrap", "sleep 3"], check=True, capture_output=True, text=True).stdout.strip()
-    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 600, "the preempted task to complete")
-    assert queue_state(blocker) in ("", "COMPLETED")
-    task = sweep.task(0)
+                              "--output=/dev/null", "--wrap", "sleep 3"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    wait_for(lambda: (task.path / "stopped.json").exists() or task.state().get("restarts", 0) >= 1, 120,
+             "the high-priority job to preempt the task")
+    wait_for(lambda: task.state().get("state") == "COMPLETED", 600, "the preempted task to complete")
+    assert queue_state(blocker) in ("", "COMPLETED")  # the preemptor ran
     assert task.state()["restarts"] >= 1
-    assert "SIGTERM" in task.log.read_text()
+    assert "stopped by SIGTERM" in task.log.read_text()
     runs = children(sweep)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert steps(sweep, runs[0].info.run_id, "val_loss") == [0, 1]
+    assert steps(sweep, runs[0].info.run_id, "val_loss") == [0, 1, 2, 3]
+    assert_matches_uninterrupted(workdir, spec, sweep)
 
 
 def test_time_limit_checkpoints_and_requeues(workdir: Path) -> None:
@@ -133,6 +149,9 @@ sweep:
     assert task.state()["restarts"] >= 1
     runs = children(sweep)
     assert len(runs) == 1 and steps(sweep, runs[0].info.run_id, "val_loss") == list(range(30))
+    # The reference gets a time limit it does not reach (the local executor enforces time_min too).
+    reference = write_spec(workdir, spec.replace("time_min: 1\n", "time_min: 30\n"), "reference.yaml")
+    assert_matches_uninterrupted(workdir, reference, sweep)
 
 
 def test_sigkill_and_resume_only_the_failed_task(workdir: Path) -> None:
