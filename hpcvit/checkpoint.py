@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hpcvit.manifest import read_json, write_json_atomic
+from hpcvit.manifest import fsync_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{9})\.json$")
@@ -29,14 +29,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:
@@ -73,7 +65,7 @@ class CheckpointManager:
             shutil.copyfile(data, best_tmp)
             os.replace(best_tmp, self.dir / "best.pt")
             write_json_atomic(self.dir / "best.json", {**meta, "file": "best.pt"})
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._prune()
         return data
 

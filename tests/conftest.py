@@ -46,6 +46,13 @@ resources:
   array_parallelism: 2
 """
 
+# A sweep over two models of different families (kwargs reset so each gets its own defaults).
+TWO_MODELS = """
+sweep:
+  grid:
+    model.name: [cnn_small, vit_seed]
+    model.kwargs: [{}]
+"""
 
 
 @pytest.fixture

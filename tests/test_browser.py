@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from hpcvit.manifest import find_sweep
 from hpcvit.ui import compare_url, runs_url, start_server, stop_server
-from tests.conftest import SPEC, children, hpcvit, wait_for, write_spec
+from tests.conftest import SPEC, TWO_MODELS, children, hpcvit, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -174,12 +174,7 @@ def test_mlflow_ui_shows_the_sweeps_roc_auc(workdir: Path, browser: Any, ui_serv
                                             pytestconfig: pytest.Config) -> None:
     from selenium.webdriver.common.by import By
 
-    spec = write_spec(workdir, SPEC.format(name="browse", n=320, size=16, epochs=2) + """
-sweep:
-  grid:
-    model.name: [cnn_small, vit_seed]
-    model.kwargs: [{}]
-""")
+    spec = write_spec(workdir, SPEC.format(name="browse", n=320, size=16, epochs=2) + TWO_MODELS)
     proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = find_sweep(None, workdir / "runs")

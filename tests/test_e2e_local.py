@@ -14,19 +14,15 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hpcvit.manifest import find_sweep
-from tests.conftest import SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for, write_spec
+from tests.conftest import (SPEC, TWO_MODELS, children, final_weights, hpcvit, kill_tree, start_lines, steps,
+                            wait_for, write_spec)
 
 pytestmark = pytest.mark.slow
 
 
 
 def test_two_models_two_ranks_end_to_end(workdir: Path) -> None:
-    spec = write_spec(workdir, SPEC.format(name="e2e", n=480, size=16, epochs=2) + """
-sweep:
-  grid:
-    model.name: [cnn_small, vit_seed]
-    model.kwargs: [{}]
-""")
+    spec = write_spec(workdir, SPEC.format(name="e2e", n=480, size=16, epochs=2) + TWO_MODELS)
     proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = find_sweep(None, workdir / "runs")

@@ -36,6 +36,7 @@ import numpy as np
 
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats
 from hpcvit.data.readers import DataError, Store, open_store, parse_cut, read_columns, selection_mask
+from hpcvit.manifest import fsync_dir
 from hpcvit.spec import DataSpec, PreprocessSpec
 
 log = logging.getLogger("hpcvit.data")
@@ -118,14 +119,8 @@ def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> 
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # best effort: some file systems refuse fsync on a directory
+        fsync_dir(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
