@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hpcvit.data import build_datasets
-    from hpcvit.data.readers import open_store
+    from hpcvit.data.formats import open_store
     from hpcvit.spec import DataSpec
 
     # a data benchmark: the main process only receives batches; one intra-op thread keeps torch's OpenMP pool

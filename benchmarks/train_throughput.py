@@ -38,8 +38,7 @@ LR, WEIGHT_DECAY = 1e-3, 0.05
 
 def make_sweep(root: Path, models: list[str], args: argparse.Namespace) -> Any:
     """A sweep folder with one task per model, as ``hpcvit submit`` writes it (no tracking: no ``run()``)."""
-    from hpcvit import data
-    from hpcvit.manifest import create_sweep_dir, new_sweep_id
+    from hpcvit.orchestrate import create_sweep
     from hpcvit.sweep import load_sweep
 
     val_fraction = 0.1
@@ -72,12 +71,7 @@ sweep:
 """
     spec_file = root / "spec.yaml"
     spec_file.write_text(spec)
-    sweep = load_sweep(spec_file)
-    specs = [r.spec for r in sweep.runs]
-    sweep_dir = create_sweep_dir(root / "runs", new_sweep_id("train-throughput"), spec_file, specs, "local",
-                                 [r.label for r in sweep.runs])
-    data.prepare(specs[0].data, sweep_dir.root)
-    return sweep_dir
+    return create_sweep(load_sweep(spec_file), root / "runs", submit=False, tracking=False)
 
 
 def _sync(device: Any) -> None:
@@ -153,7 +147,7 @@ def bench_model(sweep: Any, index: int, name: str, args: argparse.Namespace) -> 
 
     from hpcvit.data import ArrayDataset
     from hpcvit.models.info import model_info
-    from hpcvit.train import Trainer
+    from hpcvit.training.loop import Trainer
 
     info = model_info(name, args.in_chans, args.img_size)
     trainer = Trainer(sweep.task(index))

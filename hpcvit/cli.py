@@ -1,12 +1,13 @@
-"""The ``hpcvit`` command line."""
+"""The ``hpcvit`` command line: it parses arguments, calls :mod:`hpcvit.orchestrate`, and prints."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from hpcvit.fsio import DamagedFileError
+from hpcvit.states import EXECUTORS, FINAL, TaskState
 from hpcvit.sweep import Sweep, load_sweep
 from hpcvit.yamlio import SpecError
 
@@ -21,7 +24,13 @@ console = Console()
 err = Console(stderr=True)
 
 EXIT_INVALID = 2
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "PREEMPTED", "LOST"}
+SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.ui")
+"""Modules that add their own sub-commands (``add_parser(subparsers)``)."""
+
+_COLOURS = {TaskState.COMPLETED: "green", TaskState.RUNNING: "cyan", TaskState.FAILED: "red", TaskState.LOST: "red",
+            TaskState.PREEMPTED: "yellow", TaskState.HELD: "yellow"}
+_SHOW_MESSAGE = {TaskState.FAILED, TaskState.PREEMPTED, TaskState.CANCELLED, TaskState.LOST, TaskState.HELD,
+                 TaskState.TIMEOUT}
 
 
 def _run_table(sweep: Sweep, limit: int | None) -> Table:
@@ -41,169 +50,97 @@ def _run_table(sweep: Sweep, limit: int | None) -> Table:
     return table
 
 
+def _status_table(sweep_dir: Any, statuses: list[Any]) -> Table:
+    metric = next((s.metric for s in statuses if s.metric), "metric")
+    table = Table(title=f"sweep {sweep_dir.sweep_id} ({sweep_dir.root})")
+    for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
+        table.add_column(col, overflow="fold")
+    for s in statuses:
+        epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
+        best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
+        note = s.message if s.state in _SHOW_MESSAGE and s.message else str(s.log.relative_to(sweep_dir.root))
+        table.add_row(str(s.index), s.label, f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
+                      str(s.restarts), epoch, best, escape(note))
+    return table
+
+
 def _load(path: str, executor: str | None = None) -> Sweep:
+    from hpcvit.orchestrate import check_sweep
+
     sweep = load_sweep(path)
     if executor:
-        # The command line overrides the spec's executor for every run.
-        from hpcvit.sweep import Run
-
-        runs = [Run(r.index, r.spec.model_copy(update={"executor": executor}), r.overrides) for r in sweep.runs]
-        sweep = Sweep(sweep.file, sweep.raw, runs)
+        sweep = sweep.with_executor(executor)
+    check_sweep(sweep)
     return sweep
+
+
+def _sweep(args: argparse.Namespace):
+    from hpcvit.ledger import find_sweep
+
+    return find_sweep(args.sweep, Path(args.output_dir or "runs"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     sweep = _load(args.spec)
-    _check_kwargs(sweep)
     console.print(_run_table(sweep, None if args.all else 40))
     console.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
     return 0
 
 
-def _check_kwargs(sweep: Sweep) -> None:
-    """Model kwargs are checked against the builders' signatures (imports torch only when kwargs are set)."""
-    from hpcvit.models import check_model_kwargs
-
-    seen: set[tuple[str, str]] = set()
-    for run in sweep.runs:
-        key = (run.spec.model.name, json.dumps(sorted(run.spec.model.kwargs)))
-        if run.spec.model.kwargs and key not in seen:
-            seen.add(key)
-            try:
-                check_model_kwargs(run.spec.model.name, run.spec.model.kwargs)
-            except ValueError as exc:
-                raise SpecError(str(exc), file=sweep.file, field="model.kwargs") from None
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpcvit.manifest import new_sweep_id
+    from hpcvit import orchestrate
 
     sweep = _load(args.spec, args.executor)
-    _check_kwargs(sweep)
-    base = sweep.base
-    kind = base.executor
-    output_dir = Path(args.output_dir or base.output_dir)
-    sweep_id = new_sweep_id(base.name)
+    kind = sweep.base.executor
     if args.dry_run:
-        from hpcvit.submission import sbatch_script
-
         console.print(_run_table(sweep, None if args.all else 40))
         console.rule(f"sbatch script ({'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
-        console.print(sbatch_script(base, output_dir / sweep_id / "submitit", len(sweep.runs)), markup=False,
-                      highlight=False)
+        console.print(orchestrate.sbatch_preview(sweep, args.output_dir), markup=False, highlight=False)
         console.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
         return 0
-    sweep_dir = _create(sweep, output_dir, sweep_id, kind)
-    console.print(f"submitted sweep [bold]{sweep_id}[/] ({len(sweep.runs)} task(s), executor {kind}) "
+    sweep_dir = orchestrate.create_sweep(sweep, Path(args.output_dir) if args.output_dir else None)
+    console.print(f"submitted sweep [bold]{sweep_dir.sweep_id}[/] ({len(sweep.runs)} task(s), executor {kind}) "
                   f"-> {sweep_dir.root}")
     if args.wait:
         return _wait_and_compare(sweep_dir, args)
-    console.print(f"follow it with: hpcvit status {sweep_id}")
+    console.print(f"follow it with: hpcvit status {sweep_dir.sweep_id}")
     return 0
 
 
-def _create(sweep: Sweep, output_dir: Path, sweep_id: str, kind: str):
-    """Sweep folder, data, tracking, submission; on any failure before submission nothing is left behind."""
-    from hpcvit import data
-    from hpcvit.manifest import create_sweep_dir
-    from hpcvit.submission import submit
-    from hpcvit.tracking import resolve_uri, setup_sweep
-
-    base = sweep.base
-    if base.data.format != "synthetic":
-        data.prepare(base.data, output_dir)  # fails fast on missing files, before anything is written
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
-    specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
-    sweep_dir = create_sweep_dir(output_dir, sweep_id, Path(sweep.file), specs, kind, [r.label for r in sweep.runs])
-    try:
-        for spec in {s.data.model_dump_json(): s for s in specs}.values():
-            data.prepare(spec.data, sweep_dir.root)
-        uri = resolve_uri(base.tracking.uri, output_dir)
-        experiment_id, parent = setup_sweep(uri, base.tracking.experiment or base.name, sweep_id, output_dir,
-                                            sweep_dir.root / "spec.yaml", len(specs), base.description)
-        sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
-    except BaseException:
-        shutil.rmtree(sweep_dir.root, ignore_errors=True)
-        raise
-    submit(sweep_dir, list(range(len(specs))), kind, base)
-    return sweep_dir
-
-
 def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
-    from hpcvit.lifecycle import task_statuses
-
-    with console.status("waiting for the tasks") as status:
-        while True:
-            states = [s.state for s in task_statuses(sweep_dir)]
-            counts = {s: states.count(s) for s in sorted(set(states))}
-            status.update(f"waiting for {len(states)} task(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-            if all(s in _TERMINAL for s in states):
-                break
-            time.sleep(2)
-    _finish_parent(sweep_dir)
-    console.print(_status_table(sweep_dir))
+    from hpcvit import orchestrate
     from hpcvit.compare import compare_table
 
+    with console.status("waiting for the tasks") as spinner:
+        def show(current: list[Any]) -> None:
+            states = [s.state for s in current]
+            counts = {str(s): states.count(s) for s in sorted(set(states))}
+            spinner.update(f"waiting for {len(states)} task(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+        final = orchestrate.wait(sweep_dir, show)
+    console.print(_status_table(sweep_dir, final))
     console.print(compare_table(sweep_dir, getattr(args, "metric", None)))
-    return 0 if all(s == "COMPLETED" for s in states) else 1
-
-
-def _finish_parent(sweep_dir: Any) -> None:
-    from hpcvit.compare import finalize_parent
-    from hpcvit.lifecycle import task_statuses
-
-    states = [s.state for s in task_statuses(sweep_dir)]
-    if all(s in _TERMINAL for s in states) and sweep_dir.manifest.get("parent_run_id"):
-        finalize_parent(sweep_dir, all(s == "COMPLETED" for s in states))
-
-
-def _status_table(sweep_dir: Any, statuses: list[Any] | None = None) -> Table:
-    from hpcvit.lifecycle import task_statuses
-
-    statuses = task_statuses(sweep_dir) if statuses is None else statuses
-    metric = next((s.metric for s in statuses if s.metric), "metric")
-    table = Table(title=f"sweep {sweep_dir.sweep_id} ({sweep_dir.root})")
-    for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
-        table.add_column(col, overflow="fold")
-    colours = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "LOST": "red", "PREEMPTED": "yellow"}
-    for s in statuses:
-        epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
-        best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
-        note = s.message if s.state in ("FAILED", "PREEMPTED", "CANCELLED", "LOST") and s.message else \
-            str(s.log.relative_to(sweep_dir.root))
-        table.add_row(str(s.index), s.label, f"[{colours.get(s.state, 'white')}]{s.state}[/]", s.job_id,
-                      str(s.restarts), epoch, best, escape(note))
-    return table
-
-
-def _sweep(args: argparse.Namespace):
-    from hpcvit.manifest import find_sweep
-
-    return find_sweep(args.sweep, Path(args.output_dir or "runs"))
+    return 0 if all(s.state in FINAL for s in final) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcvit.lifecycle import close_lost_runs, task_statuses
+    from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    statuses = task_statuses(sweep_dir)
+    statuses = orchestrate.statuses(sweep_dir)
     if args.format == "json":
-        from dataclasses import asdict
-
         print(json.dumps([asdict(s) for s in statuses], default=str, indent=1))
     else:
         console.print(_status_table(sweep_dir, statuses))
-    if any(s.state == "LOST" for s in statuses):
-        close_lost_runs(sweep_dir, statuses)
+    orchestrate.close_lost_runs(sweep_dir, statuses)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from hpcvit.lifecycle import resume
+    from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    indices, job_ids = resume(sweep_dir, args.executor)
+    indices, job_ids = orchestrate.resume(sweep_dir, args.executor)
     if not indices:
         console.print(f"nothing to resume in {sweep_dir.sweep_id}: every task is finished, queued or running")
         return 0
@@ -215,26 +152,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from hpcvit.lifecycle import cancel
+    from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    indices = cancel(sweep_dir)
+    indices = orchestrate.cancel(sweep_dir)
     console.print(f"cancelled {len(indices)} task(s) of {sweep_dir.sweep_id}: {indices}")
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from hpcvit.tracking import sync_task
+    from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    m = sweep_dir.manifest
-    total = 0
-    for task in sweep_dir.tasks():
-        sent = sync_task(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], task.path, task.key,
-                         task.run_name)
-        if sent:
-            console.print(f"task {task.index}: {sent} buffered tracking call(s) sent")
-        total += sent
+    sent = orchestrate.sync(sweep_dir)
+    for index, n in sent.items():
+        console.print(f"task {index}: {n} buffered tracking call(s) sent")
+    total = sum(sent.values())
     console.print(f"synced {sweep_dir.sweep_id}: {total} call(s)" if total else "nothing buffered: tracking is in sync")
     return 0
 
@@ -259,10 +192,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hpcvit.compare import compare_rows, compare_table, render, seed_table
+    from hpcvit import orchestrate
+    from hpcvit.compare import compare_rows, compare_table, plot_overlay, render, seed_table
 
     sweep_dir = _sweep(args)
-    _finish_parent(sweep_dir)
+    orchestrate.finalize(sweep_dir)
     rows = compare_rows(sweep_dir, args.metric)
     if args.format == "table":
         console.print(compare_table(sweep_dir, args.metric, rows))
@@ -272,14 +206,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(render(rows, args.format))
     if args.plot:
-        from hpcvit.compare import plot_overlay
-
         err.print(f"ROC overlay written to {plot_overlay(sweep_dir, args.plot)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcvit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log hpcvit's debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="validate a job spec and print its expanded runs")
@@ -289,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a sweep as one array job")
     p.add_argument("spec")
-    p.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
+    p.add_argument("--executor", choices=EXECUTORS, help="override the spec's executor")
     p.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the tasks, then print the comparison")
     p.add_argument("--output-dir", help="override the spec's output_dir")
@@ -306,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sweep_cmd("status", "state of each task of a sweep", cmd_status)
     p.add_argument("--format", choices=["table", "json"], default="table")
     p = sweep_cmd("resume", "resubmit the tasks of a sweep that did not finish", cmd_resume)
-    p.add_argument("--executor", choices=["local", "slurm"])
+    p.add_argument("--executor", choices=EXECUTORS)
     p.add_argument("--wait", action="store_true")
     sweep_cmd("cancel", "cancel the unfinished tasks of a sweep (they checkpoint first)", cmd_cancel)
     sweep_cmd("sync", "send tracking calls buffered while MLflow was unreachable", cmd_sync)
@@ -321,22 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
     p.add_argument("--plot", metavar="PNG", help="also write the ROC overlay of the sweep's runs to this file")
 
-    for module in ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.ui"):
-        try:
-            __import__(module, fromlist=["add_parser"]).add_parser(sub)
-        except ModuleNotFoundError:
-            pass
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)  # a module that fails to import is a broken install
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from hpcvit.logs import configure_cli
+
+    configure_cli(args.verbose)
     try:
         return int(args.func(args) or 0)
     except SpecError as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return EXIT_INVALID
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError, DamagedFileError) as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return 1
     except KeyboardInterrupt:

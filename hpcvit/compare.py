@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from hpcvit.manifest import SweepDir
+from hpcvit.ledger import SweepDir
+from hpcvit.tracking import names
 
 _COLUMNS = ("task", "run", "model", "status", "params_M", "epochs", "best", "final", "rej@0.3", "rej@0.5",
             "img_s", "wall_min")
@@ -26,26 +27,24 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, Any]]:
     """One row per task with its best/final metric, sorted best first."""
-    from mlflow.tracking import MlflowClient
-
-    from hpcvit.tracking import child_runs
+    from hpcvit.tracking import child_runs, mlflow_client
 
     m = sweep.manifest
     specs = sweep.run_specs()
     metric = metric or ("val_roc_auc" if specs[0].data.task == "binary" else "val_mae")
     maximise = not metric.endswith(("mae", "mre", "loss"))
-    client = MlflowClient(m["tracking_uri"])
+    client = mlflow_client(m["tracking_uri"])
     rows = []
     for run in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"]):
         history = client.get_metric_history(run.info.run_id, metric)
         values = [h.value for h in sorted(history, key=lambda h: h.step)]
         best = (max(values) if maximise else min(values)) if values else None
         best_step = next((h.step for h in history if h.value == best), None)
-        index = int(run.data.tags.get("hpcvit.task_index", -1))
+        index = int(run.data.tags.get(names.TASK_INDEX_TAG, -1))
         metrics = run.data.metrics
         wall = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000 if run.info.start_time else None
         rows.append({
-            "task": index, "run": run.info.run_name, "model": run.data.tags.get("hpcvit.model", ""),
+            "task": index, "run": run.info.run_name, "model": run.data.tags.get(names.MODEL_TAG, ""),
             "status": run.info.status, "params_M": float(run.data.params.get("model.n_params", "nan")) / 1e6,
             "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None,
             "rej@0.3": metrics.get("val_rejection_at_eff_0.3"), "rej@0.5": metrics.get("val_rejection_at_eff_0.5"),
@@ -67,9 +66,9 @@ def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, A
     import numpy as np
 
     specs = sweep.run_specs()
-    labels = sweep.manifest.get("labels", [])
+    labels = sweep.labels
     groups: dict[str, list[dict[str, Any]]] = {}
-    names: dict[str, str] = {}
+    config_names: dict[str, str] = {}
     for row in rows:
         if row["best"] is None or not 0 <= row["task"] < len(specs):
             continue
@@ -78,11 +77,11 @@ def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, A
         spec.pop("description")
         key = json.dumps(spec, sort_keys=True)
         groups.setdefault(key, []).append(row)
-        names.setdefault(key, " ".join(p for p in labels[row["task"]].split() if not p.startswith("seed=")))
+        config_names.setdefault(key, " ".join(p for p in labels[row["task"]].split() if not p.startswith("seed=")))
     out = []
     for key, members in groups.items():
         values = np.array([m["best"] for m in members], dtype=float)
-        out.append({"config": names[key], "n_seeds": len(members), "mean": float(values.mean()),
+        out.append({"config": config_names[key], "n_seeds": len(members), "mean": float(values.mean()),
                     "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     "tasks": sorted(m["task"] for m in members), "metric": members[0]["metric"]})
     maximise = not (rows and rows[0]["metric"].endswith(("mae", "mre", "loss")))
@@ -131,10 +130,10 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
 def _curves(sweep: SweepDir, split: str = "val") -> dict[str, tuple[Any, Any]]:
     import numpy as np
 
-    labels = sweep.manifest.get("labels", [])
+    labels = sweep.labels
     curves = {}
     for task in sweep.tasks():
-        path = task.path / "predictions.npz"
+        path = task.file(task.PREDICTIONS)
         if path.exists():
             with np.load(path) as data:
                 key = f"{split}_out" if f"{split}_out" in data else "val_out"
@@ -158,13 +157,13 @@ def plot_overlay(sweep: SweepDir, path: Any) -> Any:
 
 def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
     """Once every task is final: the sweep's summary table and ROC overlay on the parent run, then close it."""
-    from mlflow.tracking import MlflowClient
+    from hpcvit.tracking import mlflow_client
 
     m = sweep.manifest
-    client = MlflowClient(m["tracking_uri"])
+    client = mlflow_client(m["tracking_uri"])
     parent = client.get_run(m["parent_run_id"])
     status = "FINISHED" if all_completed else "FAILED"
-    if parent.data.tags.get("hpcvit.summary") != "logged":
+    if parent.data.tags.get(names.SUMMARY_TAG) != "logged":
         out = sweep.root / "summary"
         out.mkdir(exist_ok=True)
         rows = compare_rows(sweep)
@@ -174,6 +173,6 @@ def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
         client.log_artifact(parent.info.run_id, str(out / "summary.md"))
         if _curves(sweep):
             client.log_artifact(parent.info.run_id, str(plot_overlay(sweep, out / "roc_overlay.png")))
-        client.set_tag(parent.info.run_id, "hpcvit.summary", "logged")
+        client.set_tag(parent.info.run_id, names.SUMMARY_TAG, "logged")
     if parent.info.status != status:
         client.set_terminated(parent.info.run_id, status)

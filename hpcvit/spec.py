@@ -130,6 +130,29 @@ class DataSpec(_Section):
         return self
 
 
+# What each data field changes, declared once: ``selection`` fields choose the samples and their raw content
+# (the raw cache is keyed by them and the files' identity), ``samples`` fields change what training sees of
+# them (targets, split, preprocessing), ``access`` fields only how they are read. The data fingerprint covers
+# selection and samples. Every field of DataSpec must be listed (checked at import).
+DATA_FIELD_ROLES: dict[str, Literal["selection", "samples", "access"]] = {
+    "format": "selection", "input_key": "selection", "channels": "selection", "layout": "selection",
+    "cuts": "selection", "max_samples": "selection",
+    "task": "samples", "target_key": "samples", "val_fraction": "samples", "test_fraction": "samples",
+    "split_seed": "samples", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
+    "paths": "access", "num_workers": "access", "hdf5_chunk_cache_mb": "access", "cache_dir": "access",
+    "cache_preprocessed": "access",
+}
+if set(DATA_FIELD_ROLES) != set(DataSpec.model_fields):
+    raise TypeError(f"DATA_FIELD_ROLES must list every DataSpec field: "
+                    f"{sorted(set(DATA_FIELD_ROLES) ^ set(DataSpec.model_fields))}")
+
+
+def data_fields(spec: DataSpec, *roles: str) -> dict[str, Any]:
+    """The fields of ``spec`` with one of ``roles``, as JSON-ready values (for keys and fingerprints)."""
+    dumped = spec.model_dump(mode="json")
+    return {k: dumped[k] for k, role in DATA_FIELD_ROLES.items() if role in roles}
+
+
 class ModelSpec(_Section):
     """Which registered model to build (``hpcvit models`` lists them) and its keyword arguments."""
 

@@ -13,8 +13,9 @@ import submitit
 from submitit.slurm import slurm as submitit_slurm
 
 from hpcvit.launch import TaskLauncher
-from hpcvit.manifest import SweepDir
+from hpcvit.ledger import SweepDir
 from hpcvit.spec import JobSpec
+from hpcvit.states import Executor
 
 
 def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
     return params
 
 
-def make_executor(kind: str, folder: Path, spec: JobSpec) -> submitit.Executor:
+def make_executor(kind: Executor, folder: Path, spec: JobSpec) -> submitit.Executor:
     r = spec.resources
     if kind == "slurm":
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=r.max_requeues)
@@ -71,7 +72,7 @@ def _detached_stdio(log: Path) -> Iterator[None]:
             os.close(copy)
 
 
-def submit(sweep: SweepDir, indices: list[int], kind: str, spec: JobSpec) -> dict[int, str]:
+def submit(sweep: SweepDir, indices: list[int], kind: Executor, spec: JobSpec) -> dict[int, str]:
     """Submit the given task indices as one array; record and return task index -> job id."""
     executor = make_executor(kind, sweep.submitit_dir, spec)
     detach = _detached_stdio(sweep.submitit_dir / "local-jobs.log") if kind == "local" else contextlib.nullcontext()

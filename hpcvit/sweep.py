@@ -52,6 +52,11 @@ class Sweep:
     def base(self) -> JobSpec:
         return self.runs[0].spec
 
+    def with_executor(self, executor: str) -> Sweep:
+        """The same sweep with every run's executor replaced (the command line's ``--executor``)."""
+        runs = [Run(r.index, r.spec.model_copy(update={"executor": executor}), r.overrides) for r in self.runs]
+        return Sweep(self.file, self.raw, runs)
+
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")

@@ -184,7 +184,7 @@ def compare_url(base_url: str, experiment_id: str, run_ids: list[str]) -> str:
 
 def _find_experiment(output_dir: Path, backend_uri: str, sweep: str | None) -> tuple[str | None, str | None]:
     """(experiment_id, sweep_id) of the named or newest sweep in ``output_dir`` tracked in ``backend_uri``."""
-    from hpcvit.manifest import find_sweep
+    from hpcvit.ledger import find_sweep
 
     try:
         sweep_dir = find_sweep(sweep, output_dir)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hpcvit.manifest import SweepDir
+from hpcvit.ledger import SweepDir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hpcvit.manifest import find_sweep
+from hpcvit.ledger import find_sweep
 from hpcvit.ui import compare_url, runs_url, start_server, stop_server
 from tests.conftest import SPEC, TWO_MODELS, children, hpcvit, wait_for, write_spec
 

@@ -142,7 +142,7 @@ def test_cached_samples_through_loader_workers_and_writes_do_not_reach_the_cache
 
 def test_parallel_decode_matches_direct_reading(tmp_path):
     from hpcvit.data.cache import ensure_raw
-    from hpcvit.data.readers import open_store
+    from hpcvit.data.formats import open_store
 
     p1, _ = make_file(tmp_path / "a.parquet", n=1500, seed=1)
     p2, _ = make_file(tmp_path / "b.parquet", n=700, seed=2)

@@ -11,7 +11,8 @@ import pytest
 
 from hpcvit.data import build_datasets, split_indices
 from hpcvit.data.hdf5 import HDF5Store
-from hpcvit.data.readers import DataError, ImageDataset, open_store
+from hpcvit.data import DataError, ImageDataset
+from hpcvit.data.formats import open_store
 from hpcvit.spec import DataSpec, PreprocessSpec
 
 RAW = PreprocessSpec(zero_suppress=None, zscore=False, clip_sigma=None, minmax=False)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hpcvit.manifest import find_sweep
+from hpcvit.ledger import find_sweep
 from tests.conftest import (SPEC, TWO_MODELS, children, final_weights, hpcvit, kill_tree, start_lines, steps,
                             wait_for, write_spec)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcvit.manifest import SweepDir, find_sweep
+from hpcvit.ledger import SweepDir, find_sweep
 from tests.conftest import (SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for,
                             write_spec)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hpcvit.manifest import find_sweep
+from hpcvit.ledger import find_sweep
 from hpcvit.ui import start_server, stop_server
 from tests.conftest import SPEC, children, hpcvit, steps, wait_for, write_spec
 

@@ -2,7 +2,7 @@
 exact resume with both, channels-last and deterministic kernels.
 
 In-process tests build a sweep folder the way ``hpcvit submit`` does (folder, data, MLflow parent run) and run
-:class:`hpcvit.train.Trainer` on a task; the resume test goes through ``hpcvit submit`` and the local executor
+:class:`hpcvit.training.loop.Trainer` on a task; the resume test goes through ``hpcvit submit`` and the local executor
 (submitit, torchrun, 2 gloo ranks), SIGTERMs one twin mid-epoch and resumes it.
 """
 
@@ -19,14 +19,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hpcvit import data
 from hpcvit.data import build_datasets
-from hpcvit.manifest import SweepDir, create_sweep_dir, find_sweep, new_sweep_id
+from hpcvit.ledger import SweepDir, find_sweep
 from hpcvit.metrics import evaluate_predictions
 from hpcvit.models import build_model
+from hpcvit.orchestrate import create_sweep
 from hpcvit.sweep import load_sweep
-from hpcvit.tracking import resolve_uri, setup_sweep
-from hpcvit.train import Trainer
+from hpcvit.training.loop import Trainer
 from tests.conftest import children, hpcvit, start_lines, wait_for, write_spec
 
 TINY = """
@@ -64,19 +63,7 @@ def tiny(name: str, optim: str, *, n: int = 400, model: str = "cnn_small", kwarg
 
 def make_sweep(workdir: Path, text: str, tracking: bool = True) -> SweepDir:
     """What ``hpcvit submit`` does before it submits: sweep folder, data, MLflow experiment and parent run."""
-    spec_file = write_spec(workdir, text)
-    sweep = load_sweep(spec_file)
-    specs = [r.spec for r in sweep.runs]
-    out = workdir / "runs"
-    sweep_dir = create_sweep_dir(out, new_sweep_id(specs[0].name), spec_file, specs, "local",
-                                 [r.label for r in sweep.runs])
-    data.prepare(specs[0].data, sweep_dir.root)
-    if tracking:
-        uri = resolve_uri(None, out)
-        experiment_id, parent = setup_sweep(uri, specs[0].name, sweep_dir.sweep_id, out, sweep_dir.root / "spec.yaml",
-                                            len(specs))
-        sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
-    return sweep_dir
+    return create_sweep(load_sweep(write_spec(workdir, text)), workdir / "runs", submit=False, tracking=tracking)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

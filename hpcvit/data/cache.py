@@ -18,8 +18,6 @@ to delete.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from hpcvit import fsio
+from hpcvit.data.formats import open_store
+from hpcvit.data.memmap import MemmapStore
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats
-from hpcvit.data.readers import DataError, Store, open_store, parse_cut, read_columns, selection_mask
-from hpcvit.manifest import fsync_dir
-from hpcvit.spec import DataSpec, PreprocessSpec
+from hpcvit.data.selection import select
+from hpcvit.data.store import DataError, Store
+from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
 
-log = logging.getLogger("hpcvit.data")
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _PROBE = 1 << 16
@@ -63,11 +64,8 @@ def _digest(obj: Any) -> str:
 
 
 def raw_key(spec: DataSpec, paths: list[Path]) -> str:
-    return _digest({
-        "version": CACHE_VERSION, "sources": [file_identity(p) for p in paths], "format": spec.format,
-        "input_key": spec.input_key, "channels": spec.channels, "layout": spec.layout, "cuts": spec.cuts,
-        "max_samples": spec.max_samples,
-    })
+    return _digest({"version": CACHE_VERSION, "sources": [file_identity(p) for p in paths],
+                    **data_fields(spec, "selection")})
 
 
 def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None) -> str:
@@ -76,22 +74,9 @@ def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None) -> s
 
 
 # -- locking and atomic publication --------------------------------------------------------------------------
-@contextlib.contextmanager
-def _file_lock(cache_dir: Path, name: str) -> Iterator[None]:
-    """Exclusive ``fcntl.flock`` on ``cache_dir/.locks/<name>.lock`` (kept: removing it would race waiters)."""
-    (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / ".locks" / f"{name}.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process building %s", cache_dir / name)
-            t0 = time.monotonic()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            log.info("lock on %s acquired after %.0f s", cache_dir / name, time.monotonic() - t0)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _lock(cache_dir: Path, name: str):
+    """The lock of one cache entry (kept in ``.locks/``: removing it would race waiters)."""
+    return fsio.file_lock(cache_dir / ".locks" / f"{name}.lock", what=f"the cache {cache_dir / name}")
 
 
 def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
@@ -99,12 +84,12 @@ def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> 
     final = cache_dir / name
     if (final / "meta.json").exists():
         return final
-    with _file_lock(cache_dir, name):
+    with _lock(cache_dir, name):
         if (final / "meta.json").exists():
             return final
-        for stale in cache_dir.glob(f".{name}.tmp-*"):  # left by a crashed build; we hold the lock
+        for stale in cache_dir.glob(f".{name}.*"):  # temp folders of crashed builds: we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = cache_dir / f".{name}.tmp-{socket.gethostname()}-{os.getpid()}"
+        tmp = fsio.temp_path(final)
         tmp.mkdir()
         try:
             build(tmp)
@@ -114,19 +99,8 @@ def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> 
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(cache_dir)
+        fsio.fsync_dir(cache_dir, strict=False)  # best effort: some file systems refuse fsync on a folder
         return final
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # best effort: some file systems refuse fsync on a directory
-        fsync_dir(path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -154,56 +128,6 @@ def _progress(total: int, description: str, enabled: bool):
             self.p.stop()
             return False
     return _Bar()
-
-
-# -- the memory-mapped store ---------------------------------------------------------------------------------
-class MemmapStore(Store):
-    """Images of one ``x.npy`` (N, C, H, W) float32, memory-mapped read-only in each process."""
-
-    format = "memmap"
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.paths = [Path(path)]
-        try:
-            mm = np.load(self.paths[0], mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable cache array ({exc}); delete the cache directory") from None
-        if mm.ndim != 4 or mm.dtype != np.float32:
-            raise DataError(f"{path}: cache array is {mm.dtype} {mm.shape}, expected float32 (N, C, H, W)")
-        self.n, self.shape, self.file_rows = int(mm.shape[0]), tuple(int(s) for s in mm.shape[1:]), [int(mm.shape[0])]
-
-    def _open(self, k: int) -> np.ndarray:
-        # copy-on-write mapping: reads share the page cache, and a consumer writing into a returned view
-        # (an in-place augmentation) gets private pages instead of changing the cache file
-        return np.load(self.paths[0], mmap_mode="c")
-
-    def view(self, row: int) -> np.ndarray:
-        """Image ``row`` as a view into the mapping (no copy; the DataLoader's collate makes the one copy)."""
-        return self._handle(0)[row]
-
-    def close(self) -> None:
-        self._handles = {}
-
-    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        mm = self._handle(0)
-        run = len(rows) > 0 and rows[-1] - rows[0] + 1 == len(rows)
-        if out is not None:
-            np.copyto(out, mm[int(rows[0]):int(rows[-1]) + 1] if run else mm[rows])
-            return out
-        if run:  # a slice is a view of the mapping: copy it once
-            return np.array(mm[int(rows[0]):int(rows[-1]) + 1], dtype=np.float32, copy=True)
-        return np.asarray(mm[rows])  # fancy indexing already made a private copy
-
-    def _read_file(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
-        self.read(local, out)
-
-    def scalar_columns(self) -> list[str]:
-        return []
-
-    def column(self, name: str) -> np.ndarray:
-        raise DataError(f"{self.paths[0]}: the image cache has no scalar columns")
 
 
 @dataclass
@@ -267,16 +191,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
     t0 = time.monotonic()
     store = open_store(spec, paths)
     names = store.scalar_columns()
-    cols = read_columns(store, names)
-    for key in spec.cuts:
-        col = parse_cut(key)[0]
-        if col not in cols:
-            raise DataError(f"{paths[0]}: no scalar column {col!r} for the cut {key!r} (has: {', '.join(names)})")
-    rows = np.flatnonzero(selection_mask(cols, spec, store.n)).astype(np.int64)
-    if spec.max_samples is not None:
-        rows = rows[:spec.max_samples]
-    if len(rows) == 0:
-        raise DataError(f"{paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
+    rows, cols = select(store, spec, names)
     x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *store.shape))
     del x
     store.close()
@@ -294,7 +209,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
             with mp.get_context("spawn").Pool(n_proc, initializer=_decode_worker_init) as pool:
                 for got in pool.imap_unordered(_decode_part_job, parts):
                     advance(got)
-    np.savez(tmp / "columns.npz", __source_row__=rows, **{k: v[rows] for k, v in cols.items()})
+    np.savez(tmp / "columns.npz", __source_row__=rows, **cols)
     file_of = store.file_index(rows)
     meta = {
         "version": CACHE_VERSION, "n": int(len(rows)), "n_source": int(store.n), "shape": list(store.shape),
@@ -306,7 +221,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
         "columns": names, "build_seconds": round(time.monotonic() - t0, 2), "host": socket.gethostname(),
     }
     store.close()
-    _write_json(tmp / "meta.json", meta)
+    fsio.write_json(tmp / "meta.json", meta)
     log.info("cached %d samples of %s in %.1f s", len(rows), paths[0], meta["build_seconds"])
 
 
@@ -341,11 +256,11 @@ def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray) -> C
 
     stats = load()
     if stats is None:
-        with _file_lock(raw.dir.parent, f"{raw.dir.name}-stats-{key}"):  # ranks wait for one computation
+        with _lock(raw.dir.parent, f"{raw.dir.name}-stats-{key}"):  # ranks wait for one computation
             stats = load()
             if stats is None:
                 stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples), pre)
-                _write_json(path, stats.to_dict())
+                fsio.write_json(path, stats.to_dict())
     return stats
 
 
@@ -373,7 +288,7 @@ def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats 
                 advance(len(b))
         x.flush()
         del x
-        _write_json(tmp / "meta.json", {"version": CACHE_VERSION, "raw": raw.dir.name, "n": src.n,
+        fsio.write_json(tmp / "meta.json", {"version": CACHE_VERSION, "raw": raw.dir.name, "n": src.n,
                                         "shape": list(src.shape), "preprocessing": pre.model_dump(),
                                         "stats": stats.to_dict() if stats else None,
                                         "build_seconds": round(time.monotonic() - t0, 2)})

@@ -28,7 +28,7 @@ def _guarded(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[
     def run(args: argparse.Namespace) -> int:
         from pydantic import ValidationError
 
-        from hpcvit.data.readers import DataError
+        from hpcvit.data.store import DataError
 
         try:
             return fn(args)
@@ -79,7 +79,7 @@ def _parse_cut(text: str) -> tuple[str, list[float | None]]:
 
 
 def _spec_from_args(args: argparse.Namespace):
-    from hpcvit.data.readers import detect_format
+    from hpcvit.data.formats import detect_format
     from hpcvit.spec import DataSpec
 
     base: dict[str, Any] = {}
@@ -152,7 +152,7 @@ def _balance(values: np.ndarray) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from hpcvit.data.readers import detect_format, open_store
+    from hpcvit.data.formats import detect_format, open_store
     from hpcvit.spec import DataSpec
 
     report = []

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from hpcvit import fsio
+
 IMAGE = 125
 PIXEL_ETA = 0.0174
 PIXEL_PHI = 2 * math.pi / 360
@@ -344,7 +346,6 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
     shards = plan(cfg)
     workers = max(1, min(workers or os.cpu_count() or 1, len(shards)))
     meta = metadata(cfg)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     t0 = time.monotonic()
     events = {0: 0, 1: 0}
     done: dict[int, dict[str, Any]] = {}
@@ -352,42 +353,41 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
     writer = None
     bar = None
     try:
-        if progress:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+        with fsio.atomic_path(out) as tmp:
+            if progress:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                           TimeRemainingColumn)
 
-            bar = Progress(TextColumn(f"[bold]{cfg.process}[/] jets"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-            bar.start()
-            task = bar.add_task("jets", total=cfg.n, rate="")
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-            for res in pool.imap_unordered(_work, [(cfg, s) for s in shards]):
-                done[res["index"]] = res
-                events[res["label"]] += res["n_events"]
-                if on_shard:
-                    on_shard(res)
-                if bar is not None:
-                    got = bar.tasks[0].completed + len(res["pt"])
-                    bar.update(task, completed=got, rate=f"{got / (time.monotonic() - t0):.1f} jets/s")
-                while next_write in done:  # write in shard order: the file does not depend on scheduling
-                    r = done.pop(next_write)
-                    n = len(r["pt"])
-                    table = jets_table(densify(r), {"y": np.full(n, float(r["label"])), "pt": r["pt"], "m0": r["m0"],
-                                                    "eta": r["eta"], "phi": r["phi"]}, metadata=meta)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
-                    writer.write_table(table, row_group_size=row_group_size)
-                    next_write += 1
-        writer.close()
-        writer = None
-        os.replace(tmp, out)
+                bar = Progress(TextColumn(f"[bold]{cfg.process}[/] jets"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+                bar.start()
+                task = bar.add_task("jets", total=cfg.n, rate="")
+            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+                for res in pool.imap_unordered(_work, [(cfg, s) for s in shards]):
+                    done[res["index"]] = res
+                    events[res["label"]] += res["n_events"]
+                    if on_shard:
+                        on_shard(res)
+                    if bar is not None:
+                        got = bar.tasks[0].completed + len(res["pt"])
+                        bar.update(task, completed=got, rate=f"{got / (time.monotonic() - t0):.1f} jets/s")
+                    while next_write in done:  # write in shard order: the file does not depend on scheduling
+                        r = done.pop(next_write)
+                        n = len(r["pt"])
+                        table = jets_table(densify(r), {"y": np.full(n, float(r["label"])), "pt": r["pt"],
+                                                        "m0": r["m0"], "eta": r["eta"], "phi": r["phi"]},
+                                           metadata=meta)
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+                        writer.write_table(table, row_group_size=row_group_size)
+                        next_write += 1
+            writer.close()
+            writer = None
     finally:
         if bar is not None:
             bar.stop()
         if writer is not None:
             writer.close()
-        if tmp.exists():
-            tmp.unlink()
     seconds = time.monotonic() - t0
     labels = PROCESSES[cfg.process]["labels"]
     per = {1: cfg.n - cfg.n // 2, 0: cfg.n // 2}

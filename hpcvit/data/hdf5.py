@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpcvit.data.readers import DataError, Store, _channel_list
+from hpcvit.data.store import DataError, Store, select_channels
 
 _CONTIGUOUS_BLOCK_BYTES = 1 << 20
 
@@ -76,7 +76,7 @@ class HDF5Store(Store):
                 scalar_sets.append({k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 1
                                     and v.shape[0] == d.shape[0] and v.dtype.kind in "fiub"})
         h, w, c = file_shape
-        self._channels = _channel_list(channels, c, str(self.paths[0]))
+        self._channels = select_channels(channels, c, str(self.paths[0]))
         self.shape = (len(self._channels), h, w)
         self.n = int(sum(self.file_rows))
         self._scalars = sorted(set.intersection(*scalar_sets))

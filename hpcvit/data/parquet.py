@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hpcvit.data.readers import DataError, Store, _channel_list
+from hpcvit.data.store import DataError, Store, select_channels
 
 # the image column is looked up under these names when the spec keeps the HDF5 default ``input_key: X``
 IMAGE_COLUMNS = ("X_jets", "X_jet")
@@ -198,7 +198,7 @@ class ParquetStore(Store):
         if shape is None:
             raise DataError(f"{self.paths[0]}: no rows")
         self._file_shape = shape
-        self._channels = _channel_list(channels, shape[0], str(self.paths[0]))
+        self._channels = select_channels(channels, shape[0], str(self.paths[0]))
         self._chan_arg = None if self._channels == list(range(shape[0])) else self._channels
         self.shape = (len(self._channels), shape[1], shape[2])
         self.n = int(sum(self.file_rows))

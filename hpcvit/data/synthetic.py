@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from hpcvit import fsio
 
 
 def make_showers(n: int, image_size: int = 32, channels: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +51,8 @@ def write_synthetic_hdf5(path: str | Path, n: int, image_size: int = 32, channel
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x, y = make_showers(n, image_size, channels, seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with fsio.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("X", data=x, chunks=(min(n, 512), image_size, image_size, channels))
         f.create_dataset("y", data=y)
         f.attrs.update({"generator": "hpcvit.synthetic", "seed": seed, "layout": "NHWC"})
-    os.replace(tmp, path)
     return path

@@ -1,0 +1,208 @@
+"""What training gets from the data layer: inputs checked, samples selected and split, statistics computed.
+
+``build_datasets(spec, sweep_dir, stats)`` is what training calls. It reads the files lazily (HDF5 by chunks,
+Parquet by row groups) or, with ``data.cache_dir``, through the float32 memory-mapped cache (built once, under
+a lock, if missing). Samples passing ``data.cuts`` are split deterministically by ``split_seed``; channel
+statistics come from the training split only (or from ``stats``, the dict saved with a checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcvit.data.dataset import ImageDataset
+from hpcvit.data.formats import open_store
+from hpcvit.data.preprocess import ChannelStats, channel_stats
+from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
+from hpcvit.data.store import DataError
+from hpcvit.spec import DataSpec, data_fields
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """What training needs from the data layer."""
+
+    train: Any
+    val: Any
+    test: Any | None
+    in_chans: int
+    img_size: int
+    stats: ChannelStats | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def synthetic_path(spec: DataSpec, sweep_dir: Path) -> Path:
+    s = spec.synthetic
+    return sweep_dir / "data" / f"synthetic_n{s.n_samples}_s{s.image_size}_c{s.channels}_seed{s.seed}.h5"
+
+
+def with_absolute_paths(spec: DataSpec) -> DataSpec:
+    """The same data spec with ``paths`` and ``cache_dir`` made absolute against the current directory."""
+    update: dict[str, Any] = {"paths": [str(Path(p).expanduser().resolve()) for p in spec.paths]}
+    if spec.cache_dir:
+        update["cache_dir"] = str(Path(spec.cache_dir).expanduser().resolve())
+    return spec.model_copy(update=update)
+
+
+def resolve_paths(spec: DataSpec, sweep_dir: Path) -> list[Path]:
+    """Input files of the data set; relative paths are taken from the current directory at submit time."""
+    if spec.format == "synthetic":
+        return [synthetic_path(spec, sweep_dir)]
+    return [Path(p).expanduser().resolve() for p in spec.paths]
+
+
+def prepare(spec: DataSpec, sweep_dir: Path) -> list[Path]:
+    """Check the inputs exist and open (writing the synthetic set if asked for) before anything is submitted."""
+    paths = resolve_paths(spec, sweep_dir)
+    if spec.format == "synthetic":
+        from hpcvit.data.synthetic import write_synthetic_hdf5
+
+        if not paths[0].exists():
+            s = spec.synthetic
+            write_synthetic_hdf5(paths[0], s.n_samples, s.image_size, s.channels, s.seed)
+        return paths
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"data.paths: file(s) not found: {', '.join(missing)}")
+    store = open_store(spec, paths)  # reads only metadata (and one row group per Parquet file)
+    problem = missing_columns(store, [spec.target_key, *cut_columns(spec)])
+    store.close()
+    if problem is not None:
+        raise problem
+    return paths
+
+
+def fingerprint(paths: list[Path], spec: DataSpec) -> str:
+    """Identity of the inputs (name, size, mtime) and of everything in the spec that changes the samples."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)};".encode())
+    h.update(json.dumps(data_fields(spec, "selection", "samples"), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def split_indices(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic train/val/test index split by ``split_seed``."""
+    order = np.random.default_rng(spec.split_seed).permutation(n)
+    n_val, n_test = int(round(n * spec.val_fraction)), int(round(n * spec.test_fraction))
+    return np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test])
+
+
+def _balance(targets: np.ndarray, parts: dict[str, np.ndarray], task: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, pos in parts.items():
+        t = targets[pos]
+        if task == "binary":
+            n_pos = int(t.sum())
+            out[name] = {"n": int(len(t)), "positive": n_pos, "negative": int(len(t) - n_pos),
+                         "positive_fraction": round(n_pos / len(t), 6) if len(t) else None}
+        elif len(t):
+            out[name] = {"n": int(len(t)), "mean": float(t.mean()), "std": float(t.std()),
+                         "min": float(t.min()), "max": float(t.max())}
+        else:
+            out[name] = {"n": 0}
+    return out
+
+
+def _train_stats(store, rows: np.ndarray, spec: DataSpec) -> ChannelStats:
+    """Channel statistics over the training rows, read in bulk (batches of at most ``stats_samples``)."""
+    block = max(1, min(spec.preprocessing.stats_samples, (128 << 20) // (int(np.prod(store.shape)) * 4)))
+    return channel_stats((x for _, x in store.iter_read(np.sort(rows), block=block)), spec.preprocessing)
+
+
+def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]] | None = None, *,
+                   progress: bool = False) -> DataBundle:
+    """Select, split and (lazily) preprocess the data set; ``stats`` (from a checkpoint) replaces computing them.
+
+    Returns map-style data sets of ``(float32 C x H x W image, float32 scalar target)`` that open their files
+    lazily in each process (DataLoader workers, DDP ranks with a DistributedSampler). ``progress`` shows
+    progress bars while a cache is built (the CLI's ``hpcvit data convert``).
+    """
+    paths = resolve_paths(spec, sweep_dir)
+    pre = spec.preprocessing
+    info: dict[str, Any] = {"format": spec.format, "cuts": dict(spec.cuts)}
+    if spec.cache_dir is not None:
+        from hpcvit.data.cache import ensure_preprocessed, ensure_raw, ensure_stats
+
+        raw = ensure_raw(spec, paths, progress)
+        if spec.target_key not in raw.columns:
+            raise DataError(f"{paths[0]}: no scalar column {spec.target_key!r} "
+                            f"(has: {', '.join(k for k in raw.columns if not k.startswith('__'))})")
+        source_rows = raw.columns["__source_row__"]
+        sources = raw.meta["sources"]
+        starts = np.concatenate([[0], np.cumsum(raw.meta["rows_per_file"])])
+
+        def where(i: int) -> str:
+            k = int(np.searchsorted(starts, i, side="right") - 1)
+            return f"{sources[k]['path']} (sample {int(source_rows[i])} of the data set)"
+
+        targets = make_targets(raw.columns[spec.target_key], spec, where)
+        n, n_source = raw.n, int(raw.meta["n_source"])
+        train_pos, val_pos, test_pos = split_indices(n, spec)
+        if stats is not None:
+            channel, info["stats_from"] = ChannelStats.from_dict(stats), "checkpoint"
+        elif pre.zscore:
+            channel, info["stats_from"] = ensure_stats(raw, pre, train_pos), "training split"
+        else:
+            channel = None
+        if spec.cache_preprocessed:
+            from hpcvit.data.memmap import MemmapStore
+
+            pre_path = ensure_preprocessed(raw, pre, channel, progress)
+            store, transform = MemmapStore(pre_path), None
+            info["cache"] = {"raw": str(raw.dir), "preprocessed": str(pre_path.parent)}
+        else:
+            store, transform = raw.store(), pre
+            info["cache"] = {"raw": str(raw.dir), "preprocessed": None}
+        rows = np.arange(n, dtype=np.int64)
+        shape = store.shape
+        info["files"] = [{"path": s["path"], "rows": int(r), "selected": int(c)}
+                         for s, r, c in zip(sources, raw.meta["file_rows"], raw.meta["rows_per_file"])]
+    else:
+        store = open_store(spec, paths)
+        rows, cols = select(store, spec, [spec.target_key])
+        targets = make_targets(cols[spec.target_key], spec, lambda i: store.where(int(rows[i])))
+        n, n_source = len(rows), store.n
+        train_pos, val_pos, test_pos = split_indices(n, spec)
+        if stats is not None:
+            channel, info["stats_from"] = ChannelStats.from_dict(stats), "checkpoint"
+        elif pre.zscore:
+            channel, info["stats_from"] = _train_stats(store, rows[train_pos], spec), "training split"
+        else:
+            channel = None
+        transform, shape = pre, store.shape
+        file_of = store.file_index(rows)
+        info["files"] = [{"path": str(p), "rows": int(r), "selected": int(np.sum(file_of == k))}
+                         for k, (p, r) in enumerate(zip(store.paths, store.file_rows))]
+        info["cache"] = None
+        store.close()  # reopened lazily by whichever process reads
+    if len(train_pos) == 0:
+        raise DataError(f"{paths[0]}: no training samples ({n} selected, val_fraction {spec.val_fraction}, "
+                        f"test_fraction {spec.test_fraction})")
+
+    def part(pos: np.ndarray) -> ImageDataset:
+        return ImageDataset(store, rows[pos], targets[pos], transform, channel)
+
+    info.update({
+        "n_source": int(n_source), "n_selected": int(n), "shape": list(shape),
+        "n_train": len(train_pos), "n_val": len(val_pos), "n_test": len(test_pos),
+        "fingerprint": fingerprint(paths, spec),
+        "class_balance" if spec.task == "binary" else "target_stats":
+            _balance(targets, {"train": train_pos, "val": val_pos, "test": test_pos}, spec.task),
+    })
+    if spec.task == "binary":
+        info["positive_fraction_train"] = info["class_balance"]["train"]["positive_fraction"]
+    return DataBundle(
+        train=part(train_pos), val=part(val_pos), test=part(test_pos) if len(test_pos) else None,
+        in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info,
+    )

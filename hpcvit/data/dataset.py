@@ -1,0 +1,92 @@
+"""Map-style data sets that training iterates: ``(float32 C x H x W image, float32 scalar target)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hpcvit.data.preprocess import ChannelStats, apply
+from hpcvit.data.store import Store
+from hpcvit.spec import PreprocessSpec
+
+
+class ImageDataset:
+    """Map-style data set: ``(image float32 C x H x W, target float32 scalar)`` for rows of a store.
+
+    ``__getitems__`` (used by the DataLoader for whole batches) reads the batch's rows sorted, in one pass per
+    file chunk/row group, and preprocesses the batch at once; over a preprocessed cache it returns views that
+    the DataLoader's collate copies once. With ``pre=None`` the images are returned as
+    stored (a preprocessed cache). Pickles without open files, so it works with DataLoader worker processes
+    and any sampler (DistributedSampler shards the indices).
+    """
+
+    def __init__(self, store: Store, rows: np.ndarray, targets: np.ndarray, pre: PreprocessSpec | None = None,
+                 stats: ChannelStats | None = None):
+        self.store = store
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        if len(self.rows) != len(self.targets):
+            raise ValueError("rows and targets differ in length")
+        self.pre, self.stats = pre, stats
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        if self.pre is not None:
+            apply(x, self.pre, self.stats)
+        return x
+
+    def __getitem__(self, i: int):
+        import torch
+
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        x = self._prep(self.store.read(self.rows[i:i + 1]))
+        return torch.from_numpy(x[0]), torch.tensor(float(self.targets[i]), dtype=torch.float32)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        rows = self.rows[idx]
+        yt = torch.from_numpy(self.targets[idx].copy())
+        if self.pre is None and hasattr(self.store, "view"):
+            # preprocessed cache: views into the (copy-on-write) mapping, which the DataLoader's collate copies
+            # into the batch, so the batch costs one copy; a caller writing into these views would change what
+            # this process reads later (``__getitem__`` returns a copy)
+            view = self.store.view
+            return [(torch.from_numpy(view(r)), yt[k]) for k, r in enumerate(rows.tolist())]
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        x = self.store.read(uniq)
+        if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
+            x = x[inverse]
+        xt = torch.from_numpy(self._prep(x))
+        return [(xt[k], yt[k]) for k in range(len(idx))]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images (preprocessed) and targets in memory; for small sets and tests."""
+        order = np.argsort(self.rows, kind="stable")
+        x = np.empty((len(self), *self.store.shape), dtype=np.float32)
+        x[order] = self.store.read(self.rows[order])
+        return self._prep(x), self.targets.copy()
+
+
+class ArrayDataset:
+    """Map-style data set over preprocessed NCHW arrays in memory; returns (image, target) as torch tensors."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        import torch
+
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]

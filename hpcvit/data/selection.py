@@ -1,0 +1,96 @@
+"""Which samples a data spec selects (cuts, ``max_samples``) and their targets: one implementation that the
+direct readers and the cache both use."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from hpcvit.data.store import DataError, Store
+from hpcvit.spec import DataSpec
+
+_ABS = re.compile(r"^abs\(\s*([^()\s]+)\s*\)$")
+
+
+def parse_cut(key: str) -> tuple[str, bool]:
+    """``abs(col)`` -> (col, True); ``col`` -> (col, False)."""
+    m = _ABS.match(key)
+    return (m.group(1), True) if m else (key, False)
+
+
+def cut_columns(spec: DataSpec) -> list[str]:
+    """The scalar columns the cuts read."""
+    return sorted({parse_cut(k)[0] for k in spec.cuts})
+
+
+def selection_mask(columns: dict[str, np.ndarray], spec: DataSpec, n: int) -> np.ndarray:
+    """Rows passing ``spec.cuts`` (``min <= v < max``; NaN fails every cut)."""
+    mask = np.ones(n, dtype=bool)
+    for key, (lo, hi) in spec.cuts.items():
+        name, is_abs = parse_cut(key)
+        v = columns[name]
+        if is_abs:
+            v = np.abs(v)
+        with np.errstate(invalid="ignore"):
+            if lo is not None:
+                mask &= v >= lo
+            if hi is not None:
+                mask &= v < hi
+    return mask
+
+
+def missing_columns(store: Store, names: list[str]) -> DataError | None:
+    """An error naming the first of ``names`` that ``store`` lacks, or None."""
+    have = store.scalar_columns()
+    for name in names:
+        if name not in have:
+            return DataError(f"{store.paths[0]}: no scalar column {name!r} (has: {', '.join(have) or 'none'})")
+    return None
+
+
+def read_columns(store: Store, names: list[str]) -> dict[str, np.ndarray]:
+    """The scalar columns ``names`` over all rows of ``store``."""
+    problem = missing_columns(store, names)
+    if problem is not None:
+        raise problem
+    return {name: store.column(name) for name in names}
+
+
+def select(store: Store, spec: DataSpec, columns: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Global rows passing the cuts (the first ``max_samples`` of them) and ``columns`` of those rows.
+
+    ``columns`` must include the cut columns; an empty selection is a :class:`DataError`.
+    """
+    cols = read_columns(store, sorted({*columns, *cut_columns(spec)}))
+    rows = np.flatnonzero(selection_mask(cols, spec, store.n)).astype(np.int64)
+    if spec.max_samples is not None:
+        rows = rows[:spec.max_samples]
+    if len(rows) == 0:
+        raise DataError(f"{store.paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
+    return rows, {k: v[rows] for k, v in cols.items() if k in columns}
+
+
+def make_targets(raw: np.ndarray, spec: DataSpec, where: Callable[[int], str] | None = None) -> np.ndarray:
+    """float32 targets: the positive class as 1 (binary) or the values themselves (regression).
+
+    ``where(i)`` names the file and row of the i-th value for messages.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(raw))
+    if len(bad) and (spec.task == "regression" or spec.positive_value is None):
+        at = where(int(bad[0])) if where else f"row {int(bad[0])}"
+        raise DataError(f"{at}: target {spec.target_key!r} is {raw[bad[0]]} ({len(bad)} non-finite targets)")
+    if spec.task == "regression":
+        return raw.astype(np.float32)
+    if spec.positive_value is not None:
+        return (raw == spec.positive_value).astype(np.float32)
+    odd = np.flatnonzero((raw != 0) & (raw != 1))
+    if len(odd):
+        values = np.unique(raw)
+        at = where(int(odd[0])) if where else f"row {int(odd[0])}"
+        raise DataError(f"{at}: binary target {spec.target_key!r} is {raw[odd[0]]:g}, not 0/1 (values: "
+                        f"{', '.join(f'{v:g}' for v in values[:8])}{' ...' if len(values) > 8 else ''}); "
+                        "set data.positive_value")
+    return raw.astype(np.float32)

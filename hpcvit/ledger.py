@@ -1,0 +1,310 @@
+"""The sweep folder and its ledger: what was asked for, what was submitted, what each task did.
+
+Layout of ``<output_dir>/<sweep_id>/``::
+
+    manifest.json        sweep id, spec file, executor, tracking ids, number of tasks, run labels
+    spec.yaml            the spec file as submitted
+    runs.jsonl           one resolved run spec per line, line i = task i (the one stored copy)
+    submissions.jsonl    one line per submission (job id of each task index it covers)
+    submitit/            submitit's folder (pickles, scheduler logs)
+    tasks/<iiiii>/       one folder per task, its files named by :class:`TaskDir`
+
+Every file is written atomically (:mod:`hpcvit.fsio`) or appended one line at a time under a lock, so the
+ledger stays readable from a new shell at any time, whatever happened to the processes that wrote it. A file
+that cannot be read back raises :class:`hpcvit.fsio.DamagedFileError`, whose message names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+from hpcvit import fsio
+from hpcvit.fsio import DamagedFileError
+from hpcvit.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_sweep_id(name: str) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+class TaskDir:
+    """One task's folder. Its identity, ``<sweep id>/<index>``, never changes across requeues and resumes.
+
+    Who writes what: the launcher ``state.json``; rank 0 of the trainer ``progress.json``, the outcome markers
+    ``result.json`` (finished), ``stopped.json`` (stopped by a signal at a checkpoint) and ``failed.json``
+    (raised), the MLflow run id and the tracking buffer; ``hpcvit cancel`` the ``cancel`` request.
+    """
+
+    STATE, PROGRESS = "state.json", "progress.json"
+    RESULT, STOPPED, FAILED = "result.json", "stopped.json", "failed.json"
+    CANCEL = "cancel"
+    RUN_ID, TRACKING_BUFFER = "mlflow_run_id", "tracking_buffer.jsonl"
+    LOG, CHECKPOINTS = "train.log", "checkpoints"
+    PREDICTIONS, BEST_WEIGHTS, ROC = "predictions.npz", "best_model.pt", "roc"
+    RUN_LOCK = ".trainer.lock"
+
+    def __init__(self, sweep: SweepDir, index: int):
+        self.sweep, self.index = sweep, index
+        self.path = sweep.root / "tasks" / f"{index:05d}"
+
+    def __repr__(self) -> str:
+        return f"TaskDir({self.key})"
+
+    @property
+    def key(self) -> str:
+        return f"{self.sweep.sweep_id}/{self.index:05d}"
+
+    @property
+    def label(self) -> str:
+        labels = self.sweep.manifest.get("labels", [])
+        return labels[self.index] if self.index < len(labels) else ""
+
+    @property
+    def run_name(self) -> str:
+        """The MLflow run name: index and label, e.g. ``0003-coatnet_0_lr=0.0003``."""
+        return f"{self.index:04d}-{self.label}".replace(" ", "_")
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    def spec(self) -> JobSpec:
+        return self.sweep.run_spec(self.index)
+
+    def ensure(self) -> TaskDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- state.json: the launcher's record ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return fsio.read_json(self.path / self.STATE, {})
+
+    def write_state(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into state.json (only the task's launcher and ``resume`` write it)."""
+        self.ensure()
+        state = {**self.state(), **{k: str(v) if hasattr(v, "value") else v for k, v in fields.items()},
+                 "updated": now_iso()}
+        fsio.write_json(self.path / self.STATE, state)
+        return state
+
+    # -- the trainer's reports ----------------------------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        """What the trainer last reported (epoch, step, metrics); written by rank 0 only."""
+        return fsio.read_json(self.path / self.PROGRESS, {})
+
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        fsio.write_json(self.path / self.PROGRESS, {**progress, "updated": now_iso()})
+
+    def result(self) -> dict[str, Any] | None:
+        """``result.json`` of a finished training, or None."""
+        return fsio.read_json(self.path / self.RESULT, None) or None
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        fsio.write_json(self.path / self.RESULT, {**result, "finished": now_iso()})
+
+    def stopped(self) -> dict[str, Any] | None:
+        """``stopped.json``: where the trainer stopped for a signal, or None."""
+        return fsio.read_json(self.path / self.STOPPED, None) or None
+
+    def write_stopped(self, stopped: dict[str, Any]) -> None:
+        fsio.write_json(self.path / self.STOPPED, {**stopped, "time": now_iso()})
+
+    def failure(self) -> dict[str, Any] | None:
+        """``failed.json``: the trainer's error, or None."""
+        return fsio.read_json(self.path / self.FAILED, None) or None
+
+    def write_failure(self, error: str) -> None:
+        fsio.write_json(self.path / self.FAILED, {"error": error, "time": now_iso()})
+
+    def clear_outcome(self) -> None:
+        """Remove the markers of the previous start (a new start writes its own)."""
+        for name in (self.STOPPED, self.FAILED):
+            (self.path / name).unlink(missing_ok=True)
+
+    # -- cancel requests ----------------------------------------------------------------------------------
+    def request_cancel(self, reason: str = "cancelled by user") -> None:
+        self.ensure()
+        fsio.write_text(self.path / self.CANCEL, reason + "\n")
+
+    def cancel_requested(self) -> bool:
+        return (self.path / self.CANCEL).exists()
+
+    def clear_cancel(self) -> None:
+        (self.path / self.CANCEL).unlink(missing_ok=True)
+
+    # -- tracking -----------------------------------------------------------------------------------------
+    def run_id(self) -> str | None:
+        """The MLflow run id of this task, once its first start opened the run."""
+        try:
+            return (self.path / self.RUN_ID).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write_run_id(self, run_id: str) -> None:
+        fsio.write_text(self.path / self.RUN_ID, run_id)
+
+    @property
+    def tracking_buffer(self) -> Path:
+        return self.path / self.TRACKING_BUFFER
+
+
+class SweepDir:
+    """A sweep's folder and ledger."""
+
+    MANIFEST, SPEC, RUNS, SUBMISSIONS = "manifest.json", "spec.yaml", "runs.jsonl", "submissions.jsonl"
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"SweepDir({self.root})"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        data = fsio.read_json(self.root / self.MANIFEST, None)
+        if data is None:
+            raise FileNotFoundError(f"{self.root}: not a sweep directory (no manifest.json)")
+        if not isinstance(data, dict):
+            raise DamagedFileError(self.root / self.MANIFEST, "not a JSON object")
+        return data
+
+    @property
+    def sweep_id(self) -> str:
+        return self.root.name
+
+    @property
+    def submitit_dir(self) -> Path:
+        return self.root / "submitit"
+
+    @property
+    def n_tasks(self) -> int:
+        return int(self.manifest["n_tasks"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels", []))
+
+    def task(self, index: int) -> TaskDir:
+        return TaskDir(self, index)
+
+    def tasks(self) -> list[TaskDir]:
+        return [TaskDir(self, i) for i in range(self.n_tasks)]
+
+    def _run_lines(self) -> list[str]:
+        try:
+            return (self.root / self.RUNS).read_text().splitlines()
+        except FileNotFoundError:
+            raise DamagedFileError(self.root / self.RUNS, "missing (the sweep folder is incomplete)") from None
+
+    def _parse_run(self, line: str, index: int) -> JobSpec:
+        try:
+            return JobSpec.model_validate_json(line, strict=False)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise DamagedFileError(self.root / self.RUNS, f"line {index + 1}: not a valid run spec ({first})") from None
+
+    def run_spec(self, index: int) -> JobSpec:
+        lines = self._run_lines()
+        if not 0 <= index < len(lines):
+            raise IndexError(f"sweep {self.sweep_id} has no task {index} (it has {len(lines)})")
+        return self._parse_run(lines[index], index)
+
+    def run_specs(self) -> list[JobSpec]:
+        return [self._parse_run(line, i) for i, line in enumerate(self._run_lines())]
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return fsio.file_lock(self.root / f".{name}.lock")
+
+    def update_manifest(self, **fields: Any) -> None:
+        with self.lock("manifest"):
+            fsio.write_json(self.root / self.MANIFEST, {**self.manifest, **fields})
+
+    # -- submissions --------------------------------------------------------------------------------------
+    def record_submission(self, job_ids: dict[int, str], executor: str) -> dict[str, Any]:
+        """Append one submission: task index -> scheduler job id."""
+        record = {"time": now_iso(), "executor": executor, "host": socket.gethostname(),
+                  "jobs": {str(i): j for i, j in job_ids.items()}}
+        with self.lock("submissions"):
+            fsio.append_line(self.root / self.SUBMISSIONS, json.dumps(record))
+        return record
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """Every submission record; a torn last line (a writer killed mid-append) is skipped with a warning."""
+        path = self.root / self.SUBMISSIONS
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
+                    raise ValueError("not a submission record")
+            except ValueError as exc:
+                if n == len(lines):
+                    log.warning("%s:%d: torn last line skipped (%s)", path, n, exc)
+                    continue
+                raise DamagedFileError(path, f"line {n}: {exc}") from None
+            out.append(record)
+        return out
+
+    def latest_jobs(self) -> dict[int, tuple[str, str]]:
+        """Task index -> (job id, executor) of its most recent submission."""
+        latest: dict[int, tuple[str, str]] = {}
+        for record in self.submissions():
+            for i, job in record["jobs"].items():
+                latest[int(i)] = (job, record["executor"])
+        return latest
+
+
+def create_sweep_dir(output_dir: Path, sweep_id: str, spec_file: Path, specs: list[JobSpec],
+                     executor: str, labels: list[str]) -> SweepDir:
+    """Write a new sweep folder: spec copy, resolved runs, manifest (last, so its presence means complete)."""
+    root = (Path(output_dir) / sweep_id).resolve()
+    root.mkdir(parents=True, exist_ok=False)
+    fsio.write_text(root / SweepDir.SPEC, Path(spec_file).read_text(), durable=False)
+    fsio.write_text(root / SweepDir.RUNS, "".join(spec.model_dump_json() + "\n" for spec in specs))
+    fsio.write_json(root / SweepDir.MANIFEST, {
+        "sweep_id": sweep_id, "created": now_iso(), "spec_file": str(Path(spec_file).resolve()),
+        "executor": executor, "n_tasks": len(specs), "labels": labels, "name": specs[0].name,
+    })
+    return SweepDir(root)
+
+
+def find_sweep(ref: str | None, output_dir: Path) -> SweepDir:
+    """A sweep by path, by id under ``output_dir``, or the newest one there when ``ref`` is None."""
+    output_dir = Path(output_dir)
+    if ref:
+        for candidate in (Path(ref), output_dir / ref):
+            if (candidate / SweepDir.MANIFEST).exists():
+                return SweepDir(candidate)
+        raise FileNotFoundError(f"no sweep {ref!r} (looked for {ref}/manifest.json and "
+                                f"{output_dir / ref}/manifest.json)")
+    sweeps = sorted(output_dir.glob(f"*/{SweepDir.MANIFEST}"), key=lambda p: p.stat().st_mtime)
+    if not sweeps:
+        raise FileNotFoundError(f"no sweeps under {output_dir}/ (submit one with `hpcvit submit SPEC`)")
+    return SweepDir(sweeps[-1].parent)

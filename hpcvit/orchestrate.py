@@ -1,0 +1,202 @@
+"""The library API of a sweep's life: check, create and submit, watch, finalise, resume, cancel, sync.
+
+The command line, the tests and the benchmarks all go through these functions; ``hpcvit.cli`` only parses
+arguments and prints what they return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
+from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
+from hpcvit.status import TaskStatus, task_statuses
+from hpcvit.sweep import Sweep
+from hpcvit.yamlio import SpecError
+
+log = logging.getLogger(__name__)
+
+
+def check_sweep(sweep: Sweep) -> None:
+    """What validation knows beyond the spec's types: model kwargs against the builders' signatures
+    (imports torch only when kwargs are set)."""
+    from hpcvit.models import check_model_kwargs
+
+    seen: set[tuple[str, str]] = set()
+    for run in sweep.runs:
+        key = (run.spec.model.name, json.dumps(sorted(run.spec.model.kwargs)))
+        if run.spec.model.kwargs and key not in seen:
+            seen.add(key)
+            try:
+                check_model_kwargs(run.spec.model.name, run.spec.model.kwargs)
+            except ValueError as exc:
+                raise SpecError(str(exc), file=sweep.file, field="model.kwargs") from None
+
+
+def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> str:
+    """The sbatch script submitit would write for this sweep (nothing is created or submitted)."""
+    from hpcvit.submission import sbatch_script
+
+    base = sweep.base
+    folder = Path(output_dir or base.output_dir) / new_sweep_id(base.name) / "submitit"
+    return sbatch_script(base, folder, len(sweep.runs))
+
+
+def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool = True,
+                 tracking: bool = True) -> SweepDir:
+    """Sweep folder, data, tracking (experiment and parent run), then the submission of every task.
+
+    On any failure before submission nothing is left behind. ``submit=False`` stops before submitting (the
+    tasks can then be run in-process); ``tracking=False`` also skips MLflow.
+    """
+    from hpcvit import data
+
+    base = sweep.base
+    output_dir = Path(output_dir or base.output_dir)
+    if base.data.format != "synthetic":
+        data.prepare(base.data, output_dir)  # fails fast on missing files, before anything is written
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
+    specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
+    sweep_dir = create_sweep_dir(output_dir, new_sweep_id(base.name), Path(sweep.file), specs, base.executor,
+                                 [r.label for r in sweep.runs])
+    try:
+        for spec in {s.data.model_dump_json(): s for s in specs}.values():
+            data.prepare(spec.data, sweep_dir.root)
+        if tracking:
+            from hpcvit.tracking import resolve_uri, setup_sweep
+
+            uri = resolve_uri(base.tracking.uri, output_dir)
+            experiment_id, parent = setup_sweep(uri, base.tracking.experiment or base.name, sweep_dir.sweep_id,
+                                                output_dir, sweep_dir.root / SweepDir.SPEC, len(specs),
+                                                base.description)
+            sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+    except BaseException:
+        shutil.rmtree(sweep_dir.root, ignore_errors=True)
+        raise
+    if submit:
+        from hpcvit.submission import submit as submit_tasks
+
+        submit_tasks(sweep_dir, list(range(len(specs))), base.executor, base)
+    return sweep_dir
+
+
+def statuses(sweep_dir: SweepDir) -> list[TaskStatus]:
+    return task_statuses(sweep_dir)
+
+
+def all_terminal(states: list[TaskStatus]) -> bool:
+    return all(s.state in TERMINAL for s in states)
+
+
+def wait(sweep_dir: SweepDir, on_update: Callable[[list[TaskStatus]], None] | None = None,
+         poll_s: float = 2.0) -> list[TaskStatus]:
+    """Poll until no task is queued or running; ``on_update`` sees every poll. Finalises the sweep."""
+    while True:
+        current = task_statuses(sweep_dir)
+        if on_update is not None:
+            on_update(current)
+        if all_terminal(current):
+            break
+        time.sleep(poll_s)
+    finalize(sweep_dir, current)
+    return current
+
+
+def close_lost_runs(sweep_dir: SweepDir, current: list[TaskStatus]) -> int:
+    """Mark the MLflow runs of LOST tasks KILLED (tag ``hpcvit.state=LOST``): a killed process cannot do it."""
+    return sum(_close_stale_run(sweep_dir, s.index, s.state) for s in current if s.state == TaskState.LOST)
+
+
+def _close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
+    uri = sweep_dir.manifest.get("tracking_uri")
+    run_id = sweep_dir.task(index).run_id()
+    if not (uri and run_id):
+        return False
+    from hpcvit.tracking import terminate_run
+
+    return terminate_run(uri, run_id, "FAILED" if state == TaskState.FAILED else "KILLED", state)
+
+
+def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> bool:
+    """Close the MLflow runs of LOST tasks and, once every task is terminal, the sweep's parent run (with its
+    summary table and ROC overlay). True when the parent was finalised."""
+    current = task_statuses(sweep_dir) if current is None else current
+    if any(s.state == TaskState.LOST for s in current):
+        close_lost_runs(sweep_dir, current)
+    if not (all_terminal(current) and sweep_dir.manifest.get("parent_run_id")):
+        return False
+    from hpcvit.compare import finalize_parent
+
+    finalize_parent(sweep_dir, all(s.state in FINAL for s in current))
+    return True
+
+
+def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int], dict[int, str]]:
+    """Resubmit, as one new array, every task that is neither finished nor queued/running.
+
+    Holds the sweep's resume lock while it decides and submits, so two ``resume`` calls at once cannot
+    submit a task twice: the second sees the first one's submission as queued or running.
+    """
+    from hpcvit.submission import submit
+
+    with sweep_dir.lock("resume"):
+        current = task_statuses(sweep_dir)
+        todo = [s for s in current if s.state in RESUMABLE]
+        if not todo:
+            return [], {}
+        for s in todo:
+            task = sweep_dir.task(s.index)
+            _close_stale_run(sweep_dir, s.index, s.state)
+            task.clear_cancel()
+            if task.path.exists():
+                task.write_state(state=TaskState.SUBMITTED, message=f"resubmitted after {s.state}")
+        kind = executor or sweep_dir.manifest["executor"]
+        indices = [s.index for s in todo]
+        job_ids = submit(sweep_dir, indices, kind, sweep_dir.run_spec(indices[0]))
+        if kind != sweep_dir.manifest["executor"]:
+            sweep_dir.update_manifest(executor=kind)
+        return indices, job_ids
+
+
+def cancel(sweep_dir: SweepDir) -> list[int]:
+    """Stop every unfinished task; the trainers save a checkpoint first, so ``resume`` continues them."""
+    import signal
+    import subprocess
+
+    from hpcvit.procs import pid_alive, process_alive, signal_group, signal_process
+
+    active = [s for s in task_statuses(sweep_dir) if s.state not in FINAL | RESUMABLE]
+    for s in active:
+        sweep_dir.task(s.index).request_cancel()
+    slurm_jobs = [s.job_id for s in active if s.executor == "slurm"]
+    if slurm_jobs:
+        subprocess.run(["scancel", *slurm_jobs], check=True, timeout=60)
+    for s in active:
+        if s.executor != "local":
+            continue
+        state = sweep_dir.task(s.index).state()
+        pgid = state.get("trainer_pgid")
+        if pgid and process_alive(state.get("pid"), state.get("pid_start")):
+            signal_group(pgid, signal.SIGTERM)
+        elif pid_alive(s.job_id):
+            signal_process(int(s.job_id), signal.SIGTERM)
+    return [s.index for s in active]
+
+
+def sync(sweep_dir: SweepDir) -> dict[int, int]:
+    """Send every task's buffered tracking calls; task index -> calls sent (tasks with none left out)."""
+    from hpcvit.tracking import sync_task
+
+    m = sweep_dir.manifest
+    sent = {}
+    for task in sweep_dir.tasks():
+        n = sync_task(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], task)
+        if n:
+            sent[task.index] = n
+    return sent

@@ -1,0 +1,46 @@
+"""Processes on this machine: liveness that survives pid reuse, and signals to whole process groups."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (guards against pid reuse); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``start`` (see :func:`process_start_time`) still runs."""
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+def pid_alive(pid: int | str | None) -> bool:
+    """Whether some process ``pid`` runs now (no guard against reuse: for short-lived checks)."""
+    return pid is not None and str(pid).isdigit() and process_start_time(int(pid)) is not None
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_process(pid: int, sig: signal.Signals) -> bool:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        return True
+    return False

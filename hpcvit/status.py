@@ -1,0 +1,131 @@
+"""A sweep's tasks as they really are: the ledger's records checked against what is alive.
+
+The launcher records each task's state in its ``state.json``; a record can be stale (a SIGKILL or a lost node
+gives the launcher no chance to write). :func:`task_statuses` checks every record against ONE ``squeue`` call
+for all Slurm jobs of the sweep, and ``/proc`` for local ones: a task recorded as running whose process or job
+is gone is LOST.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcvit.fsio import DamagedFileError
+from hpcvit.ledger import SweepDir, TaskDir
+from hpcvit.procs import pid_alive, process_alive
+from hpcvit.states import TaskState, from_slurm
+
+SQUEUE_FORMAT = "%i|%T"
+
+
+@dataclass
+class TaskStatus:
+    index: int
+    label: str
+    state: TaskState
+    job_id: str
+    executor: str
+    restarts: int
+    epoch: int | None
+    epochs: int | None
+    metric: str | None
+    best_metric: float | None
+    message: str
+    log: Path
+
+
+def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, str]:
+    """``squeue --array --format=%i|%T`` output -> Slurm state of each of ``job_ids`` (and their array ids)."""
+    wanted = set(job_ids) | {j.split("_")[0] for j in job_ids}
+    states: dict[str, str] = {}
+    for line in stdout.splitlines():
+        job, sep, state = line.strip().partition("|")
+        if sep and job in wanted:
+            states[job] = state.strip()
+    return states
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """State of each listed Slurm job (``A_i`` for array tasks) from ONE squeue call; absent = not queued.
+
+    Asks for all of the user's jobs rather than ``--jobs=...``: one id that has aged out of the
+    controller makes squeue fail for the whole list, and a task wrongly reported gone would be resubmitted.
+    """
+    if not job_ids:
+        return {}
+    if shutil.which("squeue") is None:
+        raise RuntimeError("squeue not found: put the Slurm client tools on PATH (or use --executor local)")
+    proc = subprocess.run(["squeue", "--noheader", "--array", "--me", f"--format={SQUEUE_FORMAT}"],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"squeue failed ({proc.stderr.strip()}); task states unknown, nothing was changed")
+    return parse_squeue(proc.stdout, job_ids)
+
+
+def effective_state(recorded: TaskState, executor: str, *, completed: bool, queue_state: str | None = None,
+                    launcher_alive: bool = False, job_alive: bool = False) -> TaskState:
+    """The true state of a task from its record and what is alive.
+
+    ``queue_state``: Slurm's state of its job (None: not in the queue); ``launcher_alive``: the local launcher
+    recorded in state.json still runs; ``job_alive``: the local job's process still runs.
+    """
+    if completed:
+        return TaskState.COMPLETED
+    if executor == "slurm":
+        if queue_state:
+            queued = from_slurm(queue_state)
+            if recorded == TaskState.PREEMPTED and queued != TaskState.RUNNING:
+                return TaskState.REQUEUED
+            return queued
+        stale = (TaskState.RUNNING, TaskState.QUEUED, TaskState.SUBMITTED)
+        return TaskState.LOST if recorded in stale else recorded
+    if executor == "local":
+        if recorded in (TaskState.RUNNING, TaskState.QUEUED):
+            return recorded if launcher_alive else TaskState.LOST
+        if recorded in (TaskState.SUBMITTED, TaskState.PREEMPTED):
+            if job_alive:
+                return TaskState.PENDING
+            return TaskState.LOST if recorded == TaskState.SUBMITTED else recorded
+    return recorded
+
+
+def _recorded(state: dict, job_id: str, task: TaskDir) -> TaskState:
+    value = state.get("state", TaskState.SUBMITTED if job_id else TaskState.NEW)
+    try:
+        return TaskState(value)
+    except ValueError:
+        raise DamagedFileError(task.file(TaskDir.STATE), f"unknown state {value!r}") from None
+
+
+def task_statuses(sweep: SweepDir, queue: dict[str, str] | None = None) -> list[TaskStatus]:
+    """Every task's true state; ``queue`` (job id -> Slurm state) replaces the squeue call when given.
+
+    A task whose ledger files cannot be read is shown LOST with a message naming the damaged file (``resume``
+    then starts it again and its launcher writes a new record), so one damaged file never hides the others.
+    """
+    labels = sweep.labels
+    latest = sweep.latest_jobs()
+    if queue is None:
+        queue = squeue_states([j for j, ex in latest.values() if ex == "slurm"])
+    out = []
+    for task in sweep.tasks():
+        job_id, executor = latest.get(task.index, ("", ""))
+        try:
+            state, progress = task.state(), task.progress()
+            recorded = _recorded(state, job_id, task)
+            effective = effective_state(
+                recorded, executor, completed=task.result() is not None, queue_state=queue.get(job_id),
+                launcher_alive=process_alive(state.get("pid"), state.get("pid_start")),
+                job_alive=executor == "local" and pid_alive(job_id))
+            message = state.get("message", "")
+        except DamagedFileError as exc:
+            state, progress, effective, message = {}, {}, TaskState.LOST, f"damaged ledger file {exc}"
+        out.append(TaskStatus(
+            index=task.index, label=labels[task.index] if task.index < len(labels) else "", state=effective,
+            job_id=job_id, executor=executor, restarts=int(state.get("restarts", 0)),
+            epoch=progress.get("epoch"), epochs=progress.get("epochs"), metric=progress.get("metric"),
+            best_metric=progress.get("best_metric"), message=message, log=task.log))
+    return out

@@ -1,0 +1,54 @@
+"""The names hpcvit gives things in MLflow: tags, parameter names, the default store. Imports no MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+"""MLflow's own tag that nests a task's run under its sweep's parent run."""
+NOTE_TAG = "mlflow.note.content"
+"""MLflow's run description (the spec's ``description``)."""
+TASK_KEY_TAG = "hpcvit.task_key"
+"""``<sweep id>/<index>``: finds a task's run again after a requeue that lost its run-id file."""
+SWEEP_ID_TAG = "hpcvit.sweep_id"
+ROLE_TAG = "hpcvit.role"
+"""``sweep`` on the parent run."""
+N_TASKS_TAG = "hpcvit.n_tasks"
+TASK_INDEX_TAG = "hpcvit.task_index"
+MODEL_TAG = "hpcvit.model"
+DATASET_TAG = "hpcvit.dataset"
+SLURM_JOB_TAG = "hpcvit.slurm_job_id"
+RESTARTS_TAG = "hpcvit.restarts"
+"""Previous starts of the task: the same count as ``state.json``'s ``restarts`` and ``hpcvit status``."""
+HOST_TAG = "hpcvit.host"
+STATE_TAG = "hpcvit.state"
+"""The task's state (:class:`hpcvit.states.TaskState`) as the run last saw it."""
+BEST_EPOCH_TAG = "hpcvit.best_epoch"
+BEST_CHECKPOINT_TAG = "hpcvit.best_checkpoint"
+SUMMARY_TAG = "hpcvit.summary"
+"""``logged`` on a parent run once its summary table and ROC overlay are attached."""
+
+PARAM_VALUE_LIMIT = 6000
+"""MLflow's limit on the length of a parameter value."""
+
+
+def resolve_uri(spec_uri: str | None, output_dir: Path) -> str:
+    """Spec's URI, else ``$MLFLOW_TRACKING_URI``, else an absolute SQLite file in the output directory."""
+    uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> ``{"a.b.c": "value"}`` parameters (values cut to MLflow's length limit)."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:PARAM_VALUE_LIMIT]
+    return out

@@ -1,0 +1,163 @@
+"""A task's child run, continued by every requeue and resume, that survives tracking outages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcvit import fsio
+from hpcvit.ledger import TaskDir
+from hpcvit.tracking import names
+from hpcvit.tracking.client import mlflow_client
+from hpcvit.tracking.outage import is_transient
+
+log = logging.getLogger(__name__)
+
+
+class TaskTracker:
+    """The child run of one task, opened by rank 0 of every (re)start of the task.
+
+    When the tracking server is unreachable, training goes on: every call is appended to the task's
+    ``tracking_buffer.jsonl`` (and retried at most once a minute); ``hpcvit sync`` or the next successful call
+    replays the buffer in order. Replays are idempotent: epochs already logged are skipped, params are logged
+    once.
+    """
+
+    RETRY_S = 60.0
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, task: TaskDir, tags: dict[str, str],
+                 connect: bool = True):
+        self.client = mlflow_client(uri)
+        self.task = task
+        self.buffer = task.tracking_buffer
+        self._open_args = {"experiment_id": experiment_id, "parent_run_id": parent_run_id, "task_key": task.key,
+                           "run_name": task.run_name, "tags": tags}
+        self.run_id: str | None = None
+        self.resumed = task.run_id() is not None
+        self.last_epoch_logged = -1
+        self._offline_since: float | None = None
+        if connect:
+            self._call("open", **self._open_args)
+
+    # -- the operations, as replayed from the buffer ----------------------------------------------
+    def _op_open(self, experiment_id: str, parent_run_id: str, task_key: str, run_name: str,
+                 tags: dict[str, str]) -> None:
+        from mlflow.entities import RunStatus
+
+        run_id = self.task.run_id()
+        if run_id is None:
+            found = self.client.search_runs([experiment_id], f"tags.`{names.TASK_KEY_TAG}` = '{task_key}'",
+                                            max_results=1)
+            run_id = found[0].info.run_id if found else None
+        self.resumed = run_id is not None
+        if run_id is None:
+            run = self.client.create_run(experiment_id, run_name=run_name,
+                                         tags={names.PARENT_TAG: parent_run_id, names.TASK_KEY_TAG: task_key, **tags})
+            run_id = run.info.run_id
+            self.task.write_run_id(run_id)
+        else:
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+        self.run_id = run_id
+        history = self.client.get_metric_history(run_id, "val_loss")
+        self.last_epoch_logged = max((m.step for m in history), default=-1)
+
+    def _op_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def _op_epoch(self, epoch: int, metrics: dict[str, float], ts: int) -> None:
+        from mlflow.entities import Metric
+
+        if epoch <= self.last_epoch_logged:
+            return
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in metrics.items()])
+        self.last_epoch_logged = epoch
+
+    def _op_final(self, metrics: dict[str, float], step: int, ts: int) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+
+    def _op_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    def _op_artifact(self, path: str, artifact_path: str | None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def _op_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def _op_end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    # -- buffering ----------------------------------------------------------------------------------
+    def _append(self, op: str, kwargs: dict[str, Any]) -> None:
+        fsio.append_line(self.buffer, json.dumps({"op": op, **kwargs}))
+
+    def _call(self, op: str, **kwargs: Any) -> None:
+        if self._offline_since is not None and time.monotonic() - self._offline_since < self.RETRY_S:
+            self._append(op, kwargs)
+            return
+        try:
+            self.flush()
+            getattr(self, f"_op_{op}")(**kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._offline_since = time.monotonic()
+            log.warning("tracking unreachable (%s); buffering to %s", type(exc).__name__, self.buffer)
+            self._append(op, kwargs)
+
+    def flush(self) -> int:
+        """Replay the buffered calls in order (the first one opens the run); return how many."""
+        if not self.buffer.exists():
+            return 0
+        lines = [json.loads(line) for line in self.buffer.read_text().splitlines() if line.strip()]
+        for entry in lines:
+            op = entry.pop("op")
+            if op != "open" and self.run_id is None:
+                self._op_open(**self._open_args)
+            getattr(self, f"_op_{op}")(**entry)
+        self.buffer.rename(self.buffer.with_suffix(f".synced-{int(time.time())}"))
+        self._offline_since = None
+        return len(lines)
+
+    # -- the interface the trainer uses -------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params once: a resumed run already has them (and MLflow refuses changed values)."""
+        self._call("params", params={k: str(v) for k, v in params.items()})
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's metrics at ``step=epoch`` unless that epoch was logged before a restart."""
+        self._call("epoch", epoch=epoch, metrics={k: float(v) for k, v in metrics.items()},
+                   ts=int(time.time() * 1000))
+
+    def log_final(self, metrics: dict[str, float], step: int) -> None:
+        self._call("final", metrics={k: float(v) for k, v in metrics.items()}, step=step, ts=int(time.time() * 1000))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("tags", tags={k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._call("artifact", path=str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("text", text=text, artifact_file=artifact_file)
+
+    def end(self, status: str) -> None:
+        self._call("end", status=status)
+
+
+def sync_task(uri: str, experiment_id: str, parent_run_id: str, task: TaskDir) -> int:
+    """Replay a task's buffered tracking calls (``hpcvit sync``); return how many were sent."""
+    return TaskTracker(uri, experiment_id, parent_run_id, task, tags={}, connect=False).flush()

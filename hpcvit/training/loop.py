@@ -1,0 +1,360 @@
+"""The training loop of one task: DDP training resumable to the exact step, evaluation, the outcome.
+
+Stopping is cooperative: SIGTERM, SIGUSR2 or SIGINT on any rank sets a flag (:mod:`.stop`); before each
+optimiser step (before fetching its first micro-batch) the ranks all-reduce their flags, so all of them stop at
+the same step, save one checkpoint and exit. Rank 0 writes ``stopped.json`` (to be requeued) or
+``result.json`` (finished) into the task folder for the launcher to read.
+
+A step is one optimiser step of ``optim.grad_accum_steps`` micro-batches; the sampler counts micro-batches,
+so a resumed epoch starts at micro-batch ``step_in_epoch * grad_accum_steps``. Optional: an EMA of the
+weights (evaluated instead of the raw weights), ``torch.compile``, channels-last, deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from hpcvit.checkpoint import CheckpointManager
+from hpcvit.data import build_datasets
+from hpcvit.jobenv import JobEnv
+from hpcvit.ledger import TaskDir
+from hpcvit.metrics import evaluate_predictions, is_better, primary_metric
+from hpcvit.models import build_model
+from hpcvit.states import TaskState
+from hpcvit.training import distributed, optim, stop
+from hpcvit.training.distributed import Dist
+from hpcvit.training.report import TaskReport
+from hpcvit.training.sampler import ShardSampler, StepPlan
+from hpcvit.training.state import TrainProgress, TrainState
+
+
+def _gflops(model: nn.Module, in_chans: int, img_size: int) -> float | None:
+    from hpcvit.models.info import count_gflops
+
+    try:
+        return count_gflops(model, in_chans, img_size)
+    except Exception:  # noqa: BLE001 - a FLOP count is information, never a reason to stop training
+        return None
+
+
+class Trainer:
+    """One task's training, from its spec and its task folder."""
+
+    def __init__(self, task: TaskDir, env: JobEnv | None = None):
+        self.task = task
+        self.spec = task.spec()
+        o = self.spec.optim
+        if o.deterministic:
+            optim.set_deterministic()
+        self.env = env or JobEnv.read()
+        self.d: Dist = distributed.init_distributed(self.env, self.spec.resources.gpus_per_node > 0)
+        distributed.seed_everything(o.seed)
+        self.report = TaskReport(task, self.spec, self.d.main, self.env)
+        self.ckpt = CheckpointManager(task.checkpoints, self.spec.checkpoint.keep, self.spec.checkpoint.keep_best)
+        if self.d.main:
+            self.ckpt.clean()
+        loaded = self.ckpt.load_latest(check=TrainState.check)
+        if loaded is None and self.ckpt.skipped:
+            raise RuntimeError(f"none of the checkpoints in {task.checkpoints} can be resumed from "
+                               f"({len(self.ckpt.skipped)} refused; the newest: {self.ckpt.skipped[0]}); "
+                               "move them away to train this task from scratch")
+        saved, self.ckpt_meta = loaded if loaded else (None, None)
+        self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None)
+        self.metric_name, self.metric_mode = primary_metric(self.spec.data.task)
+        model = build_model(self.spec.model.name, self.data.in_chans, self.data.img_size, 1, **self.spec.model.kwargs)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
+        model.train()
+        self.model = model.to(self.d.device)
+        if o.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The EMA copy is taken before DDP and compile wrap the model: a plain module, on the same device.
+        self.ema = self._make_ema() if o.ema_decay is not None else None
+        self.ddp_module = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.d.local_rank]
+                                                              if self.d.device.type == "cuda" else None)
+                           if torch.distributed.is_initialized() else None)
+        self.ddp = self.ddp_module if self.ddp_module is not None else self.model
+        self.compiled = False
+        if o.compile:
+            self._compile()
+        self.optimizer = optim.make_optimizer(o, self.model)
+        self.accum = o.grad_accum_steps
+        # The sampler counts micro-batches; a step is one optimiser step of up to ``accum`` of them.
+        self.sampler = ShardSampler(len(self.data.train), self.d.rank, self.d.world, o.batch_size, o.seed,
+                                    max_batches=o.max_steps_per_epoch * self.accum if o.max_steps_per_epoch
+                                    else None)
+        self.plan = StepPlan(self.sampler, self.accum)
+        self.steps_per_epoch = self.plan.steps_per_epoch
+        self.scheduler = optim.make_scheduler(o, self.optimizer, self.steps_per_epoch)
+        self.amp_dtype = optim.amp_dtype(o, self.d.device)
+        self.scaler = optim.make_scaler(self.amp_dtype)
+        self.loss_fn = nn.BCEWithLogitsLoss() if self.spec.data.task == "binary" else nn.MSELoss()
+        self.progress = TrainProgress()
+        self.state = TrainState(self.progress, {
+            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+            "ema": self.ema.module if self.ema is not None else None,
+        }, optional={"ema": "model", "scaler": None})
+        self.last_save = time.monotonic()
+        if saved:
+            self._restore(saved)
+
+    # -- the progress counters, as attributes -----------------------------------------------------------------
+    epoch = property(lambda self: self.progress.epoch, lambda self, v: setattr(self.progress, "epoch", v))
+    step_in_epoch = property(lambda self: self.progress.step_in_epoch,
+                             lambda self, v: setattr(self.progress, "step_in_epoch", v))
+    global_step = property(lambda self: self.progress.global_step,
+                           lambda self, v: setattr(self.progress, "global_step", v))
+
+    def _make_ema(self) -> nn.Module:
+        from timm.utils.model_ema import ModelEmaV3
+
+        o = self.spec.optim
+        return ModelEmaV3(self.model, decay=o.ema_decay, use_warmup=o.ema_warmup)
+
+    def _compile(self) -> None:
+        """Compile the training forward (DDP's wrapper included, as PyTorch recommends); eager on failure."""
+        self.ddp, why = optim.try_compile(self.ddp, self.d.device)
+        self.compiled = why is None
+        if why is not None:
+            msg = f"optim.compile: torch.compile is not available here ({why}); training uncompiled"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            self.report.log(f"WARNING {msg}")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, tested and kept as the best: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.state.load_state_dict(saved)
+        if saved["world_size"] == self.d.world:
+            distributed.set_rng_state(saved["rng"][self.d.rank], self.d)
+        else:
+            self.report.log(f"checkpoint was written by {saved['world_size']} ranks, now {self.d.world}: "
+                            f"restarting epoch {self.epoch} from its first batch (not bitwise-exact)")
+            self.step_in_epoch = 0
+
+    def save(self, is_best: bool = False) -> None:
+        rng = distributed.gather(distributed.rng_state(self.d), self.d)
+        if self.d.main:
+            stats = self.data.stats.to_dict() if self.data.stats else None
+            state = self.state.state_dict(rng=rng, world_size=self.d.world, extra={"data_stats": stats})
+            p = self.progress
+            self.ckpt.save(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
+            self.last_save = time.monotonic()
+        # Other ranks must not read best.pt (or exit) before rank 0 has finished writing it.
+        distributed.barrier()
+
+    def _counters(self) -> dict[str, Any]:
+        p = self.progress
+        return {"epoch": p.epoch, "step_in_epoch": p.step_in_epoch, "global_step": p.global_step,
+                "best_metric": p.best_metric, "best_epoch": p.best_epoch}
+
+    def _report_progress(self, state: TaskState, last: dict[str, float] | None = None) -> None:
+        self.report.progress(state, self._counters(), self.metric_name, last)
+
+    # -- loops -------------------------------------------------------------------------------------
+    def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None) -> DataLoader:
+        workers = self.spec.data.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+                          pin_memory=self.d.device.type == "cuda",
+                          worker_init_fn=stop.ignore_in_worker if workers else None,
+                          persistent_workers=False, drop_last=False)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.d.device, non_blocking=True)
+        if self.spec.optim.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch, its loss weighted by its share of the step; the unweighted loss."""
+        o = self.spec.optim
+        x, y = self._to_device(x), y.to(self.d.device, non_blocking=True).view(-1, 1)
+        if o.label_smoothing and self.spec.data.task == "binary":
+            y = y * (1 - o.label_smoothing) + 0.5 * o.label_smoothing
+        # DDP all-reduces the gradients only in the backward of a step's last micro-batch.
+        no_sync = self.ddp_module.no_sync() if self.ddp_module is not None and not sync else contextlib.nullcontext()
+        with no_sync:
+            with optim.autocast(self.d.device, self.amp_dtype):
+                out = self.ddp(x)
+                loss = self.loss_fn(out.float(), y)
+            scaled = loss if weight == 1.0 else loss * weight
+            if self.scaler:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        o = self.spec.optim
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if o.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step_in_epoch += 1
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def train_epoch(self) -> dict[str, float] | None:
+        """Train from ``step_in_epoch`` to the end of the epoch; None if stopped by a signal."""
+        ck = self.spec.checkpoint
+        self.sampler.set_epoch(self.epoch, self.plan.first_batch(self.step_in_epoch))
+        loader = self._loader(self.data.train, self.sampler, self.spec.optim.batch_size,
+                              self.spec.optim.seed * 7919 + self.epoch)
+        it = iter(loader)
+        self.ddp.train()
+        # Summed on the device (float64, as Python floats would be): no host synchronisation per step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.d.device)
+        n_seen, t0 = 0, time.perf_counter()
+        while True:
+            due = (ck.every_minutes is not None and self.d.main
+                   and time.monotonic() - self.last_save >= ck.every_minutes * 60)
+            stop_now, save_now = distributed.all_reduce_max([int(stop.requested()), int(due)], self.d)
+            if stop_now:
+                del it
+                self.save()
+                return None
+            if save_now:
+                self.save()
+            n_micro, n_samples = self.plan.size(self.step_in_epoch)
+            if n_micro == 0:
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            for m in range(n_micro):
+                batch = next(it, None)  # the sampler holds exactly the micro-batches the plan counts
+                if batch is None:
+                    raise RuntimeError(f"epoch {self.epoch}: data ran out inside step {self.step_in_epoch}")
+                x, y = batch
+                loss = self._backward(x, y, len(y) / n_samples, sync=m == n_micro - 1)
+                loss_sum += loss.double() * len(y)
+                n_seen += len(y)
+            self._optimizer_step()
+            if ck.every_steps and self.global_step % ck.every_steps == 0:
+                self.save()
+        train_loss_sum = loss_sum.item()
+        elapsed = time.perf_counter() - t0
+        sums = distributed.gather((train_loss_sum, n_seen), self.d)
+        n_total = sum(n for _, n in sums)
+        return {"train_loss": sum(s for s, _ in sums) / max(n_total, 1),
+                "throughput_img_s": n_total / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Any, model: nn.Module | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """Metrics of ``model`` (default: :attr:`eval_model`) on ``dataset``, every rank's predictions gathered."""
+        model = self.eval_model if model is None else model
+        self.ddp.eval()
+        # Each rank's last forward updated its own BatchNorm statistics (and its EMA of them); evaluate rank 0's,
+        # the saved ones. (DDP broadcasts the model's again before the next training forward, so training is
+        # unchanged; only rank 0's EMA is ever saved or evaluated.)
+        distributed.broadcast_buffers(model)
+        indices = list(range(self.d.rank, len(dataset), self.d.world))
+        loader = self._loader(torch.utils.data.Subset(dataset, indices), None, self.spec.optim.batch_size * 2)
+        outs, ys = [], []
+        for x, y in loader:
+            with optim.autocast(self.d.device, self.amp_dtype):
+                outs.append(model(self._to_device(x)).float().view(-1).cpu())
+            ys.append(y.view(-1))
+        local = (torch.cat(outs).numpy() if outs else np.zeros(0, np.float32),
+                 torch.cat(ys).numpy() if ys else np.zeros(0, np.float32))
+        parts = distributed.gather(local, self.d)
+        out = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        return evaluate_predictions(out, y, self.spec.data.task), out, y
+
+    def _facts(self) -> dict[str, Any]:
+        """What the MLflow run records beside the spec."""
+        info = self.data.info
+        return {"model.n_params": self.n_params, "model.gflops": self.gflops, "data.fingerprint": info["fingerprint"],
+                "data.n_train": info["n_train"], "data.n_val": info["n_val"], "dist.world_size": self.d.world,
+                "data.positive_fraction_train": info.get("positive_fraction_train")}
+
+    def run(self) -> int:
+        self.last_save = time.monotonic()
+        self.report.open_tracking(self._facts())
+        o = self.spec.optim
+        extras = [f"{self.accum} micro-batches per step" if self.accum > 1 else "",
+                  f"EMA {o.ema_decay}" if self.ema is not None else "", "compiled" if self.compiled else "",
+                  "channels-last" if o.channels_last else "", "deterministic" if o.deterministic else ""]
+        self.report.log(f"start: epoch {self.epoch} step {self.step_in_epoch}/{self.steps_per_epoch} of {o.epochs} "
+                        f"epochs, {self.d.world} rank(s) on {self.d.device}, {self.n_params / 1e6:.2f}M params"
+                        + "".join(f", {e}" for e in extras if e))
+        self._report_progress(TaskState.RUNNING)
+        p = self.progress
+        while p.epoch < o.epochs:
+            train_metrics = self.train_epoch()
+            if train_metrics is None:
+                return self._stopped()
+            val_metrics, _, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
+            metrics = {**train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
+            if self.ema is not None:
+                raw_metrics, _, _ = self.evaluate(self.data.val, self.model)
+                metrics.update({f"val_raw_{k}": v for k, v in raw_metrics.items()})
+            score = metrics[self.metric_name]
+            improved = is_better(score, p.best_metric, self.metric_mode)
+            if improved:
+                p.best_metric, p.best_epoch = score, p.epoch
+            self.report.epoch(p.epoch, {**metrics, f"best_{self.metric_name}": p.best_metric})
+            self.report.log(f"epoch {p.epoch}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            p.epoch += 1
+            p.step_in_epoch = 0
+            self.save(is_best=improved)
+            self._report_progress(TaskState.RUNNING, last=metrics)
+        return self._finished()
+
+    def _finished(self) -> int:
+        """Evaluate the best epoch's weights (its EMA with ``optim.ema_decay``) on validation (and test), write
+        result and artifacts, close the run."""
+        best = self.ckpt.best()
+        if best is not None:
+            state = self.ckpt.load(best)
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.module.load_state_dict(state["ema"])
+        _, val_out, val_y = self.evaluate(self.data.val)
+        final: dict[str, float] = {}
+        predictions = {"val_out": val_out, "val_y": val_y}
+        roc_data = (val_y, val_out, "validation")
+        if self.data.test is not None:
+            test_metrics, test_out, test_y = self.evaluate(self.data.test)
+            final = {f"test_{k}": v for k, v in test_metrics.items()}
+            predictions.update(test_out=test_out, test_y=test_y)
+            if 0 < test_y.sum() < len(test_y):
+                roc_data = (test_y, test_out, "test")
+        y, out, split = roc_data
+        roc = None
+        if self.spec.data.task == "binary" and 0 < y.sum() < len(y):
+            roc = (y, out, f"{self.spec.model.name} ({split}, best epoch {self.progress.best_epoch})")
+        p = self.progress
+        result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
+                  "final": final}
+        self._report_progress(TaskState.COMPLETED)
+        self.report.finished(result, predictions, best_state=self.eval_model.state_dict(), best_checkpoint=best,
+                             roc=roc)
+        self.report.log("finished")
+        return 0
+
+    def _stopped(self) -> int:
+        reason = stop.reason()
+        self.report.stopped(reason, {k: v for k, v in self._counters().items() if "best" not in k})
+        self._report_progress(TaskState.PREEMPTED)
+        self.report.log(f"stopped by {reason} at epoch {self.epoch} step {self.step_in_epoch}; checkpoint saved")
+        return 0

@@ -1,0 +1,136 @@
+"""What a task tells the world: log lines, ``progress.json``, its outcome marker, and its MLflow run.
+
+Only rank 0 reports; the other ranks' calls do nothing. The outcome markers (``result.json``, ``stopped.json``,
+``failed.json``) are what the launcher reads to record the task's state; MLflow gets the same state as a tag.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcvit import __version__, fsio
+from hpcvit.jobenv import JobEnv
+from hpcvit.ledger import TaskDir, now_iso
+from hpcvit.spec import JobSpec
+from hpcvit.states import TaskState
+from hpcvit.tracking import names
+
+BEST_WEIGHTS_ARTIFACT_LIMIT = 200 * 2**20
+"""Best weights larger than this stay in the task folder and are not copied into MLflow."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class TaskReport:
+    """Rank 0's reports of one task's training."""
+
+    def __init__(self, task: TaskDir, spec: JobSpec, main: bool, env: JobEnv):
+        self.task, self.spec, self.main, self.env = task, spec, main, env
+        self.tracker: Any = None
+
+    def log(self, msg: str) -> None:
+        if self.main:
+            print(f"[{now_iso()}] {self.task.key} {msg}", flush=True)
+
+    def progress(self, state: TaskState, counters: dict[str, Any], metric: str,
+                 last: dict[str, float] | None = None) -> None:
+        if self.main:
+            report = {**counters, "epochs": self.spec.optim.epochs, "metric": metric, "state": str(state)}
+            if last is not None:
+                report["last"] = last
+            self.task.write_progress(report)
+
+    # -- tracking -----------------------------------------------------------------------------------
+    def open_tracking(self, facts: dict[str, Any]) -> None:
+        """Open (or continue) the task's MLflow run with its tags, parameters and spec."""
+        if not self.main:
+            return
+        from hpcvit.tracking.task_run import TaskTracker
+
+        m = self.task.sweep.manifest
+        spec = self.spec
+        self.tracker = TaskTracker(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], self.task, tags={
+            names.SWEEP_ID_TAG: self.task.sweep.sweep_id, names.TASK_INDEX_TAG: str(self.task.index),
+            names.MODEL_TAG: spec.model.name, names.DATASET_TAG: spec.data.format,
+            names.SLURM_JOB_TAG: self.env.scheduler_job, names.RESTARTS_TAG: str(self.env.restarts),
+            names.HOST_TAG: socket.gethostname(), names.STATE_TAG: str(TaskState.RUNNING)})
+        params = names.flatten(spec.model_dump(mode="json"))
+        params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
+                       "torch.version": package_version("torch"), "timm.version": package_version("timm"),
+                       **facts})
+        self.tracker.log_params(params)
+        if not self.tracker.resumed:
+            self.tracker.log_text(spec.model_dump_json(indent=1), "spec.json")
+        self.log(f"MLflow run {self.tracker.run_id} ({'continued' if self.tracker.resumed else 'new'})")
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log_epoch(epoch, metrics)
+
+    # -- outcomes -------------------------------------------------------------------------------------
+    def finished(self, result: dict[str, Any], predictions: dict[str, np.ndarray], *, best_state: Any,
+                 best_checkpoint: Path | None, roc: tuple[np.ndarray, np.ndarray, str] | None) -> None:
+        """Predictions, artifacts and ``result.json`` of a completed training; the MLflow run is closed."""
+        if not self.main:
+            return
+        with fsio.atomic_open(self.task.file(TaskDir.PREDICTIONS)) as f:
+            np.savez(f, **predictions)
+        if self.tracker is not None:
+            self._log_artifacts(result, best_state, best_checkpoint, roc)
+        self.task.write_result({**result, "status": "completed",
+                                "mlflow_run_id": self.tracker.run_id if self.tracker else None})
+
+    def _log_artifacts(self, result: dict[str, Any], best_state: Any, best_checkpoint: Path | None,
+                       roc: tuple[np.ndarray, np.ndarray, str] | None) -> None:
+        import torch
+
+        from hpcvit.plots import write_roc_artifacts
+
+        t = self.tracker
+        if result["final"]:
+            t.log_final(result["final"], self.spec.optim.epochs)
+        if roc is not None:
+            y, out, title = roc
+            for path in write_roc_artifacts(self.task.file(TaskDir.ROC), y, out, title):
+                t.log_artifact(path, "roc")
+        t.log_artifact(self.task.file(TaskDir.PREDICTIONS))
+        if best_checkpoint is not None:
+            weights = self.task.file(TaskDir.BEST_WEIGHTS)
+            with fsio.atomic_open(weights) as f:
+                torch.save(best_state, f)
+            if weights.stat().st_size < BEST_WEIGHTS_ARTIFACT_LIMIT:
+                t.log_artifact(weights)
+            t.set_tags({names.BEST_CHECKPOINT_TAG: str(best_checkpoint)})
+        t.set_tags({names.STATE_TAG: str(TaskState.COMPLETED), names.BEST_EPOCH_TAG: str(result["best_epoch"]),
+                    f"best_{result['metric']}": f"{result['best_metric']}"})
+        t.end("FINISHED")
+
+    def stopped(self, signal_name: str, counters: dict[str, Any]) -> None:
+        """The trainer stopped at a checkpoint for a signal: to be requeued or resumed."""
+        if not self.main:
+            return
+        self.task.write_stopped({"signal": signal_name, **counters})
+        if self.tracker is not None:
+            self.tracker.set_tags({names.STATE_TAG: str(TaskState.PREEMPTED)})
+            self.tracker.end("KILLED")
+
+    def failed(self, error: str) -> None:
+        if not self.main:
+            return
+        self.task.write_failure(error)
+        if self.tracker is not None:
+            self.tracker.set_tags({names.STATE_TAG: str(TaskState.FAILED)})
+            self.tracker.end("FAILED")
