@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hpcvit.fsio import DamagedFileError
+from hpcvit.fsio import DamagedFileError, describe_os_error
 from hpcvit.states import EXECUTORS, FINAL, TaskState
 from hpcvit.sweep import Sweep, load_sweep
 from hpcvit.yamlio import SpecError
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2
 SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.ui")
@@ -64,14 +64,14 @@ def _status_table(sweep_dir: Any, statuses: list[Any]) -> Table:
     return table
 
 
-def _load(path: str, executor: str | None = None) -> Sweep:
+def _load(path: str, executor: str | None = None) -> tuple[Sweep, list[str]]:
+    """The validated sweep and what was checked beyond the spec itself (the data)."""
     from hpcvit.orchestrate import check_sweep
 
     sweep = load_sweep(path)
     if executor:
         sweep = sweep.with_executor(executor)
-    check_sweep(sweep)
-    return sweep
+    return sweep, check_sweep(sweep)
 
 
 def _sweep(args: argparse.Namespace):
@@ -81,8 +81,10 @@ def _sweep(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    sweep = _load(args.spec)
+    sweep, checked = _load(args.spec)
     console.print(_run_table(sweep, None if args.all else 40))
+    for line in checked:
+        console.print(f"[green]checked[/] {escape(line)}")
     console.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
     return 0
 
@@ -90,10 +92,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
 
-    sweep = _load(args.spec, args.executor)
+    sweep, checked = _load(args.spec, args.executor)
     kind = sweep.base.executor
     if args.dry_run:
         console.print(_run_table(sweep, None if args.all else 40))
+        for line in checked:
+            console.print(f"[green]checked[/] {escape(line)}")
         console.rule(f"sbatch script ({'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
         console.print(orchestrate.sbatch_preview(sweep, args.output_dir), markup=False, highlight=False)
         console.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
@@ -269,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return EXIT_INVALID
-    except (FileNotFoundError, ValueError, RuntimeError, DamagedFileError) as exc:
+    except (ValueError, RuntimeError, DamagedFileError) as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
+        return 1
+    except OSError as exc:  # the environment, not hpcvit: one line, no traceback
+        err.print(f"[red]error[/]: {escape(describe_os_error(exc))}", highlight=False)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

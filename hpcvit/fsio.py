@@ -35,6 +35,13 @@ class DamagedFileError(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for an I/O error: what failed, on which path (``no space left on device: /runs/x/state.json``)."""
+    what = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
+
+
 def temp_path(path: Path) -> Path:
     """A hidden, unique temp name beside ``path`` (same folder, so the rename stays on one file system)."""
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}{TEMP_SUFFIX}")

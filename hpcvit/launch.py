@@ -9,7 +9,6 @@ Slurm requeues. On the local executor, signals reach only this process, so they 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -21,10 +20,10 @@ from typing import Any
 
 import submitit
 
-from hpcvit.fsio import HeldLock
+from hpcvit.fsio import HeldLock, is_locked
 from hpcvit.jobenv import RESTARTS_VAR, JobEnv
 from hpcvit.ledger import SweepDir, TaskDir
-from hpcvit.procs import pid_alive, process_start_time, signal_group
+from hpcvit.procs import die_with_parent, pid_alive, process_start_time, signal_group
 from hpcvit.spec import JobSpec
 from hpcvit.states import TaskState
 
@@ -33,10 +32,9 @@ SAVE_WAIT_S = 120
 """How long the launcher waits, after a time-limit warning, for the trainer to save and exit."""
 
 
-def _die_with_parent() -> None:
+def _die_with_launcher() -> None:
     # If the launcher is killed, torchrun gets SIGTERM (and its workers save) instead of running on orphaned.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGTERM)
 
 
 def torchrun_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv) -> list[str]:
@@ -105,6 +103,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
 
     def _run(self, task: TaskDir, spec: JobSpec, env: JobEnv) -> dict[str, Any]:
         task.clear_outcome()
+        task.keep_reserve()
         starts = int(task.state().get("starts", 0)) + 1
         restarts = starts - 1
         procs = spec.resources.procs_per_node
@@ -119,13 +118,22 @@ class TaskLauncher(submitit.helpers.Checkpointable):
                       f"(restart {restarts}): {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
+                                          start_new_session=True, preexec_fn=_die_with_launcher)
         task.write_state(state=TaskState.RUNNING, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                          trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
                          executor=env.executor, restarts=restarts, starts=starts, started=time.time())
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
+        self._wait_for_trainer(task)
         return self._outcome(task, rc)
+
+    @staticmethod
+    def _wait_for_trainer(task: TaskDir) -> None:
+        """torchrun may exit before its ranks (an agent killed, its workers still saving): the outcome is read
+        only once rank 0 has released the task's trainer lock."""
+        deadline = time.monotonic() + SAVE_WAIT_S
+        while is_locked(task.file(TaskDir.RUN_LOCK)) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _outcome(self, task: TaskDir, rc: int) -> dict[str, Any]:
         ended = {"returncode": rc, "ended": time.time()}
@@ -140,9 +148,9 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             return task.write_state(state=TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
                                     **ended)
         failed = task.failure() or {}
-        last = (failed.get("error") or "").strip().splitlines()[-1:] or [f"torchrun exited with {rc}"]
-        task.write_state(state=TaskState.FAILED, message=last[0], **ended)
-        raise RuntimeError(f"task {task.key} failed: {last[0]} (log: {task.log})")
+        summary = failed.get("summary") or f"torchrun exited with {rc} (log: {task.log})"
+        task.write_state(state=TaskState.FAILED, message=summary, **ended)
+        raise RuntimeError(f"task {task.key} failed: {summary} (log: {task.log})")
 
     def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
         """Called by submitit in its USR2 handler: let the trainer save, then be requeued."""

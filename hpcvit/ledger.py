@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
+import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,9 @@ class TaskDir:
     LOG, CHECKPOINTS = "train.log", "checkpoints"
     PREDICTIONS, BEST_WEIGHTS, ROC = "predictions.npz", "best_model.pt", "roc"
     RUN_LOCK = ".trainer.lock"
+    RESERVE = ".reserve"
+    RESERVE_BYTES = 256 << 10
+    """Space kept in the task folder so that, on a full disk, the task can still record how it ended."""
 
     def __init__(self, sweep: SweepDir, index: int):
         self.sweep, self.index = sweep, index
@@ -96,6 +103,27 @@ class TaskDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
+    def keep_reserve(self) -> None:
+        """(Re)create the reserve file: the launcher does at every start, while there is space."""
+        path = self.ensure().path / self.RESERVE
+        try:
+            if not path.exists() or path.stat().st_size < self.RESERVE_BYTES:
+                with open(path, "wb") as f:
+                    f.write(b"\0" * self.RESERVE_BYTES)
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def _record(self, write: Callable[[], None]) -> None:
+        """Write a record; on a full disk, give up the reserve and try once more."""
+        try:
+            write()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not (self.path / self.RESERVE).exists():
+                raise
+            (self.path / self.RESERVE).unlink()
+            log.warning("%s: disk full, the reserve file was released to record the task's state", self.path)
+            write()
+
     # -- state.json: the launcher's record ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return fsio.read_json(self.path / self.STATE, {})
@@ -103,9 +131,8 @@ class TaskDir:
     def write_state(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into state.json (only the task's launcher and ``resume`` write it)."""
         self.ensure()
-        state = {**self.state(), **{k: str(v) if hasattr(v, "value") else v for k, v in fields.items()},
-                 "updated": now_iso()}
-        fsio.write_json(self.path / self.STATE, state)
+        state = {**self.state(), **fields, "updated": now_iso()}
+        self._record(lambda: fsio.write_json(self.path / self.STATE, state))
         return state
 
     # -- the trainer's reports ----------------------------------------------------------------------------
@@ -134,8 +161,11 @@ class TaskDir:
         """``failed.json``: the trainer's error, or None."""
         return fsio.read_json(self.path / self.FAILED, None) or None
 
-    def write_failure(self, error: str) -> None:
-        fsio.write_json(self.path / self.FAILED, {"error": error, "time": now_iso()})
+    def write_failure(self, error: str, summary: str | None = None) -> None:
+        """``error``: the traceback; ``summary``: one line for ``status`` (default: the traceback's last)."""
+        lines = error.strip().splitlines() or [""]
+        record = {"error": error, "summary": summary or lines[-1], "time": now_iso()}
+        self._record(lambda: fsio.write_json(self.path / self.FAILED, record))
 
     def clear_outcome(self) -> None:
         """Remove the markers of the previous start (a new start writes its own)."""
@@ -152,6 +182,31 @@ class TaskDir:
 
     def clear_cancel(self) -> None:
         (self.path / self.CANCEL).unlink(missing_ok=True)
+
+    # -- the one live trainer ------------------------------------------------------------------------------
+    def acquire_trainer_lock(self, wait_s: float) -> fsio.HeldLock:
+        """The task's trainer lock, held by rank 0 for as long as it trains: a second copy of the task (a resume
+        while the old ranks still save, a duplicate submission) waits for the first to exit, at most ``wait_s``
+        seconds, then refuses to start."""
+        self.ensure()
+        path = self.path / self.RUN_LOCK
+        deadline = time.monotonic() + wait_s
+        waited = False
+        while (lock := fsio.HeldLock.try_acquire(path)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"task {self.key} is still being trained by another process ({path} is held: "
+                                   f"{path.read_text().strip() or 'unknown holder'}); not starting a second copy")
+            if not waited:
+                log.warning("task %s: waiting for its previous trainer to exit (%s is held)", self.key, path)
+                waited = True
+            time.sleep(0.5)
+        os.ftruncate(lock.fd, 0)
+        os.write(lock.fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}\n".encode())
+        return lock
+
+    def trainer_running(self) -> bool:
+        """Whether some trainer of this task holds its lock now."""
+        return fsio.is_locked(self.path / self.RUN_LOCK)
 
     # -- tracking -----------------------------------------------------------------------------------------
     def run_id(self) -> str | None:

@@ -22,20 +22,44 @@ from hpcvit.yamlio import SpecError
 log = logging.getLogger(__name__)
 
 
-def check_sweep(sweep: Sweep) -> None:
-    """What validation knows beyond the spec's types: model kwargs against the builders' signatures
-    (imports torch only when kwargs are set)."""
+def check_sweep(sweep: Sweep, data: bool = True) -> list[str]:
+    """What validation knows beyond the spec's types, as :class:`SpecError` s pointing at the spec's line:
+    model kwargs against the builders' signatures (imports torch only when kwargs are set) and, with ``data``,
+    each data set's files against the spec (metadata only: files, image column, channels, target and cut
+    columns). Returns one line per data set saying what was checked."""
     from hpcvit.models import check_model_kwargs
 
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for run in sweep.runs:
-        key = (run.spec.model.name, json.dumps(sorted(run.spec.model.kwargs)))
+        key = json.dumps([run.spec.model.name, run.spec.model.kwargs], sort_keys=True, default=str)
         if run.spec.model.kwargs and key not in seen:
             seen.add(key)
             try:
                 check_model_kwargs(run.spec.model.name, run.spec.model.kwargs)
             except ValueError as exc:
-                raise SpecError(str(exc), file=sweep.file, field="model.kwargs") from None
+                raise SpecError(str(exc), file=sweep.file, line=sweep.line_of("model.kwargs"),
+                                field="model.kwargs") from None
+    return check_data(sweep) if data else []
+
+
+def check_data(sweep: Sweep) -> list[str]:
+    from hpcvit import data
+
+    checked = []
+    for spec in {r.spec.data.model_dump_json(): r.spec.data for r in sweep.runs}.values():
+        try:
+            facts = data.check(spec)
+        except data.DataError as exc:
+            field = exc.field or "data.paths"
+            raise SpecError(str(exc), file=sweep.file, line=sweep.line_of(field), field=field) from None
+        if facts["format"] == "synthetic":
+            checked.append(f"data: synthetic, {facts['rows']} images of {'x'.join(map(str, facts['shape']))} "
+                           "(written at submission)")
+        else:
+            checked.append(f"data: {facts['files']} {facts['format']} file(s) readable, {facts['rows']} rows of "
+                           f"{'x'.join(map(str, facts['shape']))} images, columns {', '.join(facts['columns'])} "
+                           "present")
+    return checked
 
 
 def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> str:
@@ -58,8 +82,7 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
 
     base = sweep.base
     output_dir = Path(output_dir or base.output_dir)
-    if base.data.format != "synthetic":
-        data.prepare(base.data, output_dir)  # fails fast on missing files, before anything is written
+    check_data(sweep)  # fails fast on data the spec does not fit, before anything is written
     output_dir.mkdir(parents=True, exist_ok=True)
     # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
     specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
 
 
 def process_start_time(pid: int) -> int | None:
@@ -28,6 +31,19 @@ def process_alive(pid: int | None, start: int | None) -> bool:
 def pid_alive(pid: int | str | None) -> bool:
     """Whether some process ``pid`` runs now (no guard against reuse: for short-lived checks)."""
     return pid is not None and str(pid).isdigit() and process_start_time(int(pid)) is not None
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Call it first thing in a child. If the parent died before the call (the child was re-parented), the
+    signal is sent at once.
+    """
+    parent = os.getppid()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), sig)
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> bool:

@@ -6,6 +6,7 @@ A spec file holds a :class:`JobSpec` plus an optional ``sweep:`` block (:class:`
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -22,20 +23,37 @@ SBATCH_EXTRA_ALLOWED = frozenset({
 # new script line) are the one thing quoting cannot make safe.
 _SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SEED_LIMIT = 2**32
+"""Seeds are in ``[0, 2**32)``: what numpy, torch and Python's generators all take as they are."""
+MAX_RUNS = 20_000
+"""Default cap on the runs one spec may expand to (``sweep.max_runs`` raises it)."""
+
+
+def _finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities anywhere inside a free-form value (model kwargs, sweep values)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True, frozen=True,
+                              allow_inf_nan=False)
 
 
 class PreprocessSpec(_Section):
     """Per-channel preprocessing of the GSoC ViT study, each step switchable."""
 
-    zero_suppress: float | None = 1e-3
+    zero_suppress: float | None = Field(1e-3, ge=0)
     """Set pixels with |value| below this threshold to 0; null turns it off."""
     zscore: bool = True
     """Channel-wise z-score with mean/std computed on the training split only."""
-    clip_sigma: float | None = 500.0
+    clip_sigma: float | None = Field(500.0, gt=0)
     """After z-scoring, clip each channel at +-this many standard deviations; null turns it off."""
     minmax: bool = True
     """Sample-wise min-max scaling of each image to [0, 1]."""
@@ -52,7 +70,7 @@ class SyntheticSpec(_Section):
     """Height and width in pixels."""
     channels: int = Field(2, ge=1, le=16)
     """Channels per image (2 = hit energy and time, as in the electron/photon files)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed of the generator; the same seed writes the same file."""
 
 
@@ -75,7 +93,7 @@ class DataSpec(_Section):
     """Fraction of the samples held out for validation (split deterministic in ``split_seed``)."""
     test_fraction: float = Field(0.0, ge=0, lt=1)
     """Fraction held out for a final test evaluation; 0 disables it."""
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed of the train/validation/test split."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes per rank."""
@@ -169,6 +187,12 @@ class ModelSpec(_Section):
         check_model_name(name)
         return name
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        _finite(kwargs, "model.kwargs")
+        return kwargs
+
 
 class OptimSpec(_Section):
     """Optimisation: optimiser, schedule, epochs, precision, seed."""
@@ -204,6 +228,10 @@ class OptimSpec(_Section):
     """Cap on optimiser steps per epoch (for smoke tests); null runs whole epochs."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     """Mixed precision: ``auto`` is bf16 on GPUs that support it, fp16 with a grad scaler on older ones, off on CPU."""
+    nonfinite: Literal["stop", "skip_batch"] = "stop"
+    """What a non-finite loss or gradient does: ``stop`` ends the task FAILED (with the steps) before anything
+    non-finite is checkpointed or evaluated; ``skip_batch`` drops that step's update and counts it
+    (``skipped_steps`` in MLflow)."""
     grad_clip: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this value; null turns it off."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
@@ -228,7 +256,7 @@ class OptimSpec(_Section):
     and cuDNN deterministic, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless set); slower on GPUs. On GPUs,
     bitwise-exact resume depends on it (some CUDA kernels sum in a varying order; ops without a deterministic
     kernel only warn); on the CPU resume is exact without it."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed of model initialisation, sampling order and dropout."""
 
 
@@ -338,6 +366,14 @@ class SweepSpec(_Section):
     """Dotted field -> values; every combination becomes a run (``optim.lr: [1e-3, 3e-4]``)."""
     zip: dict[str, list[Any]] = {}
     """Dotted field -> values; lists of equal length, the i-th values go together."""
+    max_runs: int = Field(MAX_RUNS, ge=1)
+    """Most runs the spec may expand to; a larger grid is refused before it is expanded (raise this when you
+    mean it: each run costs memory and time at validation and a task in the ledger)."""
+
+    @property
+    def n_runs(self) -> int:
+        """How many runs the grid and zip expand to."""
+        return math.prod(len(v) for v in self.grid.values()) * (len(next(iter(self.zip.values()))) if self.zip else 1)
 
     @model_validator(mode="after")
     def _non_empty(self) -> SweepSpec:
@@ -351,4 +387,9 @@ class SweepSpec(_Section):
         both = set(self.grid) & set(self.zip)
         if both:
             raise ValueError(f"field(s) {sorted(both)} appear in both grid and zip")
+        for block in ("grid", "zip"):
+            _finite(getattr(self, block), block)
+        if self.n_runs > self.max_runs:
+            raise ValueError(f"expands to {self.n_runs:,} runs, more than sweep.max_runs = {self.max_runs:,} "
+                             "(raise sweep.max_runs if you mean it)")
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,25 +67,32 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def effective_state(recorded: TaskState, executor: str, *, completed: bool, queue_state: str | None = None,
-                    launcher_alive: bool = False, job_alive: bool = False) -> TaskState:
+                    launcher_alive: bool = False, job_alive: bool = False,
+                    trainer_alive: Callable[[], bool] = lambda: False) -> TaskState:
     """The true state of a task from its record and what is alive.
 
     ``queue_state``: Slurm's state of its job (None: not in the queue); ``launcher_alive``: the local launcher
-    recorded in state.json still runs; ``job_alive``: the local job's process still runs.
+    recorded in state.json still runs; ``job_alive``: the local job's process still runs; ``trainer_alive``:
+    asked only for a task whose launcher or job is gone, whether its trainer still holds the task's lock (its
+    ranks still saving): then it is RUNNING, not LOST, and ``resume`` leaves it alone.
     """
     if completed:
         return TaskState.COMPLETED
+    stale = (TaskState.RUNNING, TaskState.QUEUED, TaskState.SUBMITTED)
     if executor == "slurm":
         if queue_state:
             queued = from_slurm(queue_state)
             if recorded == TaskState.PREEMPTED and queued != TaskState.RUNNING:
                 return TaskState.REQUEUED
             return queued
-        stale = (TaskState.RUNNING, TaskState.QUEUED, TaskState.SUBMITTED)
-        return TaskState.LOST if recorded in stale else recorded
+        if recorded in stale:
+            return TaskState.RUNNING if trainer_alive() else TaskState.LOST
+        return recorded
     if executor == "local":
         if recorded in (TaskState.RUNNING, TaskState.QUEUED):
-            return recorded if launcher_alive else TaskState.LOST
+            if launcher_alive:
+                return recorded
+            return TaskState.RUNNING if trainer_alive() else TaskState.LOST
         if recorded in (TaskState.SUBMITTED, TaskState.PREEMPTED):
             if job_alive:
                 return TaskState.PENDING
@@ -119,7 +127,7 @@ def task_statuses(sweep: SweepDir, queue: dict[str, str] | None = None) -> list[
             effective = effective_state(
                 recorded, executor, completed=task.result() is not None, queue_state=queue.get(job_id),
                 launcher_alive=process_alive(state.get("pid"), state.get("pid_start")),
-                job_alive=executor == "local" and pid_alive(job_id))
+                job_alive=executor == "local" and pid_alive(job_id), trainer_alive=task.trainer_running)
             message = state.get("message", "")
         except DamagedFileError as exc:
             state, progress, effective, message = {}, {}, TaskState.LOST, f"damaged ledger file {exc}"

@@ -42,11 +42,16 @@ class Run:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A spec file expanded: the raw sweep-level spec and its runs."""
+    """A spec file expanded: the raw sweep-level spec, its runs, and the line of each value in the file."""
 
     file: str
     raw: dict[str, Any]
     runs: list[Run]
+    lines: dict[Loc, int] = field(default_factory=dict, repr=False)
+
+    def line_of(self, dotted: str) -> int | None:
+        """The spec line of a dotted field (or of its closest ancestor in the file)."""
+        return nearest_line(self.lines, tuple(dotted.split(".")))
 
     @property
     def base(self) -> JobSpec:
@@ -55,7 +60,7 @@ class Sweep:
     def with_executor(self, executor: str) -> Sweep:
         """The same sweep with every run's executor replaced (the command line's ``--executor``)."""
         runs = [Run(r.index, r.spec.model_copy(update={"executor": executor}), r.overrides) for r in self.runs]
-        return Sweep(self.file, self.raw, runs)
+        return Sweep(self.file, self.raw, runs, self.lines)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -135,7 +140,7 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
         except ValidationError as exc:
             raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
         runs.append(Run(index=index, spec=spec, overrides=combo))
-    return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs)
+    return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs, lines=lines)
 
 
 def load_sweep(path: str | Path) -> Sweep:

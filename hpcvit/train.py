@@ -6,13 +6,16 @@ handlers, configures the task log and records a failure (``failed.json``, MLflow
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from pathlib import Path
 
+from hpcvit.fsio import describe_os_error
 from hpcvit.jobenv import JobEnv
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.logs import configure_task
+from hpcvit.procs import die_with_parent
 from hpcvit.training import stop
 
 
@@ -24,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     task_path = Path(argv[0]).resolve()
     task = TaskDir(SweepDir(task_path.parent.parent), int(task_path.name))
     stop.install_handlers()
+    # torchrun starts each rank in a session of its own: without this a killed agent would leave its ranks
+    # training on. With it, they get SIGTERM, save at the next step together, and exit.
+    die_with_parent(signal.SIGTERM)
     env = JobEnv.read()
     configure_task(task.key)
 
@@ -37,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(task, env)
         return trainer.run()
-    except Exception:
+    except Exception as exc:
         error = traceback.format_exc(limit=8)
+        summary = describe_os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         if trainer is not None:
-            trainer.report.failed(error)
+            trainer.report.failed(error, summary.splitlines()[0] if summary else None)
         elif env.is_main:
-            task.write_failure(error)
+            task.write_failure(error, summary.splitlines()[0] if summary else None)
         raise
     finally:
         distributed.shutdown()

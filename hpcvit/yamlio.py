@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +12,29 @@ import yaml
 
 Loc = tuple[str | int, ...]
 
+MAX_SPEC_BYTES = 1 << 20
+"""Largest spec file read (1 MiB: a spec is a page of YAML, anything larger is a mistake or an attack)."""
+_STANDARD_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                  "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+MAX_NODES = 200_000
+"""Most YAML values a spec may expand to, aliases included (an alias bomb expands exponentially)."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``): a message stays one line whatever a key holds."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
 
 class SpecError(ValueError):
     """A job spec is invalid; ``str()`` is one line naming the file, line and field."""
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None, field: str | None = None):
+        message, field = _one_line(message), _one_line(field) if field is not None else None
         self.message, self.file, self.line, self.field = message, file, line, field
-        where = file or "<spec>"
+        where = _one_line(file) if file else "<spec>"
         if line is not None:
             where = f"{where}:{line}"
         super().__init__(f"{where} {field}: {message}" if field else f"{where}: {message}")
@@ -41,30 +59,37 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _construct(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int]) -> Any:
+def _construct(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int], count: list[int]) -> Any:
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise SpecError(f"the spec expands to more than {MAX_NODES:,} values (aliases included); refused",
+                        line=node.start_mark.line + 1)
     lines[loc] = node.start_mark.line + 1
+    if not node.tag.startswith(_STANDARD_TAGS):
+        raise SpecError(f"YAML tag {node.tag!r} is not allowed in a spec (plain values only)",
+                        line=node.start_mark.line + 1, field=".".join(map(str, loc)) or None)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise SpecError(f"a key must be a name, not a {type(key).__name__}", line=key_node.start_mark.line + 1,
+                                field=".".join(map(str, loc)) or None)
             if key in out:
                 raise SpecError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1,
                                 field=".".join(map(str, loc + (key,))))
-            out[key] = _construct(value_node, loader, loc + (key,), lines)
+            out[key] = _construct(value_node, loader, loc + (key,), lines, count)
             lines[loc + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, loader, loc + (i,), lines) for i, item in enumerate(node.value)]
+        return [_construct(item, loader, loc + (i,), lines, count) for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     """Load a YAML mapping and a map from each value's location (tuple of keys/indices) to its 1-based line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"cannot read spec: {exc.strerror}", file=str(path)) from None
+    text = read_spec_text(path)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -73,7 +98,7 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Loc, int]]:
         if not isinstance(node, yaml.MappingNode):
             raise SpecError("the spec must be a mapping of fields", file=str(path), line=node.start_mark.line + 1)
         lines: dict[Loc, int] = {}
-        data = _construct(node, loader, (), lines)
+        data = _construct(node, loader, (), lines, [0])
     except SpecError as exc:
         exc.file = str(path)
         raise SpecError(exc.message, file=str(path), line=exc.line, field=exc.field) from None
@@ -86,6 +111,35 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     finally:
         loader.dispose()
     return data, lines
+
+
+def read_spec_text(path: Path) -> str:
+    """The text of a spec file: a regular file of at most :data:`MAX_SPEC_BYTES` of UTF-8, else a SpecError."""
+    try:
+        st = os.stat(path)  # before opening: opening a FIFO would wait for a writer
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", file=str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError("not a regular file (a directory, FIFO or device cannot be a spec)", file=str(path))
+    if st.st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec is {st.st_size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec may have",
+                        file=str(path))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror}", file=str(path)) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec is more than the {MAX_SPEC_BYTES:,} bytes a spec may have", file=str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError(f"not UTF-8 text (byte 0x{data[exc.start]:02x})", file=str(path), line=line) from None
+    if "\x00" in text:
+        raise SpecError("the spec contains a NUL byte (a binary file?)", file=str(path),
+                        line=text[:text.index("\x00")].count("\n") + 1)
+    return text.removeprefix("\ufeff")
 
 
 def nearest_line(lines: dict[Loc, int], loc: Loc) -> int | None:

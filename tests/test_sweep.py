@@ -86,13 +86,44 @@ def test_sbatch_script_matches_golden_file(tmp_path: Path) -> None:
     assert script == golden.read_text()
 
 
+def _tiny_jets(path: Path, n: int = 4) -> None:
+    """A few jets in the published quark/gluon layout (the data a spec's paths name)."""
+    import numpy as np
+
+    from hpcvit.data.parquet import write_jets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jets(path, np.ones((n, 3, 8, 8)), {"y": np.arange(n) % 2, "pt": np.full(n, 100.0), "m0": np.ones(n)})
+
+
 def test_dry_run_prints_array_and_submits_nothing(tmp_path: Path) -> None:
     spec = REPO / "jobs" / "sweep_coatnet.yaml"
     n = len(load_sweep(spec).runs)
+    for p in load_sweep(spec).base.data.paths:  # the dry run checks the data as a submission would
+        _tiny_jets(tmp_path / p)
     proc = hpcvit("submit", str(spec), "--dry-run", "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     limit = load_sweep(spec).base.resources.array_parallelism
     assert f"#SBATCH --array=0-{n - 1}%{min(n, limit)}" in proc.stdout
     assert "#SBATCH --requeue" in proc.stdout and "#SBATCH --signal=USR2@" in proc.stdout
     assert "nothing submitted" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+    assert "checked data: 2 parquet file(s) readable, 8 rows of 3x8x8 images, columns y present" in proc.stdout
+
+
+def test_dry_run_checks_the_data_as_submit_does(tmp_path: Path) -> None:
+    spec = REPO / "jobs" / "sweep_coatnet.yaml"
+    for command in (["submit", "--dry-run"], ["submit"], ["validate"]):
+        proc = hpcvit(*command, str(spec), "--output-dir" if "submit" in command else "--all",
+                      *([str(tmp_path / "runs")] if "submit" in command else []), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"error: {spec}:9 data.paths: file(s) not found: {tmp_path}/data/"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    _tiny_jets(tmp_path / "data/quark-gluon/qg_train_0.parquet")
+    _tiny_jets(tmp_path / "data/quark-gluon/qg_train_1.parquet")
+    text = spec.read_text().replace("target_key: y", "target_key: y\n  channels: [0, 5]")
+    bad = write_spec(tmp_path, text, "channels.yaml")
+    proc = hpcvit("submit", str(bad), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "channels.yaml:14 data.channels: " in proc.stderr, proc.stderr
+    assert "data.channels [5] out of range: the images have 3 channels" in proc.stderr
     assert not (tmp_path / "runs").exists()

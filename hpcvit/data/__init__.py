@@ -10,6 +10,7 @@ each), ``formats`` (detect and open), ``selection`` (cuts and targets), ``prepro
 from hpcvit.data.build import (
     DataBundle,
     build_datasets,
+    check,
     fingerprint,
     prepare,
     resolve_paths,
@@ -22,6 +23,6 @@ from hpcvit.data.preprocess import ChannelStats
 from hpcvit.data.store import DataError
 
 __all__ = [
-    "ArrayDataset", "ChannelStats", "DataBundle", "DataError", "ImageDataset", "build_datasets", "fingerprint",
+    "ArrayDataset", "ChannelStats", "DataBundle", "DataError", "ImageDataset", "build_datasets", "check", "fingerprint",
     "prepare", "resolve_paths", "split_indices", "synthetic_path", "with_absolute_paths",
 ]

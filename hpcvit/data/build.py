@@ -60,8 +60,35 @@ def resolve_paths(spec: DataSpec, sweep_dir: Path) -> list[Path]:
     return [Path(p).expanduser().resolve() for p in spec.paths]
 
 
+def check(spec: DataSpec) -> dict[str, Any]:
+    """What can be known about the inputs without reading their images: the files exist and are regular files
+    in the format, the image column and channels are there, the target and cut columns too. Raises a
+    :class:`DataError` naming the file and the spec field; returns what was checked."""
+    if spec.format == "synthetic":
+        s = spec.synthetic
+        return {"format": "synthetic", "files": 0, "rows": s.n_samples, "shape": [s.channels, s.image_size,
+                                                                                  s.image_size]}
+    paths = resolve_paths(spec, Path.cwd())
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"file(s) not found: {', '.join(missing)}", field="data.paths")
+    odd = [str(p) for p in paths if not p.is_file()]
+    if odd:
+        raise DataError(f"not regular file(s): {', '.join(odd)}", field="data.paths")
+    store = open_store(spec, paths)  # reads only metadata (and one row group per Parquet file)
+    try:
+        problem = (missing_columns(store, [spec.target_key], "data.target_key")
+                   or missing_columns(store, cut_columns(spec), "data.cuts"))
+        if problem is not None:
+            raise problem
+        return {"format": spec.format, "files": len(paths), "rows": int(store.n), "shape": list(store.shape),
+                "columns": [spec.target_key, *cut_columns(spec)]}
+    finally:
+        store.close()
+
+
 def prepare(spec: DataSpec, sweep_dir: Path) -> list[Path]:
-    """Check the inputs exist and open (writing the synthetic set if asked for) before anything is submitted."""
+    """:func:`check` the inputs (writing the synthetic set if asked for) before anything is submitted."""
     paths = resolve_paths(spec, sweep_dir)
     if spec.format == "synthetic":
         from hpcvit.data.synthetic import write_synthetic_hdf5
@@ -70,14 +97,7 @@ def prepare(spec: DataSpec, sweep_dir: Path) -> list[Path]:
             s = spec.synthetic
             write_synthetic_hdf5(paths[0], s.n_samples, s.image_size, s.channels, s.seed)
         return paths
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"data.paths: file(s) not found: {', '.join(missing)}")
-    store = open_store(spec, paths)  # reads only metadata (and one row group per Parquet file)
-    problem = missing_columns(store, [spec.target_key, *cut_columns(spec)])
-    store.close()
-    if problem is not None:
-        raise problem
+    check(spec)
     return paths
 
 

@@ -31,7 +31,7 @@ def open_store(spec: DataSpec, paths: list[Path]) -> Store:
     """The reader for ``spec.format`` over ``paths`` (synthetic data sets are HDF5 files)."""
     for p in paths:
         if not Path(p).exists():
-            raise DataError(f"{p}: file not found")
+            raise DataError(f"{p}: file not found", field="data.paths")
     if spec.format == "parquet":
         from hpcvit.data.parquet import ParquetStore
 

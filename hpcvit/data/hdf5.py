@@ -48,7 +48,8 @@ class HDF5Store(Store):
         for path in self.paths:
             with _open_h5(path) as f:
                 if input_key not in f or not isinstance(f[input_key], h5py.Dataset):
-                    raise DataError(f"{path}: no data set {input_key!r} (has: {', '.join(f.keys()) or 'nothing'})")
+                    raise DataError(f"{path}: no data set {input_key!r} (has: {', '.join(f.keys()) or 'nothing'})",
+                                    field="data.input_key")
                 d = f[input_key]
                 if d.ndim not in (3, 4) or d.dtype.kind not in "fiu":
                     raise DataError(f"{path}: {input_key} has shape {d.shape} and type {d.dtype}; expected numeric "

@@ -151,7 +151,7 @@ def resolve_image_column(schema: pa.Schema, input_key: str, path: Path) -> str:
         for alt in IMAGE_COLUMNS:
             if alt in names:
                 return alt
-    raise DataError(f"{path}: no image column {input_key!r} (has: {', '.join(names)})")
+    raise DataError(f"{path}: no image column {input_key!r} (has: {', '.join(names)})", field="data.input_key")
 
 
 def _is_scalar(t: pa.DataType) -> bool:

@@ -41,12 +41,13 @@ def selection_mask(columns: dict[str, np.ndarray], spec: DataSpec, n: int) -> np
     return mask
 
 
-def missing_columns(store: Store, names: list[str]) -> DataError | None:
-    """An error naming the first of ``names`` that ``store`` lacks, or None."""
+def missing_columns(store: Store, names: list[str], field: str | None = None) -> DataError | None:
+    """An error naming the first of ``names`` that ``store`` lacks (and the spec ``field`` that asks for it)."""
     have = store.scalar_columns()
     for name in names:
         if name not in have:
-            return DataError(f"{store.paths[0]}: no scalar column {name!r} (has: {', '.join(have) or 'none'})")
+            return DataError(f"{store.paths[0]}: no scalar column {name!r} (has: {', '.join(have) or 'none'})",
+                             field=field)
     return None
 
 

@@ -18,7 +18,15 @@ import numpy as np
 
 
 class DataError(ValueError):
-    """A data file is missing, unreadable or inconsistent; ``str()`` is one line naming the file."""
+    """A data file is missing, unreadable or inconsistent; ``str()`` is one line naming the file.
+
+    ``field`` names the spec field whose value the data contradict (``data.channels``, ``data.target_key``),
+    so that checks before submission can point at its line in the spec.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class Store:
@@ -141,5 +149,6 @@ def select_channels(channels: list[int] | None, n_file: int, where: str) -> list
         return list(range(n_file))
     bad = [c for c in channels if not 0 <= c < n_file]
     if bad:
-        raise DataError(f"{where}: data.channels {bad} out of range: the images have {n_file} channels")
+        raise DataError(f"{where}: data.channels {bad} out of range: the images have {n_file} channels",
+                        field="data.channels")
     return list(channels)

@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -61,16 +62,27 @@ def get_builder(name: str) -> Callable[..., Any]:
 
 
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise ``ValueError`` when ``kwargs`` holds a name the builder does not take."""
+    """Raise ``ValueError`` when ``kwargs`` holds a name the builder does not take, or a value of another type
+    than the builder's annotation (an int where a float is asked for is fine)."""
     if not kwargs:
         return
-    params = inspect.signature(get_builder(name)).parameters
+    builder = get_builder(name)
+    params = inspect.signature(builder).parameters
     accepted = [p for p in params if p not in _FIXED_ARGS and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
-    for key in kwargs:
+    hints = typing.get_type_hints(builder)
+    for key, value in kwargs.items():
         if key in _FIXED_ARGS:
             raise ValueError(f"model.kwargs.{key} is set by hpcvit from the data; remove it")
         if key not in accepted:
             raise ValueError(f"model {name!r} takes no argument {key!r}; it takes: {', '.join(accepted) or 'none'}")
+        if key in hints:
+            from pydantic import TypeAdapter, ValidationError
+
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError:
+                want = str(hints[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+                raise ValueError(f"model {name!r} argument {key!r} takes {want}, not {value!r}") from None
 
 
 def build_model(name: str, in_chans: int, img_size: int, num_outputs: int = 1, **kwargs: Any) -> Any:

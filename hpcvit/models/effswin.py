@@ -23,6 +23,7 @@ checkpoints in either layout.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -95,7 +96,9 @@ def _swin_state_dict(source: nn.Module | Mapping[str, Any] | str | os.PathLike) 
     elif isinstance(source, Mapping):
         state = source
     else:
-        state = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+        from hpcvit.checkpoint import load_weights
+
+        state = load_weights(Path(os.fspath(source)))
     # Checkpoints often nest the weights: {"model": ...}, {"state_dict": ...}, {"model_state_dict": ...}.
     candidates = [state] + [v for v in state.values() if isinstance(v, Mapping)] if isinstance(state, Mapping) else []
     for candidate in candidates:

@@ -31,9 +31,14 @@ from hpcvit.models import build_model
 from hpcvit.states import TaskState
 from hpcvit.training import distributed, optim, stop
 from hpcvit.training.distributed import Dist
+from hpcvit.training.guard import NonFiniteGuard
 from hpcvit.training.report import TaskReport
 from hpcvit.training.sampler import ShardSampler, StepPlan
 from hpcvit.training.state import TrainProgress, TrainState
+
+
+RUN_LOCK_WAIT_S = 300.0
+"""How long a new trainer waits for a previous copy of its task to exit before it refuses to start."""
 
 
 def _gflops(model: nn.Module, in_chans: int, img_size: int) -> float | None:
@@ -56,6 +61,9 @@ class Trainer:
             optim.set_deterministic()
         self.env = env or JobEnv.read()
         self.d: Dist = distributed.init_distributed(self.env, self.spec.resources.gpus_per_node > 0)
+        # One live trainer per task: rank 0 holds the task's lock; every rank reads checkpoints only after it.
+        self.run_lock = task.acquire_trainer_lock(RUN_LOCK_WAIT_S) if self.d.main else None
+        distributed.barrier()
         distributed.seed_everything(o.seed)
         self.report = TaskReport(task, self.spec, self.d.main, self.env)
         self.ckpt = CheckpointManager(task.checkpoints, self.spec.checkpoint.keep, self.spec.checkpoint.keep_best)
@@ -97,6 +105,7 @@ class Trainer:
         self.amp_dtype = optim.amp_dtype(o, self.d.device)
         self.scaler = optim.make_scaler(self.amp_dtype)
         self.loss_fn = nn.BCEWithLogitsLoss() if self.spec.data.task == "binary" else nn.MSELoss()
+        self.guard = NonFiniteGuard(o.nonfinite, self.d)
         self.progress = TrainProgress()
         self.state = TrainState(self.progress, {
             "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
@@ -144,6 +153,9 @@ class Trainer:
             self.step_in_epoch = 0
 
     def save(self, is_best: bool = False) -> None:
+        """Checkpoint on rank 0 (collective: every rank calls it); nothing non-finite is ever written."""
+        self.guard.check(self.epoch, self.global_step)
+        self.guard.check_weights(self.model, self.epoch, self.global_step)
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
         if self.d.main:
             stats = self.data.stats.to_dict() if self.data.stats else None
@@ -201,8 +213,12 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if o.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
-        if self.scaler:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+            if not self.scaler:  # with fp16 the scaler itself skips steps whose gradients overflowed
+                self.guard.observe(norm)
+        if o.nonfinite == "skip_batch" and not self.guard.step_ok():
+            self.optimizer.zero_grad(set_to_none=True)
+        elif self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
@@ -215,7 +231,7 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float] | None:
         """Train from ``step_in_epoch`` to the end of the epoch; None if stopped by a signal."""
-        ck = self.spec.checkpoint
+        ck, o = self.spec.checkpoint, self.spec.optim
         self.sampler.set_epoch(self.epoch, self.plan.first_batch(self.step_in_epoch))
         loader = self._loader(self.data.train, self.sampler, self.spec.optim.batch_size,
                               self.spec.optim.seed * 7919 + self.epoch)
@@ -227,7 +243,11 @@ class Trainer:
         while True:
             due = (ck.every_minutes is not None and self.d.main
                    and time.monotonic() - self.last_save >= ck.every_minutes * 60)
-            stop_now, save_now = distributed.all_reduce_max([int(stop.requested()), int(due)], self.d)
+            # one collective per step carries the stop, save and non-finite flags of every rank
+            stop_now, save_now, bad = distributed.all_reduce_max(
+                [int(stop.requested()), int(due), self.guard.local_flag(self.global_step)], self.d)
+            if bad:
+                self.guard.fail(self.epoch, self.global_step)
             if stop_now:
                 del it
                 self.save()
@@ -244,8 +264,10 @@ class Trainer:
                     raise RuntimeError(f"epoch {self.epoch}: data ran out inside step {self.step_in_epoch}")
                 x, y = batch
                 loss = self._backward(x, y, len(y) / n_samples, sync=m == n_micro - 1)
-                loss_sum += loss.double() * len(y)
-                n_seen += len(y)
+                self.guard.observe(loss)
+                if o.nonfinite == "stop" or torch.isfinite(loss):  # skip_batch: skipped steps add no loss
+                    loss_sum += loss.double() * len(y)
+                    n_seen += len(y)
             self._optimizer_step()
             if ck.every_steps and self.global_step % ck.every_steps == 0:
                 self.save()
@@ -253,9 +275,12 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         sums = distributed.gather((train_loss_sum, n_seen), self.d)
         n_total = sum(n for _, n in sums)
-        return {"train_loss": sum(s for s, _ in sums) / max(n_total, 1),
-                "throughput_img_s": n_total / max(elapsed, 1e-9), "epoch_time_s": elapsed,
-                "lr": self.scheduler.get_last_lr()[0]}
+        metrics = {"train_loss": sum(s for s, _ in sums) / max(n_total, 1),
+                   "throughput_img_s": n_total / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+                   "lr": self.scheduler.get_last_lr()[0]}
+        if o.nonfinite == "skip_batch":
+            metrics["skipped_steps"] = float(self.guard.skipped)
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, model: nn.Module | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -303,6 +328,7 @@ class Trainer:
             train_metrics = self.train_epoch()
             if train_metrics is None:
                 return self._stopped()
+            self.guard.check(p.epoch, p.global_step)  # before evaluating weights that may not be finite
             val_metrics, _, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
             metrics = {**train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
             if self.ema is not None:

@@ -25,7 +25,7 @@ def make_optimizer(o: OptimSpec, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=o.lr)
     if o.optimizer == "adam":
         return torch.optim.Adam(groups, lr=o.lr)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
 
 
 def lr_factor(o: OptimSpec, steps_per_epoch: int) -> Callable[[int], float]:

@@ -6,6 +6,7 @@ Only rank 0 reports; the other ranks' calls do nothing. The outcome markers (``r
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 from importlib.metadata import version as package_version
@@ -20,6 +21,8 @@ from hpcvit.ledger import TaskDir, now_iso
 from hpcvit.spec import JobSpec
 from hpcvit.states import TaskState
 from hpcvit.tracking import names
+
+log = logging.getLogger(__name__)
 
 BEST_WEIGHTS_ARTIFACT_LIMIT = 200 * 2**20
 """Best weights larger than this stay in the task folder and are not copied into MLflow."""
@@ -61,6 +64,9 @@ class TaskReport:
         from hpcvit.tracking.task_run import TaskTracker
 
         m = self.task.sweep.manifest
+        if not m.get("tracking_uri"):
+            self.log("no tracking store in the sweep's manifest: this run is not logged to MLflow")
+            return
         spec = self.spec
         self.tracker = TaskTracker(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], self.task, tags={
             names.SWEEP_ID_TAG: self.task.sweep.sweep_id, names.TASK_INDEX_TAG: str(self.task.index),
@@ -127,10 +133,13 @@ class TaskReport:
             self.tracker.set_tags({names.STATE_TAG: str(TaskState.PREEMPTED)})
             self.tracker.end("KILLED")
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, summary: str | None = None) -> None:
         if not self.main:
             return
-        self.task.write_failure(error)
+        self.task.write_failure(error, summary)
         if self.tracker is not None:
-            self.tracker.set_tags({names.STATE_TAG: str(TaskState.FAILED)})
-            self.tracker.end("FAILED")
+            try:
+                self.tracker.set_tags({names.STATE_TAG: str(TaskState.FAILED)})
+                self.tracker.end("FAILED")
+            except Exception as exc:  # noqa: BLE001 - the failure is recorded; status closes the run later
+                log.warning("could not mark the MLflow run FAILED (%s: %s)", type(exc).__name__, exc)
