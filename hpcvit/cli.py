@@ -64,14 +64,14 @@ def _status_table(sweep_dir: Any, statuses: list[Any]) -> Table:
     return table
 
 
-def _load(path: str, executor: str | None = None) -> tuple[Sweep, list[str]]:
+def _load(path: str, executor: str | None = None, data: bool = True) -> tuple[Sweep, list[str]]:
     """The validated sweep and what was checked beyond the spec itself (the data)."""
     from hpcvit.orchestrate import check_sweep
 
     sweep = load_sweep(path)
     if executor:
         sweep = sweep.with_executor(executor)
-    return sweep, check_sweep(sweep)
+    return sweep, check_sweep(sweep, data=data)
 
 
 def _sweep(args: argparse.Namespace):
@@ -81,7 +81,7 @@ def _sweep(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    sweep, checked = _load(args.spec)
+    sweep, checked = _load(args.spec, data=not args.no_data)
     console.print(_run_table(sweep, None if args.all else 40))
     for line in checked:
         console.print(f"[green]checked[/] {escape(line)}")
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate a job spec and print its expanded runs")
     p.add_argument("spec")
     p.add_argument("--all", action="store_true", help="list every run, not the first and last ones")
+    p.add_argument("--no-data", action="store_true", help="check the spec alone, not its data files")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("submit", help="submit a sweep as one array job")

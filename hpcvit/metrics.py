@@ -6,9 +6,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
-def primary_metric(task: str) -> tuple[str, str]:
-    """(metric name, ``max`` or ``min``) that picks the best epoch."""
-    return ("val_roc_auc", "max") if task == "binary" else ("val_mae", "min")
+def primary_metric(task: str, choice: str = "auto") -> tuple[str, str]:
+    """(metric name, ``max`` or ``min``) that picks the best epoch: ``choice``, or by the task for ``auto``."""
+    if choice == "auto":
+        choice = "val_roc_auc" if task == "binary" else "val_mae"
+    return choice, ("max" if choice in ("val_roc_auc", "val_accuracy") else "min")
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -33,8 +35,10 @@ def rejection_at(y: np.ndarray, score: np.ndarray, signal_eff: float) -> float:
     return 1.0 / eps_b
 
 
-def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
-    """Metrics from raw model outputs (logits for ``binary``) and targets."""
+def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str, target_std: float = 1.0) -> dict[str, float]:
+    """Metrics from model outputs (logits for ``binary``; predictions in the target's units for a regression)
+    and targets. A regression's ``loss`` is the MSE of the standardised target (what training minimises,
+    ``target_std`` the training split's); ``mae`` and ``mre`` are in the target's units."""
     out, y = np.asarray(out, np.float64), np.asarray(y, np.float64)
     if task == "binary":
         p = _sigmoid(out)
@@ -50,5 +54,5 @@ def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str) -> dict[str,
         return metrics
     err = out - y
     nonzero = np.abs(y) > 0
-    return {"loss": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err))),
+    return {"loss": float(np.mean(err**2)) / target_std**2, "mae": float(np.mean(np.abs(err))),
             "mre": float(np.mean(np.abs(err[nonzero]) / np.abs(y[nonzero]))) if nonzero.any() else float("nan")}

@@ -107,6 +107,9 @@ class DataSpec(_Section):
     positive_value: float | None = None
     """Binary task: the target value that is the positive class (label 1, every other value 0); null takes
     targets that are already 0/1 as they are (e.g. ``y = jetIsQuark`` in the quark/gluon files)."""
+    min_per_class: int = Field(5, ge=1)
+    """Binary task: the fewest samples of either class a split (train, validation, test) may hold; fewer is an
+    error before training (one class, a cut that removes a class, ``max_samples`` inside one class's file)."""
     max_samples: int | None = Field(None, gt=0)
     """Use only the first this many samples that pass the cuts (in file order); null uses them all."""
     layout: Literal["auto", "NHWC", "NCHW"] = "auto"
@@ -156,7 +159,7 @@ DATA_FIELD_ROLES: dict[str, Literal["selection", "samples", "access"]] = {
     "format": "selection", "input_key": "selection", "channels": "selection", "layout": "selection",
     "cuts": "selection", "max_samples": "selection",
     "task": "samples", "target_key": "samples", "val_fraction": "samples", "test_fraction": "samples",
-    "split_seed": "samples", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
+    "split_seed": "samples", "min_per_class": "access", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
     "paths": "access", "num_workers": "access", "hdf5_chunk_cache_mb": "access", "cache_dir": "access",
     "cache_preprocessed": "access",
 }
@@ -205,14 +208,15 @@ class OptimSpec(_Section):
     """Decoupled (AdamW) or L2 (Adam/SGD) weight decay."""
     momentum: float = Field(0.9, ge=0, lt=1)
     """SGD momentum."""
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    """Learning-rate schedule after warm-up."""
+    schedule: Literal["cosine", "step", "exponential", "constant"] = "cosine"
+    """Learning-rate schedule after warm-up: ``cosine`` to 0 at the last step, ``step`` (``gamma`` every
+    ``step_epochs``), ``exponential`` (``gamma`` every epoch, as the mass-regression seed), ``constant``."""
     warmup_epochs: float = Field(0.0, ge=0)
     """Linear warm-up length in epochs (fractions allowed)."""
     step_epochs: int = Field(10, gt=0)
     """``step`` schedule: multiply the lr by ``gamma`` every this many epochs."""
     gamma: float = Field(0.1, gt=0, le=1)
-    """``step`` schedule decay factor."""
+    """Decay factor of the ``step`` and ``exponential`` schedules."""
     epochs: int = Field(10, gt=0)
     """Training epochs."""
     batch_size: int = Field(64, gt=0)
@@ -271,6 +275,9 @@ class CheckpointSpec(_Section):
     """Number of recent checkpoints kept (the best one is kept besides)."""
     keep_best: bool = True
     """Keep a copy of the checkpoint with the best validation metric."""
+    best_metric: Literal["auto", "val_roc_auc", "val_loss", "val_accuracy", "val_mae", "val_mre"] = "auto"
+    """The validation metric that picks the best epoch (its weights are the result): ``auto`` is ROC-AUC for a
+    binary task, MAE for a regression (the mass-regression seed picks by MRE)."""
 
 
 class ResourcesSpec(_Section):
@@ -357,6 +364,15 @@ class JobSpec(_Section):
     """Resources."""
     tracking: TrackingSpec = TrackingSpec()
     """Tracking."""
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> JobSpec:
+        binary_only, regression_only = {"val_roc_auc", "val_accuracy"}, {"val_mae", "val_mre"}
+        choice = self.checkpoint.best_metric
+        if (self.data.task == "binary" and choice in regression_only) or \
+                (self.data.task == "regression" and choice in binary_only):
+            raise ValueError(f"checkpoint.best_metric {choice} does not apply to a {self.data.task} task")
+        return self
 
 
 class SweepSpec(_Section):

@@ -24,7 +24,7 @@ def _trainers(task_path: Path) -> list[int]:
             argv = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"hpcvit.train" in argv and str(task_path).encode() in argv:
+        if b"hpcvit.train" in argv and str(task_path).encode() in argv and b"torch.distributed.run" not in argv:
             pids.append(int(cmdline.parent.name))
     return pids
 

@@ -138,7 +138,7 @@ sweep:
   zip:
     description: [limited]
 """).read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  time_min: 1\n  signal_delay_s: 20\n"
-                                                  "  max_requeues: 8")
+                                                  "  max_requeues: 20")  # start-up under load eats the window
     path = write_spec(workdir, spec, "timelimit.yaml")
     assert hpcvit("submit", str(path), cwd=workdir).returncode == 0
     sweep = find_sweep(None, workdir / "runs")

@@ -19,7 +19,7 @@ import numpy as np
 
 from hpcvit.data.dataset import ImageDataset
 from hpcvit.data.formats import open_store
-from hpcvit.data.preprocess import ChannelStats, channel_stats
+from hpcvit.data.preprocess import ChannelStats, TargetScale, channel_stats
 from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
 from hpcvit.data.store import DataError
 from hpcvit.spec import DataSpec, data_fields
@@ -38,6 +38,8 @@ class DataBundle:
     img_size: int
     stats: ChannelStats | None
     info: dict[str, Any] = field(default_factory=dict)
+    target_scale: TargetScale | None = None
+    """Regression: the training split's target mean and std (training fits the standardised target)."""
 
 
 def synthetic_path(spec: DataSpec, sweep_dir: Path) -> Path:
@@ -140,9 +142,24 @@ def _train_stats(store, rows: np.ndarray, spec: DataSpec) -> ChannelStats:
     return channel_stats((x for _, x in store.iter_read(np.sort(rows), block=block)), spec.preprocessing)
 
 
+def _check_balance(balance: dict[str, Any], spec: DataSpec, where: Path) -> None:
+    """A binary data set needs both classes in every split, at least ``data.min_per_class`` of each."""
+    for split, b in balance.items():
+        if b["n"] == 0:
+            continue
+        minority = min(b["positive"], b["negative"])
+        if minority < spec.min_per_class:
+            which = "positive" if b["positive"] <= b["negative"] else "negative"
+            raise DataError(f"{where}: the {split} split has {b['positive']} positive and {b['negative']} negative "
+                            f"samples: fewer {which} than data.min_per_class = {spec.min_per_class} (check "
+                            "data.paths, data.cuts, data.max_samples and data.positive_value)",
+                            field="data.max_samples" if spec.max_samples else "data.paths")
+
+
 def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]] | None = None, *,
-                   progress: bool = False) -> DataBundle:
-    """Select, split and (lazily) preprocess the data set; ``stats`` (from a checkpoint) replaces computing them.
+                   target_scale: dict[str, float] | None = None, progress: bool = False) -> DataBundle:
+    """Select, split and (lazily) preprocess the data set; ``stats`` and ``target_scale`` (from a checkpoint)
+    replace computing them.
 
     Returns map-style data sets of ``(float32 C x H x W image, float32 scalar target)`` that open their files
     lazily in each process (DataLoader workers, DDP ranks with a DistributedSampler). ``progress`` shows
@@ -220,9 +237,14 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         "class_balance" if spec.task == "binary" else "target_stats":
             _balance(targets, {"train": train_pos, "val": val_pos, "test": test_pos}, spec.task),
     })
+    scale = None
     if spec.task == "binary":
+        _check_balance(info["class_balance"], spec, paths[0])
         info["positive_fraction_train"] = info["class_balance"]["train"]["positive_fraction"]
+    else:
+        scale = TargetScale.from_dict(target_scale) if target_scale else TargetScale.of(targets[train_pos])
+        info["target_scale"] = scale.to_dict()
     return DataBundle(
         train=part(train_pos), val=part(val_pos), test=part(test_pos) if len(test_pos) else None,
-        in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info,
+        in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info, target_scale=scale,
     )

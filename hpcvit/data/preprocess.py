@@ -24,6 +24,28 @@ class ChannelStats:
         return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64))
 
 
+@dataclass(frozen=True)
+class TargetScale:
+    """Mean and standard deviation of a regression target over the training split: training fits the
+    standardised target ``(y - mean) / std``; predictions are turned back into the target's units."""
+
+    mean: float
+    std: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> TargetScale:
+        return cls(float(d["mean"]), float(d["std"]))
+
+    @classmethod
+    def of(cls, targets: np.ndarray) -> TargetScale:
+        t = np.asarray(targets, dtype=np.float64)
+        std = float(t.std())
+        return cls(float(t.mean()), std if std > 0 else 1.0)
+
+
 def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:
     """Mean/std per channel over an iterable of NCHW batches (the training split), in float64.
 

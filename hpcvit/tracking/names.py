@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,33 @@ def resolve_uri(spec_uri: str | None, output_dir: Path) -> str:
     return f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
 
 
+_NAME_SAFE = re.compile(r"[A-Za-z0-9_\- /]")
+_ESCAPE = re.compile(r":([0-9a-f]{2})")
+
+
+def name_part(key: str) -> str:
+    """One segment of an MLflow parameter or metric name: characters MLflow refuses, and ``.`` (the segment
+    separator) and ``:`` (the escape), become ``:xx`` (their UTF-8 bytes in hex), so that any user string
+    (``abs(ieta)``, a channel name) is a valid name that :func:`name_parts` turns back into the original.
+    """
+    return "".join(c if _NAME_SAFE.fullmatch(c) else "".join(f":{b:02x}" for b in c.encode()) for c in str(key))
+
+
+def name_parts(name: str) -> list[str]:
+    """The original segments of a name made by :func:`flatten` / :func:`name_part`."""
+    return [bytes(_unescape(part), "latin-1").decode() for part in name.split(".")]
+
+
+def _unescape(part: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), part)
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> ``{"a.b.c": "value"}`` parameters (values cut to MLflow's length limit)."""
+    """Nested mapping -> ``{"a.b.c": "value"}`` parameters, every key segment made a valid MLflow name
+    (:func:`name_part`), values cut to MLflow's length limit."""
     out: dict[str, str] = {}
     for key, value in d.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{name_part(key)}"
         if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:

@@ -75,8 +75,10 @@ class Trainer:
                                f"({len(self.ckpt.skipped)} refused; the newest: {self.ckpt.skipped[0]}); "
                                "move them away to train this task from scratch")
         saved, self.ckpt_meta = loaded if loaded else (None, None)
-        self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None)
-        self.metric_name, self.metric_mode = primary_metric(self.spec.data.task)
+        self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None,
+                                   target_scale=saved.get("target_scale") if saved else None)
+        self.metric_name, self.metric_mode = primary_metric(self.spec.data.task, self.spec.checkpoint.best_metric)
+        self.scale = self.data.target_scale
         model = build_model(self.spec.model.name, self.data.in_chans, self.data.img_size, 1, **self.spec.model.kwargs)
         self.n_params = sum(p.numel() for p in model.parameters())
         self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
@@ -158,8 +160,9 @@ class Trainer:
         self.guard.check_weights(self.model, self.epoch, self.global_step)
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
         if self.d.main:
-            stats = self.data.stats.to_dict() if self.data.stats else None
-            state = self.state.state_dict(rng=rng, world_size=self.d.world, extra={"data_stats": stats})
+            extra = {"data_stats": self.data.stats.to_dict() if self.data.stats else None,
+                     "target_scale": self.scale.to_dict() if self.scale else None}
+            state = self.state.state_dict(rng=rng, world_size=self.d.world, extra=extra)
             p = self.progress
             self.ckpt.save(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
             self.last_save = time.monotonic()
@@ -195,6 +198,8 @@ class Trainer:
         x, y = self._to_device(x), y.to(self.d.device, non_blocking=True).view(-1, 1)
         if o.label_smoothing and self.spec.data.task == "binary":
             y = y * (1 - o.label_smoothing) + 0.5 * o.label_smoothing
+        if self.scale is not None:  # regression: the loss is on the standardised target
+            y = (y - self.scale.mean) / self.scale.std
         # DDP all-reduces the gradients only in the backward of a step's last micro-batch.
         no_sync = self.ddp_module.no_sync() if self.ddp_module is not None and not sync else contextlib.nullcontext()
         with no_sync:
@@ -298,12 +303,14 @@ class Trainer:
             with optim.autocast(self.d.device, self.amp_dtype):
                 outs.append(model(self._to_device(x)).float().view(-1).cpu())
             ys.append(y.view(-1))
+        if self.scale is not None and outs:  # predictions in the target's own units
+            outs = [o.double() * self.scale.std + self.scale.mean for o in outs]
         local = (torch.cat(outs).numpy() if outs else np.zeros(0, np.float32),
                  torch.cat(ys).numpy() if ys else np.zeros(0, np.float32))
         parts = distributed.gather(local, self.d)
         out = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        return evaluate_predictions(out, y, self.spec.data.task), out, y
+        return evaluate_predictions(out, y, self.spec.data.task, self.scale.std if self.scale else 1.0), out, y
 
     def _facts(self) -> dict[str, Any]:
         """What the MLflow run records beside the spec."""

@@ -42,6 +42,8 @@ def lr_factor(o: OptimSpec, steps_per_epoch: int) -> Callable[[int], float]:
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         if o.schedule == "step":
             return o.gamma ** ((step // steps_per_epoch) // o.step_epochs)
+        if o.schedule == "exponential":
+            return o.gamma ** (step // steps_per_epoch)
         return 1.0
 
     return factor

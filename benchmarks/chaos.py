@@ -1,0 +1,237 @@
+"""Fault injection over a whole sweep: SIGKILL a random process of a random task at random moments, resume,
+and count what survived.
+
+Runs a small sweep twice: once untouched (the twins), once under fire. While the second runs, every few
+seconds one process of a running task is killed with SIGKILL (its launcher, its torchrun agent, or one of its
+ranks, chosen at random); whatever the task's state then settles to, ``hpcvit resume`` is called, until every
+task has completed. Reported, as JSON and as a table:
+
+  kills                  processes killed, by kind
+  resumes                ``resume`` calls that resubmitted something
+  completed              tasks that completed (of all)
+  min_resume_minus_newest_checkpoint
+                         over all kills: the step the task restarted from minus the newest checkpoint's step at
+                         the kill (>= 0: at most ``checkpoint.every_steps`` = 5 steps lost per kill)
+  duplicate_steps        MLflow metric steps logged twice (0 expected)
+  runs_left_running      MLflow child runs still RUNNING at the end (0 expected)
+  ran_twice              times more ranks of one task than it has were alive at once (0 expected)
+  bitwise_equal          tasks whose final weights equal their untouched twin's, bit for bit
+
+Usage: python benchmarks/chaos.py [--tasks 3] [--kills 8] [--epochs 6] [--executor local|slurm] [--seed 0]
+       [--out chaos.json]   (slurm: a running cluster, e.g. ``eval "$(slurm/local-cluster.sh start)"``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SPEC = """
+name: chaos
+data:
+  format: synthetic
+  synthetic: {{n_samples: 1200, image_size: 16, channels: 2, seed: 3}}
+  val_fraction: 0.25
+model:
+  name: cnn_small
+  kwargs: {{width: 8}}
+optim: {{lr: 3e-3, epochs: {epochs}, batch_size: 16}}
+checkpoint: {{every_steps: 5, every_minutes: null, keep: 3}}
+resources: {{nproc_per_node: 2, cpus_per_task: 2, array_parallelism: 2, time_min: 30}}
+executor: {executor}
+sweep:
+  grid:
+    optim.seed: {seeds}
+"""
+
+
+def _processes() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, argv) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            argv = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(stat.parent.name)] = (ppid, argv)
+    return out
+
+
+def _ranks(procs: dict[int, tuple[int, list[str]]], task_path: Path) -> list[int]:
+    return [pid for pid, (_, argv) in procs.items()
+            if "hpcvit.train" in argv and str(task_path) in argv and "torch.distributed.run" not in argv]
+
+
+def _victims(task: Any) -> dict[str, int]:
+    """The killable processes of a running task: launcher, torchrun agent, ranks."""
+    state = task.state()
+    procs = _processes()
+    found = {}
+    if state.get("pid") in procs:
+        found["launcher"] = state["pid"]
+    if state.get("trainer_pgid") in procs:
+        found["torchrun"] = state["trainer_pgid"]
+    for k, pid in enumerate(sorted(_ranks(procs, task.path))):
+        found[f"rank{k}"] = pid
+    return found
+
+
+def _newest_checkpoint(task: Any) -> int:
+    steps = [int(p.name[5:14]) for p in task.checkpoints.glob("ckpt-*.json")]
+    return max(steps, default=0)
+
+
+def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[str, Any]) -> Any:
+    from hpcvit import orchestrate
+    from hpcvit.states import TaskState
+    from hpcvit.sweep import load_sweep
+
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC.format(epochs=args.epochs, executor=args.executor, seeds=list(range(args.tasks))))
+    sweep_dir = orchestrate.create_sweep(load_sweep(spec), root / "runs")
+    if not chaos:
+        orchestrate.wait(sweep_dir, poll_s=1.0)
+        return sweep_dir
+    rng = random.Random(args.seed)
+    kills: Counter[str] = Counter()
+    ran_twice = [0]
+    done = threading.Event()
+    expected = {t.index: t.spec().resources.procs_per_node for t in sweep_dir.tasks()}
+
+    def watch() -> None:  # sampled twice a second: more ranks of one task than it has means it runs twice
+        while not done.is_set():
+            procs = _processes()
+            for task in sweep_dir.tasks():
+                if len(_ranks(procs, task.path)) > expected[task.index]:
+                    ran_twice[0] += 1
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    resumes, at_kill = 0, []
+    while True:
+        statuses = orchestrate.statuses(sweep_dir)
+        if all(s.state == TaskState.COMPLETED for s in statuses):
+            break
+        running = [s for s in statuses if s.state == TaskState.RUNNING]
+        if sum(kills.values()) < args.kills and running:
+            time.sleep(rng.uniform(2.0, 8.0))
+            task = sweep_dir.task(rng.choice(running).index)
+            victims = _victims(task)
+            if victims:
+                kind = rng.choice(sorted(victims))
+                try:
+                    newest = _newest_checkpoint(task)
+                    os.kill(victims[kind], signal.SIGKILL)
+                    kills[kind] += 1
+                    at_kill.append((task.index, time.time(), newest))
+                except ProcessLookupError:
+                    pass
+            continue
+        if orchestrate.all_terminal(statuses):
+            indices, _ = orchestrate.resume(sweep_dir)
+            resumes += bool(indices)
+        time.sleep(1.0)
+    done.set()
+    watcher.join()
+    orchestrate.finalize(sweep_dir)
+    lost = _steps_lost(sweep_dir, at_kill)
+    report.update(kills=dict(kills), kills_total=sum(kills.values()), resumes=resumes, ran_twice=ran_twice[0],
+                  restarts_after_kills=len(lost), min_resume_minus_newest_checkpoint=min(lost, default=0),
+                  max_steps_lost=5)
+    return sweep_dir
+
+
+def _steps_lost(sweep_dir: Any, at_kill: list[tuple[int, float, int]]) -> list[int]:
+    """For each kill: the step its task restarted from minus the newest checkpoint's step at the kill; >= 0
+    means no more than one checkpoint interval was lost (the trainer was at most ``every_steps`` past it)."""
+    import datetime as dt
+
+    out = []
+    for index, when, newest in at_kill:
+        task = sweep_dir.task(index)
+        starts = [line for line in task.log.read_text().splitlines() if " start: epoch " in line]
+        per_epoch = int(starts[0].split(" step 0/")[1].split()[0])
+        for line in starts[1:]:
+            stamp = dt.datetime.fromisoformat(line[1:line.index("]")]).timestamp()
+            if stamp > when:
+                epoch = int(line.split(" start: epoch ")[1].split()[0])
+                step = int(line.split(" step ")[1].split("/")[0])
+                out.append(epoch * per_epoch + step - newest)
+                break
+    return out
+
+
+def _mlflow_figures(sweep_dir: Any) -> tuple[int, int]:
+    from hpcvit.tracking import child_runs, mlflow_client
+
+    m = sweep_dir.manifest
+    client = mlflow_client(m["tracking_uri"])
+    duplicates = running = 0
+    for run in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"]):
+        running += run.info.status == "RUNNING"
+        history = [h.step for h in client.get_metric_history(run.info.run_id, "val_loss")]
+        duplicates += len(history) - len(set(history))
+    return duplicates, running
+
+
+def _final_weights(task: Any) -> dict[str, Any]:
+    import torch
+
+    newest = max(task.checkpoints.glob("ckpt-*.pt"))
+    return torch.load(newest, map_location="cpu", weights_only=True)["model"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--executor", choices=["local", "slurm"], default="local")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    import torch
+
+    report: dict[str, Any] = {"executor": args.executor, "tasks": args.tasks}
+    with tempfile.TemporaryDirectory(prefix="hpcvit-chaos-") as tmp:
+        t0 = time.monotonic()
+        twins = _run_sweep(Path(tmp) / "twins", args, False, {})
+        chaos = _run_sweep(Path(tmp) / "chaos", args, True, report)
+        report["seconds"] = round(time.monotonic() - t0, 1)
+        from hpcvit.states import TaskState
+
+        from hpcvit.orchestrate import statuses
+
+        states = [s.state for s in statuses(chaos)]
+        report["completed"] = sum(s == TaskState.COMPLETED for s in states)
+        report["restarts"] = sum(len([ln for ln in t.log.read_text().splitlines() if " start: epoch " in ln]) - 1
+                                 for t in chaos.tasks())
+        report["duplicate_steps"], report["runs_left_running"] = _mlflow_figures(chaos)
+        equal = 0
+        for a, b in zip(twins.tasks(), chaos.tasks()):
+            wa, wb = _final_weights(a), _final_weights(b)
+            equal += all(torch.equal(wa[k], wb[k]) for k in wa)
+        report["bitwise_equal"] = equal
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    bad = (report["completed"] != args.tasks or report["duplicate_steps"] or report["runs_left_running"]
+           or report["ran_twice"] or report["bitwise_equal"] != args.tasks
+           or report["min_resume_minus_newest_checkpoint"] < 0)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
