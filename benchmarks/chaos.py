@@ -97,6 +97,7 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
     from hpcvit.states import TaskState
     from hpcvit.sweep import load_sweep
 
+    root.mkdir(parents=True, exist_ok=True)
     spec = root / "spec.yaml"
     spec.write_text(SPEC.format(epochs=args.epochs, executor=args.executor, seeds=list(range(args.tasks))))
     sweep_dir = orchestrate.create_sweep(load_sweep(spec), root / "runs")

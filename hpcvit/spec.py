@@ -87,6 +87,10 @@ class DataSpec(_Section):
     """Data set / column holding the images (``X`` in HDF5, ``X_jets`` in Parquet)."""
     target_key: str = "y"
     """Data set / column holding the label or regression target."""
+    scalar_inputs: list[str] = []
+    """Scalar columns fed to the model beside the image (e.g. ``[pt, m0]``, seed 002), standardised with the
+    training split's mean and std; any registered model then ends in a small head over its image features
+    and these."""
     channels: list[int] | None = None
     """Indices of the channels to keep; null keeps all."""
     val_fraction: float = Field(0.2, gt=0, lt=1)
@@ -107,9 +111,13 @@ class DataSpec(_Section):
     positive_value: float | None = None
     """Binary task: the target value that is the positive class (label 1, every other value 0); null takes
     targets that are already 0/1 as they are (e.g. ``y = jetIsQuark`` in the quark/gluon files)."""
-    min_per_class: int = Field(5, ge=1)
-    """Binary task: the fewest samples of either class a split (train, validation, test) may hold; fewer is an
-    error before training (one class, a cut that removes a class, ``max_samples`` inside one class's file)."""
+    nonfinite: Literal["error", "zero"] = "error"
+    """NaN or infinite pixels: ``error`` stops with the file, row and count of the first image that holds
+    them; ``zero`` sets them to 0 (before zero suppression and the statistics)."""
+    min_per_class: int = Field(1, ge=0)
+    """Binary task: the fewest samples of either class the training and validation splits may hold; fewer is an
+    error before training (one class, a cut that removes a class, ``max_samples`` inside one class's file);
+    0 turns the check off."""
     max_samples: int | None = Field(None, gt=0)
     """Use only the first this many samples that pass the cuts (in file order); null uses them all."""
     layout: Literal["auto", "NHWC", "NCHW"] = "auto"
@@ -158,8 +166,8 @@ class DataSpec(_Section):
 DATA_FIELD_ROLES: dict[str, Literal["selection", "samples", "access"]] = {
     "format": "selection", "input_key": "selection", "channels": "selection", "layout": "selection",
     "cuts": "selection", "max_samples": "selection",
-    "task": "samples", "target_key": "samples", "val_fraction": "samples", "test_fraction": "samples",
-    "split_seed": "samples", "min_per_class": "access", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
+    "task": "samples", "target_key": "samples", "scalar_inputs": "samples", "val_fraction": "samples", "test_fraction": "samples",
+    "split_seed": "samples", "min_per_class": "access", "nonfinite": "samples", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
     "paths": "access", "num_workers": "access", "hdf5_chunk_cache_mb": "access", "cache_dir": "access",
     "cache_preprocessed": "access",
 }

@@ -33,7 +33,7 @@ def dirs(cache: Path, prefix: str) -> list[Path]:
 @pytest.mark.parametrize("preprocessed", [True, False], ids=["preprocessed", "raw-only"])
 def test_cache_gives_the_direct_samples(tmp_path, preprocessed):
     p, _ = make_file(tmp_path / "a.parquet")
-    base = DataSpec(format="parquet", paths=[str(p)], cuts={"pt": [10, 90]}, val_fraction=0.25, test_fraction=0.2)
+    base = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cuts={"pt": [10, 90]}, val_fraction=0.25, test_fraction=0.2)
     direct = build_datasets(base, tmp_path)
     spec = base.model_copy(update={"cache_dir": str(tmp_path / "cache"), "cache_preprocessed": preprocessed})
     cached = build_datasets(spec, tmp_path)
@@ -51,7 +51,7 @@ def test_cache_gives_the_direct_samples(tmp_path, preprocessed):
 def test_built_once_then_reused_and_rebuilt_when_sources_or_preprocessing_change(tmp_path):
     p, x = make_file(tmp_path / "a.parquet")
     cache = tmp_path / "cache"
-    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache))
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(cache))
     b1 = build_datasets(spec, tmp_path)
     (raw,) = dirs(cache, "raw-")
     (pre,) = dirs(cache, "pre-")
@@ -82,7 +82,7 @@ def test_built_once_then_reused_and_rebuilt_when_sources_or_preprocessing_change
 def test_crashed_builds_are_cleaned_up(tmp_path):
     p, _ = make_file(tmp_path / "a.parquet")
     cache = tmp_path / "cache"
-    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache), cache_preprocessed=False)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(cache), cache_preprocessed=False)
     name = f"raw-{raw_key(spec, [p])}"
     (cache / f".{name}.tmp-otherhost-123").mkdir(parents=True)  # a build that died
     (cache / name).mkdir()  # an incomplete directory without meta.json
@@ -100,7 +100,7 @@ def _build(args):
 def test_waits_for_a_build_holding_the_lock_and_races_are_safe(tmp_path):
     p, _ = make_file(tmp_path / "a.parquet", n=60)
     cache = tmp_path / "cache"
-    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(cache))
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(cache))
     name = f"raw-{raw_key(spec, [p])}"
     (cache / ".locks").mkdir(parents=True)
     ctx = mp.get_context("spawn")
@@ -121,7 +121,7 @@ def test_cached_samples_through_loader_workers_and_writes_do_not_reach_the_cache
     from torch.utils.data import DataLoader, DistributedSampler
 
     p, _ = make_file(tmp_path / "a.parquet", n=40)
-    spec = DataSpec(format="parquet", paths=[str(p)], cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
     b = build_datasets(spec, tmp_path)
     want, _ = b.train.arrays()
     img, _ = b.train[0]
@@ -146,7 +146,7 @@ def test_parallel_decode_matches_direct_reading(tmp_path):
 
     p1, _ = make_file(tmp_path / "a.parquet", n=1500, seed=1)
     p2, _ = make_file(tmp_path / "b.parquet", n=700, seed=2)
-    spec = DataSpec(format="parquet", paths=[str(p1), str(p2)], cache_dir=str(tmp_path / "cache"),
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p1), str(p2)], cache_dir=str(tmp_path / "cache"),
                     cuts={"pt": [5, 95]})
     raw = ensure_raw(spec, [p1, p2], workers=2)
     assert raw.meta["decode_processes"] == 2

@@ -142,7 +142,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
     spec = DataSpec(format="hdf5", paths=[str(labels)])
     with pytest.raises(DataError, match=r"labels\.h5 \(row 1\): binary target 'y' is 2, not 0/1"):
         build_datasets(spec, tmp_path)
-    spec = DataSpec(format="hdf5", paths=[str(labels)], positive_value=2.0, val_fraction=0.34)
+    spec = DataSpec(format="hdf5", paths=[str(labels)], positive_value=2.0, val_fraction=0.34, min_per_class=0)
     b = build_datasets(spec, tmp_path)
     assert sorted(b.train.targets.tolist() + b.val.targets.tolist()) == [0.0, 0.0, 1.0]
 

@@ -126,7 +126,7 @@ def test_nan_inf_and_null_pixels_are_read_and_cleaned(tmp_path):
     raw = ParquetStore([p]).read(np.arange(n))
     assert np.isnan(raw[1, 0, 2, 3]) and raw[2, 1, 0, 0] == np.inf and raw[3, 2, 7, 7] == -np.inf
     assert np.isnan(raw.reshape(n, -1)[4, 5])
-    spec = DataSpec(format="parquet", paths=[str(p)], val_fraction=0.5)  # GSoC preprocessing on
+    spec = DataSpec(nonfinite="zero", format="parquet", paths=[str(p)], val_fraction=0.5)  # GSoC preprocessing on
     b = build_datasets(spec, tmp_path)
     for ds in (b.train, b.val):
         xa, _ = ds.arrays()

@@ -53,7 +53,7 @@ def dataset(tmp_path, n=40, size=20, seed=0):
 ], ids=["gsoc", "no-zscore", "no-minmax", "no-suppress-no-clip", "tight-clip"])
 def test_matches_numpy_reference(tmp_path, pre):
     p, x = dataset(tmp_path)
-    spec = DataSpec(format="parquet", paths=[str(p)], preprocessing=pre, val_fraction=0.25, test_fraction=0.15)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], preprocessing=pre, val_fraction=0.25, test_fraction=0.15)
     b = build_datasets(spec, tmp_path)
     tr, va, te = split_indices(len(x), spec)
     want, (mean, std) = reference(x, tr, pre)
@@ -69,7 +69,7 @@ def test_matches_numpy_reference(tmp_path, pre):
 
 def test_statistics_come_from_the_training_split_only(tmp_path):
     p, x = dataset(tmp_path, n=30)
-    spec = DataSpec(format="parquet", paths=[str(p)], val_fraction=0.3)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], val_fraction=0.3)
     tr, va, _ = split_indices(len(x), spec)
     x[va] *= 1000.0  # validation samples on a wildly different scale must not move the statistics
     p = write_jets(tmp_path / "jets.parquet", x, {"y": (np.arange(30) % 2).astype(float), "pt": np.zeros(30),
@@ -85,7 +85,7 @@ def test_checkpoint_stats_replace_computing_and_clip_at_500_sigma(tmp_path):
     p, x = dataset(tmp_path)
     stats = {"mean": [0.0, 0.0, 0.0], "std": [1e-3, 100.0, 1e-3]}  # pixels of ~2 in channels 0 and 2: 2000 sigma
     pre = PreprocessSpec(minmax=False)
-    spec = DataSpec(format="parquet", paths=[str(p)], preprocessing=pre)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], preprocessing=pre)
     b = build_datasets(spec, tmp_path, stats=stats)
     assert b.info["stats_from"] == "checkpoint" and b.stats.to_dict() == stats
     tr, _, _ = split_indices(len(x), spec)

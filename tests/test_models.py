@@ -56,6 +56,20 @@ def test_forward_backward_mass_regression(name: str) -> None:
     _train_step(name, 8, 125, nn.MSELoss(), torch.tensor([[0.4], [1.3]]))
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_takes_scalar_inputs_beside_the_image(name: str) -> None:
+    from hpcvit.models.fusion import FUSION_WIDTH, ScalarFusion
+
+    torch.manual_seed(0)
+    model = ScalarFusion(build_model(name, 2, 32, FUSION_WIDTH), n_scalars=2)
+    model.train()
+    out = model(torch.randn(2, 2, 32, 32), torch.randn(2, 2))
+    assert out.shape == (2, 1)
+    nn.BCEWithLogitsLoss()(out, torch.tensor([[0.0], [1.0]])).backward()
+    assert model.head[0].weight.grad[:, FUSION_WIDTH:].abs().sum() > 0, f"{name}: the scalars reach the head"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_model.parameters())
+
+
 # ---------------------------------------------------------------------------------------------------- registry
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import numpy as np
 
 from hpcvit.data.dataset import ImageDataset
 from hpcvit.data.formats import open_store
-from hpcvit.data.preprocess import ChannelStats, TargetScale, channel_stats
+from hpcvit.data.preprocess import (ChannelStats, ScalarScale, TargetScale, channel_stats, check_finite,
+                                    check_stats)
 from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
 from hpcvit.data.store import DataError
 from hpcvit.spec import DataSpec, data_fields
@@ -40,6 +42,9 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
     target_scale: TargetScale | None = None
     """Regression: the training split's target mean and std (training fits the standardised target)."""
+    scalar_scale: ScalarScale | None = None
+    """``data.scalar_inputs``: the training split's mean and std of each column."""
+    n_scalars: int = 0
 
 
 def synthetic_path(spec: DataSpec, sweep_dir: Path) -> Path:
@@ -80,11 +85,12 @@ def check(spec: DataSpec) -> dict[str, Any]:
     store = open_store(spec, paths)  # reads only metadata (and one row group per Parquet file)
     try:
         problem = (missing_columns(store, [spec.target_key], "data.target_key")
-                   or missing_columns(store, cut_columns(spec), "data.cuts"))
+                   or missing_columns(store, cut_columns(spec), "data.cuts")
+                   or missing_columns(store, list(spec.scalar_inputs), "data.scalar_inputs"))
         if problem is not None:
             raise problem
         return {"format": spec.format, "files": len(paths), "rows": int(store.n), "shape": list(store.shape),
-                "columns": [spec.target_key, *cut_columns(spec)]}
+                "columns": [spec.target_key, *cut_columns(spec), *spec.scalar_inputs]}
     finally:
         store.close()
 
@@ -137,15 +143,38 @@ def _balance(targets: np.ndarray, parts: dict[str, np.ndarray], task: str) -> di
 
 
 def _train_stats(store, rows: np.ndarray, spec: DataSpec) -> ChannelStats:
-    """Channel statistics over the training rows, read in bulk (batches of at most ``stats_samples``)."""
+    """Channel statistics over the training rows, read in bulk (batches of at most ``stats_samples``), each
+    batch checked under ``data.nonfinite``."""
     block = max(1, min(spec.preprocessing.stats_samples, (128 << 20) // (int(np.prod(store.shape)) * 4)))
-    return channel_stats((x for _, x in store.iter_read(np.sort(rows), block=block)), spec.preprocessing)
+
+    def batches():
+        for got, x in store.iter_read(np.sort(rows), block=block):
+            check_finite(x, got, store.where, spec.nonfinite)
+            yield x
+
+    return check_stats(channel_stats(batches(), spec.preprocessing), str(store.paths[0]))
+
+
+def _scalar_inputs(spec: DataSpec, columns: dict[str, np.ndarray], train_pos: np.ndarray,
+                   where: Callable[[int], str], saved: dict[str, Any] | None
+                   ) -> tuple[np.ndarray | None, ScalarScale | None]:
+    """The standardised ``data.scalar_inputs`` of every selected sample, and their training statistics."""
+    if not spec.scalar_inputs:
+        return None, None
+    values = np.stack([np.asarray(columns[c], dtype=np.float64) for c in spec.scalar_inputs], axis=1)
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise DataError(f"{where(int(bad[0]))}: scalar input is not finite ({len(bad)} samples)",
+                        field="data.scalar_inputs")
+    scale = ScalarScale.from_dict(saved) if saved else ScalarScale.of(values[train_pos])
+    return scale.apply(values), scale
 
 
 def _check_balance(balance: dict[str, Any], spec: DataSpec, where: Path) -> None:
-    """A binary data set needs both classes in every split, at least ``data.min_per_class`` of each."""
+    """A binary data set needs both classes in the training and validation splits, at least
+    ``data.min_per_class`` of each (a test split with one class gets no test ROC, and says so in the log)."""
     for split, b in balance.items():
-        if b["n"] == 0:
+        if b["n"] == 0 or split == "test":
             continue
         minority = min(b["positive"], b["negative"])
         if minority < spec.min_per_class:
@@ -157,13 +186,15 @@ def _check_balance(balance: dict[str, Any], spec: DataSpec, where: Path) -> None
 
 
 def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]] | None = None, *,
-                   target_scale: dict[str, float] | None = None, progress: bool = False) -> DataBundle:
+                   target_scale: dict[str, float] | None = None, scalar_scale: dict[str, Any] | None = None,
+                   progress: bool = False, check_balance: bool = True) -> DataBundle:
     """Select, split and (lazily) preprocess the data set; ``stats`` and ``target_scale`` (from a checkpoint)
     replace computing them.
 
     Returns map-style data sets of ``(float32 C x H x W image, float32 scalar target)`` that open their files
     lazily in each process (DataLoader workers, DDP ranks with a DistributedSampler). ``progress`` shows
-    progress bars while a cache is built (the CLI's ``hpcvit data convert``).
+    progress bars while a cache is built (the CLI's ``hpcvit data convert``); ``check_balance=False`` skips
+    the class-balance check (a conversion reports the balance, training refuses a split without a class).
     """
     paths = resolve_paths(spec, sweep_dir)
     pre = spec.preprocessing
@@ -172,9 +203,13 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         from hpcvit.data.cache import ensure_preprocessed, ensure_raw, ensure_stats
 
         raw = ensure_raw(spec, paths, progress)
-        if spec.target_key not in raw.columns:
-            raise DataError(f"{paths[0]}: no scalar column {spec.target_key!r} "
-                            f"(has: {', '.join(k for k in raw.columns if not k.startswith('__'))})")
+        for name, field_name in [(spec.target_key, "data.target_key"),
+                                 *((c, "data.scalar_inputs") for c in spec.scalar_inputs)]:
+            if name not in raw.columns:
+                raise DataError(f"{paths[0]}: no scalar column {name!r} "
+                                f"(has: {', '.join(k for k in raw.columns if not k.startswith('__'))})",
+                                field=field_name)
+        columns = raw.columns
         source_rows = raw.columns["__source_row__"]
         sources = raw.meta["sources"]
         starts = np.concatenate([[0], np.cumsum(raw.meta["rows_per_file"])])
@@ -189,13 +224,14 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         if stats is not None:
             channel, info["stats_from"] = ChannelStats.from_dict(stats), "checkpoint"
         elif pre.zscore:
-            channel, info["stats_from"] = ensure_stats(raw, pre, train_pos), "training split"
+            channel = check_stats(ensure_stats(raw, pre, train_pos, spec.nonfinite, where), str(raw.dir))
+            info["stats_from"] = "training split"
         else:
             channel = None
         if spec.cache_preprocessed:
             from hpcvit.data.memmap import MemmapStore
 
-            pre_path = ensure_preprocessed(raw, pre, channel, progress)
+            pre_path = ensure_preprocessed(raw, pre, channel, progress, spec.nonfinite, where)
             store, transform = MemmapStore(pre_path), None
             info["cache"] = {"raw": str(raw.dir), "preprocessed": str(pre_path.parent)}
         else:
@@ -207,8 +243,9 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
                          for s, r, c in zip(sources, raw.meta["file_rows"], raw.meta["rows_per_file"])]
     else:
         store = open_store(spec, paths)
-        rows, cols = select(store, spec, [spec.target_key])
-        targets = make_targets(cols[spec.target_key], spec, lambda i: store.where(int(rows[i])))
+        rows, columns = select(store, spec, [spec.target_key, *spec.scalar_inputs])
+        targets = make_targets(columns[spec.target_key], spec, lambda i: store.where(int(rows[i])))
+        where = lambda i: store.where(int(rows[i]))  # noqa: E731 - a row's file, for messages
         n, n_source = len(rows), store.n
         train_pos, val_pos, test_pos = split_indices(n, spec)
         if stats is not None:
@@ -227,8 +264,14 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         raise DataError(f"{paths[0]}: no training samples ({n} selected, val_fraction {spec.val_fraction}, "
                         f"test_fraction {spec.test_fraction})")
 
+    row_where = where if spec.cache_dir is not None else None
+    scalars, scalar_scale = _scalar_inputs(spec, columns, train_pos, where, scalar_scale)
+    if scalar_scale is not None:
+        info["scalar_scale"] = {"columns": list(spec.scalar_inputs), **scalar_scale.to_dict()}
+
     def part(pos: np.ndarray) -> ImageDataset:
-        return ImageDataset(store, rows[pos], targets[pos], transform, channel)
+        return ImageDataset(store, rows[pos], targets[pos], transform, channel, spec.nonfinite, row_where,
+                            scalars[pos] if scalars is not None else None)
 
     info.update({
         "n_source": int(n_source), "n_selected": int(n), "shape": list(shape),
@@ -239,7 +282,8 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
     })
     scale = None
     if spec.task == "binary":
-        _check_balance(info["class_balance"], spec, paths[0])
+        if check_balance:
+            _check_balance(info["class_balance"], spec, paths[0])
         info["positive_fraction_train"] = info["class_balance"]["train"]["positive_fraction"]
     else:
         scale = TargetScale.from_dict(target_scale) if target_scale else TargetScale.of(targets[train_pos])
@@ -247,4 +291,5 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
     return DataBundle(
         train=part(train_pos), val=part(val_pos), test=part(test_pos) if len(test_pos) else None,
         in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info, target_scale=scale,
+        scalar_scale=scalar_scale, n_scalars=len(spec.scalar_inputs),
     )

@@ -35,7 +35,7 @@ import numpy as np
 from hpcvit import fsio
 from hpcvit.data.formats import open_store
 from hpcvit.data.memmap import MemmapStore
-from hpcvit.data.preprocess import ChannelStats, apply, channel_stats
+from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite
 from hpcvit.data.selection import select
 from hpcvit.data.store import DataError, Store
 from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
@@ -68,9 +68,9 @@ def raw_key(spec: DataSpec, paths: list[Path]) -> str:
                     **data_fields(spec, "selection")})
 
 
-def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None) -> str:
+def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None, nonfinite: str = "zero") -> str:
     return _digest({"version": CACHE_VERSION, "raw": raw_dir.name, "pre": pre.model_dump(exclude={"stats_samples"}),
-                    "stats": stats.to_dict() if stats is not None else None})
+                    "stats": stats.to_dict() if stats is not None else None, "nonfinite": nonfinite})
 
 
 # -- locking and atomic publication --------------------------------------------------------------------------
@@ -242,8 +242,10 @@ def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False, worker
     return RawCache(d, meta, columns)
 
 
-def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray) -> ChannelStats:
-    """Channel statistics of the training rows ``train_pos`` of a raw cache (stored beside it)."""
+def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray, nonfinite: str = "zero",
+                 where: Callable[[int], str] | None = None) -> ChannelStats:
+    """Channel statistics of the training rows ``train_pos`` of a raw cache (stored beside it); with
+    ``nonfinite="error"`` a NaN/inf pixel is an error naming ``where(row)``."""
     key = _digest({"train": hashlib.sha256(np.ascontiguousarray(train_pos, dtype=np.int64).tobytes()).hexdigest(),
                    "zero_suppress": pre.zero_suppress})
     path = raw.dir / f"stats-{key}.json"
@@ -259,22 +261,27 @@ def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray) -> C
         with _lock(raw.dir.parent, f"{raw.dir.name}-stats-{key}"):  # ranks wait for one computation
             stats = load()
             if stats is None:
-                stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples), pre)
+                stats = channel_stats(_batches(raw.store(), train_pos, pre.stats_samples, nonfinite, where), pre)
                 fsio.write_json(path, stats.to_dict())
     return stats
 
 
-def _batches(store: Store, rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+def _batches(store: Store, rows: np.ndarray, size: int, nonfinite: str = "zero",
+             where: Callable[[int], str] | None = None) -> Iterator[np.ndarray]:
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     limit = max(1, (256 << 20) // (int(np.prod(store.shape)) * 4))  # at most 256 MiB per batch in memory
     size = max(1, min(size, limit))
     for i in range(0, len(rows), size):
-        yield store.read(rows[i:i + size])
+        x = store.read(rows[i:i + size])
+        check_finite(x, rows[i:i + size], where or store.where, nonfinite)
+        yield x
 
 
-def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats | None, progress: bool = False) -> Path:
-    """``x.npy`` of the raw cache preprocessed with ``stats``, built (once, under a lock) if missing."""
-    name = f"pre-{pre_key(raw.dir, pre, stats)}"
+def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats | None, progress: bool = False,
+                        nonfinite: str = "zero", where: Callable[[int], str] | None = None) -> Path:
+    """``x.npy`` of the raw cache preprocessed with ``stats``, built (once, under a lock) if missing; with
+    ``nonfinite="error"`` a NaN/inf pixel stops the build naming ``where(row)``."""
+    name = f"pre-{pre_key(raw.dir, pre, stats, nonfinite)}"
 
     def build(tmp: Path) -> None:
         t0 = time.monotonic()
@@ -283,7 +290,9 @@ def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats 
         block = max(1, (64 << 20) // (int(np.prod(src.shape)) * 4))
         with _progress(src.n, "preprocessing", progress) as advance:
             for i in range(0, src.n, block):
-                b = src.read(np.arange(i, min(i + block, src.n)))
+                rows = np.arange(i, min(i + block, src.n))
+                b = src.read(rows)
+                check_finite(b, rows, where or src.where, nonfinite)
                 x[i:i + len(b)] = apply(b, pre, stats)
                 advance(len(b))
         x.flush()

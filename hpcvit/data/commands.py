@@ -124,7 +124,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hpcvit.data.cache import ensure_raw
 
     ensure_raw(spec, resolve_paths(spec, Path.cwd()), progress=sys.stderr.isatty(), workers=args.workers)
-    bundle = build_datasets(spec, Path.cwd(), progress=sys.stderr.isatty())
+    bundle = build_datasets(spec, Path.cwd(), progress=sys.stderr.isatty(), check_balance=False)
     dt = time.monotonic() - t0
     info = bundle.info
     print(f"cache: {info['cache']['raw']}" + (f"\npreprocessed: {info['cache']['preprocessed']}"

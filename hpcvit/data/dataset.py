@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from hpcvit.data.preprocess import ChannelStats, apply
+from hpcvit.data.preprocess import ChannelStats, apply, check_finite
 from hpcvit.data.store import Store
 from hpcvit.spec import PreprocessSpec
 
@@ -22,19 +23,26 @@ class ImageDataset:
     """
 
     def __init__(self, store: Store, rows: np.ndarray, targets: np.ndarray, pre: PreprocessSpec | None = None,
-                 stats: ChannelStats | None = None):
+                 stats: ChannelStats | None = None, nonfinite: str = "zero",
+                 where: Callable[[int], str] | None = None, scalars: np.ndarray | None = None):
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.targets = np.asarray(targets, dtype=np.float32)
         if len(self.rows) != len(self.targets):
             raise ValueError("rows and targets differ in length")
         self.pre, self.stats = pre, stats
+        self.nonfinite = nonfinite
+        """``data.nonfinite``, checked on images read raw (a preprocessed cache was checked when built)."""
+        self.where = where or store.where
+        self.scalars = None if scalars is None else np.asarray(scalars, dtype=np.float32)
+        """``data.scalar_inputs`` of each sample, standardised: then a sample is ``((image, scalars), target)``."""
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _prep(self, x: np.ndarray) -> np.ndarray:
+    def _prep(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if self.pre is not None:
+            check_finite(x, rows, self.where, self.nonfinite)
             apply(x, self.pre, self.stats)
         return x
 
@@ -46,8 +54,10 @@ class ImageDataset:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
-        x = self._prep(self.store.read(self.rows[i:i + 1]))
-        return torch.from_numpy(x[0]), torch.tensor(float(self.targets[i]), dtype=torch.float32)
+        x = self._prep(self.store.read(self.rows[i:i + 1]), self.rows[i:i + 1])
+        image = torch.from_numpy(x[0])
+        inputs = image if self.scalars is None else (image, torch.from_numpy(self.scalars[i].copy()))
+        return inputs, torch.tensor(float(self.targets[i]), dtype=torch.float32)
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any]]:
         import torch
@@ -61,20 +71,25 @@ class ImageDataset:
             # into the batch, so the batch costs one copy; a caller writing into these views would change what
             # this process reads later (``__getitem__`` returns a copy)
             view = self.store.view
-            return [(torch.from_numpy(view(r)), yt[k]) for k, r in enumerate(rows.tolist())]
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        x = self.store.read(uniq)
-        if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
-            x = x[inverse]
-        xt = torch.from_numpy(self._prep(x))
-        return [(xt[k], yt[k]) for k in range(len(idx))]
+            images = [torch.from_numpy(view(r)) for r in rows.tolist()]
+        else:
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            x = self.store.read(uniq)
+            if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
+                x = x[inverse]
+            xt = torch.from_numpy(self._prep(x, rows))
+            images = [xt[k] for k in range(len(idx))]
+        if self.scalars is None:
+            return [(images[k], yt[k]) for k in range(len(idx))]
+        st = torch.from_numpy(self.scalars[idx])
+        return [((images[k], st[k]), yt[k]) for k in range(len(idx))]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All images (preprocessed) and targets in memory; for small sets and tests."""
         order = np.argsort(self.rows, kind="stable")
         x = np.empty((len(self), *self.store.shape), dtype=np.float32)
         x[order] = self.store.read(self.rows[order])
-        return self._prep(x), self.targets.copy()
+        return self._prep(x, self.rows), self.targets.copy()
 
 
 class ArrayDataset:

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from hpcvit.data.store import DataError
 from hpcvit.spec import PreprocessSpec
+
+ABSURD = 1e15
+"""A channel mean or standard deviation beyond this is no detector's energy or time: a corrupt block."""
+
+
+def check_finite(x: np.ndarray, rows: np.ndarray, where: Callable[[int], str], policy: str) -> None:
+    """``data.nonfinite: error``: raise naming the file and row of the first image of ``x`` (rows ``rows``)
+    holding a NaN or infinite pixel, and how many there are; ``zero`` lets them through (to become 0)."""
+    if policy != "error" or np.isfinite(x).all():
+        return
+    per_image = (~np.isfinite(x)).reshape(len(x), -1).sum(axis=1)
+    first = int(np.flatnonzero(per_image)[0])
+    raise DataError(f"{where(int(rows[first]))}: {int(per_image[first])} non-finite pixel(s) ({int(per_image.sum())} "
+                    f"in {int((per_image > 0).sum())} of the {len(x)} images read with it); data.nonfinite: error "
+                    "(set data.nonfinite: zero to train with them as 0)", field="data.nonfinite")
+
+
+def check_stats(stats: ChannelStats, where: str) -> ChannelStats:
+    """Refuse channel statistics that are not finite or absurdly large (a corrupt chunk of +-3.4e38)."""
+    for c, (m, s) in enumerate(zip(stats.mean, stats.std)):
+        if not (np.isfinite(m) and np.isfinite(s)) or abs(m) > ABSURD or s > ABSURD:
+            raise DataError(f"{where}: channel {c} statistics of the training split are absurd (mean {m:.3g}, std "
+                            f"{s:.3g}): a corrupt block in the data? (hpcvit data inspect --check finds it)",
+                            field="data.paths")
+    return stats
 
 
 @dataclass(frozen=True)
@@ -44,6 +71,29 @@ class TargetScale:
         t = np.asarray(targets, dtype=np.float64)
         std = float(t.std())
         return cls(float(t.mean()), std if std > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class ScalarScale:
+    """Per-column mean and std of the scalar inputs over the training split."""
+
+    mean: list[float]
+    std: list[float]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> ScalarScale:
+        return cls([float(v) for v in d["mean"]], [float(v) for v in d["std"]])
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> ScalarScale:
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0).tolist(), np.where(std > 0, std, 1.0).tolist())
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        return ((values - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
 
 def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:

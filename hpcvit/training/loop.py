@@ -76,10 +76,11 @@ class Trainer:
                                "move them away to train this task from scratch")
         saved, self.ckpt_meta = loaded if loaded else (None, None)
         self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None,
-                                   target_scale=saved.get("target_scale") if saved else None)
+                                   target_scale=saved.get("target_scale") if saved else None,
+                                   scalar_scale=saved.get("scalar_scale") if saved else None)
         self.metric_name, self.metric_mode = primary_metric(self.spec.data.task, self.spec.checkpoint.best_metric)
         self.scale = self.data.target_scale
-        model = build_model(self.spec.model.name, self.data.in_chans, self.data.img_size, 1, **self.spec.model.kwargs)
+        model = self._build_model()
         self.n_params = sum(p.numel() for p in model.parameters())
         self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
         model.train()
@@ -124,6 +125,15 @@ class Trainer:
     global_step = property(lambda self: self.progress.global_step,
                            lambda self, v: setattr(self.progress, "global_step", v))
 
+    def _build_model(self) -> nn.Module:
+        """The registered model; with ``data.scalar_inputs`` its features and the scalars feed a small head."""
+        m, data = self.spec.model, self.data
+        if not data.n_scalars:
+            return build_model(m.name, data.in_chans, data.img_size, 1, **m.kwargs)
+        from hpcvit.models.fusion import FUSION_WIDTH, ScalarFusion
+
+        return ScalarFusion(build_model(m.name, data.in_chans, data.img_size, FUSION_WIDTH, **m.kwargs), data.n_scalars)
+
     def _make_ema(self) -> nn.Module:
         from timm.utils.model_ema import ModelEmaV3
 
@@ -161,7 +171,8 @@ class Trainer:
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
         if self.d.main:
             extra = {"data_stats": self.data.stats.to_dict() if self.data.stats else None,
-                     "target_scale": self.scale.to_dict() if self.scale else None}
+                     "target_scale": self.scale.to_dict() if self.scale else None,
+                     "scalar_scale": self.data.scalar_scale.to_dict() if self.data.scalar_scale else None}
             state = self.state.state_dict(rng=rng, world_size=self.d.world, extra=extra)
             p = self.progress
             self.ckpt.save(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
@@ -186,11 +197,13 @@ class Trainer:
                           worker_init_fn=stop.ignore_in_worker if workers else None,
                           persistent_workers=False, drop_last=False)
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.d.device, non_blocking=True)
-        if self.spec.optim.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _to_device(self, x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """The model's inputs on the device: the image batch (and the scalar inputs, when there are any)."""
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        out = [p.to(self.d.device, non_blocking=True) for p in parts]
+        if self.spec.optim.channels_last and out[0].ndim == 4:
+            out[0] = out[0].contiguous(memory_format=torch.channels_last)
+        return out
 
     def _backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch, its loss weighted by its share of the step; the unweighted loss."""
@@ -204,7 +217,7 @@ class Trainer:
         no_sync = self.ddp_module.no_sync() if self.ddp_module is not None and not sync else contextlib.nullcontext()
         with no_sync:
             with optim.autocast(self.d.device, self.amp_dtype):
-                out = self.ddp(x)
+                out = self.ddp(*x)
                 loss = self.loss_fn(out.float(), y)
             scaled = loss if weight == 1.0 else loss * weight
             if self.scaler:
@@ -301,7 +314,7 @@ class Trainer:
         outs, ys = [], []
         for x, y in loader:
             with optim.autocast(self.d.device, self.amp_dtype):
-                outs.append(model(self._to_device(x)).float().view(-1).cpu())
+                outs.append(model(*self._to_device(x)).float().view(-1).cpu())
             ys.append(y.view(-1))
         if self.scale is not None and outs:  # predictions in the target's own units
             outs = [o.double() * self.scale.std + self.scale.mean for o in outs]
