@@ -14,7 +14,9 @@ task has completed. Reported, as JSON and as a table:
                          the kill (>= 0: at most ``checkpoint.every_steps`` = 5 steps lost per kill)
   duplicate_steps        MLflow metric steps logged twice (0 expected)
   runs_left_running      MLflow child runs still RUNNING at the end (0 expected)
-  ran_twice              times more ranks of one task than it has were alive at once (0 expected)
+  ran_twice              samples (twice a second) in which ranks of two live torchrun agents of one task were
+                         alive at once (0 expected)
+  orphan_rank_max_s      longest a rank outlived its killed agent (its watchdog ends it 60 s after the agent died)
   bitwise_equal          tasks whose final weights equal their untouched twin's, bit for bit
 
 Usage: python benchmarks/chaos.py [--tasks 3] [--kills 8] [--epochs 6] [--executor local|slurm] [--seed 0]
@@ -82,7 +84,8 @@ def _victims(task: Any) -> dict[str, int]:
         found["launcher"] = state["pid"]
     if state.get("trainer_pgid") in procs:
         found["torchrun"] = state["trainer_pgid"]
-    for k, pid in enumerate(sorted(_ranks(procs, task.path))):
+    ranks = [pid for pid in _ranks(procs, task.path) if procs[pid][0] == state.get("trainer_pgid")]
+    for k, pid in enumerate(sorted(ranks)):
         found[f"rank{k}"] = pid
     return found
 
@@ -94,7 +97,7 @@ def _newest_checkpoint(task: Any) -> int:
 
 def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[str, Any]) -> Any:
     from hpcvit import orchestrate
-    from hpcvit.states import TaskState
+    from hpcvit.states import RESUMABLE, TaskState
     from hpcvit.sweep import load_sweep
 
     root.mkdir(parents=True, exist_ok=True)
@@ -106,16 +109,23 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
         return sweep_dir
     rng = random.Random(args.seed)
     kills: Counter[str] = Counter()
-    ran_twice = [0]
+    ran_twice, orphan_life = [0], [0.0]
     done = threading.Event()
-    expected = {t.index: t.spec().resources.procs_per_node for t in sweep_dir.tasks()}
 
-    def watch() -> None:  # sampled twice a second: more ranks of one task than it has means it runs twice
+    orphan_seen: dict[int, float] = {}
+
+    def watch() -> None:  # sampled twice a second: ranks of two live torchrun agents of one task = running twice
         while not done.is_set():
             procs = _processes()
             for task in sweep_dir.tasks():
-                if len(_ranks(procs, task.path)) > expected[task.index]:
+                ranks = _ranks(procs, task.path)
+                agents = {procs[pid][0] for pid in ranks if pid in procs and procs[pid][0] != 1}
+                if len(agents) > 1:
                     ran_twice[0] += 1
+                for pid in ranks:  # a rank whose agent died: how long it lives on (bounded by its watchdog)
+                    if procs.get(pid, (0,))[0] == 1:
+                        orphan_seen.setdefault(pid, time.monotonic())
+                        orphan_life[0] = max(orphan_life[0], time.monotonic() - orphan_seen[pid])
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -140,7 +150,7 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
                 except ProcessLookupError:
                     pass
             continue
-        if orchestrate.all_terminal(statuses):
+        if any(s.state in RESUMABLE for s in statuses):
             indices, _ = orchestrate.resume(sweep_dir)
             resumes += bool(indices)
         time.sleep(1.0)
@@ -149,6 +159,7 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
     orchestrate.finalize(sweep_dir)
     lost = _steps_lost(sweep_dir, at_kill)
     report.update(kills=dict(kills), kills_total=sum(kills.values()), resumes=resumes, ran_twice=ran_twice[0],
+                  orphan_rank_max_s=round(orphan_life[0], 1),
                   restarts_after_kills=len(lost), min_resume_minus_newest_checkpoint=min(lost, default=0),
                   max_steps_lost=5)
     return sweep_dir

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     # torchrun starts each rank in a session of its own: without this a killed agent would leave its ranks
     # training on. With it, they get SIGTERM, save at the next step together, and exit.
     die_with_parent(signal.SIGTERM)
+    parent = stop.watch_parent()
     env = JobEnv.read()
     configure_task(task.key)
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         error = traceback.format_exc(limit=8)
         summary = describe_os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        if stop.orphaned(parent):  # its agent is gone, so is this start: a newer one may own the folder now
+            raise
         if trainer is not None:
             trainer.report.failed(error, summary.splitlines()[0] if summary else None)
         elif env.is_main:

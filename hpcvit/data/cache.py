@@ -42,30 +42,59 @@ from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _PROBE = 1 << 16
+PROBE_BLOCKS = 16
+"""Blocks of 64 KiB, spread evenly over each source file (first and last included), whose bytes the key hashes."""
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """What identifies a source file: path, size, mtime and a hash of its first and last 64 KiB."""
+    """What identifies a source file cheaply: path, size, mtime and a hash of :data:`PROBE_BLOCKS` sampled
+    64 KiB blocks (the whole file when it is smaller than them)."""
     path = Path(path).resolve()
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(_PROBE))
-        if st.st_size > _PROBE:
-            f.seek(max(st.st_size - _PROBE, _PROBE))
-            h.update(f.read(_PROBE))
+        if st.st_size <= PROBE_BLOCKS * _PROBE:
+            h.update(f.read())
+        else:
+            for k in range(PROBE_BLOCKS):
+                f.seek(k * (st.st_size - _PROBE) // (PROBE_BLOCKS - 1))
+                h.update(f.read(_PROBE))
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe": h.hexdigest()[:16]}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def columns_digest(spec: DataSpec, paths: list[Path]) -> str:
+    """A hash of every scalar column's values (labels, pT, ...): reading them costs a column read per file, so a
+    changed label changes the key even when the file keeps its size and modification time."""
+    store = open_store(spec, paths)
+    try:
+        h = hashlib.sha256()
+        for name in store.scalar_columns():
+            h.update(name.encode() + b"\0" + np.ascontiguousarray(store.column(name), dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+    finally:
+        store.close()
+
+
 def raw_key(spec: DataSpec, paths: list[Path]) -> str:
+    """The raw cache's key: the selection fields of the spec, each source's identity (size, mtime, sampled
+    blocks) and the values of every scalar column. What it misses, an image byte changed outside the sampled
+    blocks in a file that kept its size and mtime, ``hpcvit data convert --verify`` finds (full hashes)."""
     return _digest({"version": CACHE_VERSION, "sources": [file_identity(p) for p in paths],
-                    **data_fields(spec, "selection")})
+                    "columns": columns_digest(spec, paths), **data_fields(spec, "selection")})
 
 
 def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None, nonfinite: str = "zero") -> str:
@@ -214,7 +243,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
     meta = {
         "version": CACHE_VERSION, "n": int(len(rows)), "n_source": int(store.n), "shape": list(store.shape),
         "decode_processes": n_proc,
-        "format": store.format, "sources": [file_identity(p) for p in paths],
+        "format": store.format, "sources": [{**file_identity(p), "sha256": file_sha256(p)} for p in paths],
         "rows_per_file": [int(np.sum(file_of == k)) for k in range(len(paths))],
         "file_rows": [int(r) for r in store.file_rows],
         "input_key": spec.input_key, "channels": spec.channels, "cuts": spec.cuts, "max_samples": spec.max_samples,
@@ -223,6 +252,22 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
     store.close()
     fsio.write_json(tmp / "meta.json", meta)
     log.info("cached %d samples of %s in %.1f s", len(rows), paths[0], meta["build_seconds"])
+
+
+def verify_raw(spec: DataSpec, paths: list[Path]) -> list[str]:
+    """Compare every source's full SHA-256 with the one recorded when its raw cache was built; a cache whose
+    sources differ is deleted (the next use rebuilds it). Returns what differed (empty: the cache is true)."""
+    cache_dir = Path(spec.cache_dir).expanduser().resolve()
+    d = cache_dir / f"raw-{raw_key(spec, paths)}"
+    if not (d / "meta.json").exists():
+        return []
+    with _lock(cache_dir, d.name):
+        meta = json.loads((d / "meta.json").read_text())
+        changed = [f"{s['path']}: content changed since the cache was built (size and mtime kept)"
+                   for s in meta["sources"] if file_sha256(Path(s["path"])) != s.get("sha256")]
+        if changed:
+            shutil.rmtree(d)
+    return changed
 
 
 def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False, workers: int | None = None) -> RawCache:

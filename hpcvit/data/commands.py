@@ -123,6 +123,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from hpcvit.data import resolve_paths
     from hpcvit.data.cache import ensure_raw
 
+    if args.verify:
+        from hpcvit.data.cache import verify_raw
+
+        for line in verify_raw(spec, resolve_paths(spec, Path.cwd())):
+            print(f"stale cache removed: {line}")
     ensure_raw(spec, resolve_paths(spec, Path.cwd()), progress=sys.stderr.isatty(), workers=args.workers)
     bundle = build_datasets(spec, Path.cwd(), progress=sys.stderr.isatty(), check_balance=False)
     dt = time.monotonic() - t0
@@ -262,6 +267,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("--split-seed", type=int, help="seed of the train/val/test split (for the statistics)")
     c.add_argument("--raw-only", action="store_true", help="only the decoded cache, not the preprocessed copy")
     c.add_argument("--workers", type=int, help="decoding processes (default: the usable cores, at most 16)")
+    c.add_argument("--verify", action="store_true", help="compare full hashes of the sources with the existing "
+                                                          "cache's and rebuild it if any byte changed")
     c.set_defaults(func=_guarded("convert", cmd_convert))
 
     i = sub.add_parser("inspect", help="print shape, class balance and row groups of data files")
