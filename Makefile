@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean data-top data-qg
+.PHONY: install demo test bench clean data-top data-qg data-egamma data-mass
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,10 @@ data-top: install
 
 data-qg: install
 	$(BIN)/hpcvit data generate --process quark-vs-gluon -n 6000 --seed 2 -o data/quark_gluon_n6000.parquet
+
+# Detector-level sets simulated here (about a minute each on 2 cores).
+data-egamma: install
+	$(BIN)/hpcvit data generate --process electron-vs-photon -n 16000 --seed 1 -o data/egamma
+
+data-mass: install
+	$(BIN)/hpcvit data generate --process diphoton-mass -n 4000 --seed 1 -o data/diphoton_mass_n4000_seed1.parquet

@@ -47,7 +47,34 @@ def _guarded(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[
 
 
 # -- generate -----------------------------------------------------------------------------------------------
+DETECTOR_ONLY = ("electron-vs-photon", "diphoton-mass")
+"""Processes simulated here without Pythia (a particle gun and a two-body decay into the ECAL model)."""
+
+
+def _generate_detector_only(args: argparse.Namespace) -> int:
+    workers = args.workers or os.cpu_count() or 1
+    if args.process == "electron-vs-photon":
+        from hpcvit.data.generate_egamma import generate_egamma
+
+        out = Path(args.output or f"data/egamma_n{args.n}_seed{args.seed}")
+        summary = generate_egamma(args.n // 2, out, seed=args.seed, workers=workers,
+                                  shard_size=max(1, args.shard_size * 5))
+        line = (f"wrote {summary['per_class']} photons and {summary['per_class']} electrons to {out}/ in "
+                f"{summary['seconds']:.1f} s; photon conversions {summary['photon_conversion_fraction']:.1%}")
+    else:
+        from hpcvit.data.generate_diphoton import generate_diphoton
+
+        out = Path(args.output or f"data/diphoton_mass_n{args.n}_seed{args.seed}.parquet")
+        summary = generate_diphoton(args.n, out, seed=args.seed, workers=workers, shard_size=args.shard_size,
+                                    row_group_size=args.row_group_size)
+        line = f"wrote {summary['n']} A -> gamma gamma images to {out} in {summary['seconds']:.1f} s"
+    print(json.dumps(summary, indent=1) if args.json else line)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.process in DETECTOR_ONLY:
+        return _generate_detector_only(args)
     try:
         import pythia8mc  # noqa: F401
     except ImportError:
@@ -233,7 +260,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g = sub.add_parser("generate", help="Monte-Carlo jet images (Pythia 8 + anti-kT) in the published Parquet layout",
                        description="Generate jets of two classes (half each) with Pythia 8 and write them as "
                                    "3 x 125 x 125 images (tracks, ECAL, HCAL) in the published Parquet layout.")
-    g.add_argument("--process", required=True, choices=sorted(PROCESSES))
+    g.add_argument("--process", required=True, choices=sorted([*PROCESSES, *DETECTOR_ONLY]),
+                   help="jets from Pythia 8 (top-vs-qcd, quark-vs-gluon) or particles into the ECAL model "
+                        "(electron-vs-photon: two HDF5 files in -o DIR; diphoton-mass: X_jet Parquet)")
     g.add_argument("-n", "--n-jets", dest="n", type=int, required=True, help="jets in total, half of each class")
     g.add_argument("-o", "--output", help="Parquet file (default data/<process>_n<N>_seed<S>.parquet)")
     g.add_argument("--seed", type=int, default=1, help="seed of the run; the same seed gives the same jets")
