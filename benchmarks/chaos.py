@@ -222,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         twins = _run_sweep(Path(tmp) / "twins", args, False, {})
         chaos = _run_sweep(Path(tmp) / "chaos", args, True, report)
         report["seconds"] = round(time.monotonic() - t0, 1)
-        from hpcvit.states import TaskState
-
         from hpcvit.orchestrate import statuses
+        from hpcvit.states import TaskState
 
         states = [s.state for s in statuses(chaos)]
         report["completed"] = sum(s == TaskState.COMPLETED for s in states)

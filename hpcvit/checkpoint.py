@@ -10,7 +10,6 @@ file cannot run code) or that ``check`` refuses; after every numbered checkpoint
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -20,18 +19,11 @@ from typing import Any
 import torch
 
 from hpcvit import fsio
+from hpcvit.fsio import sha256_file
 
 log = logging.getLogger(__name__)
 _SIDECAR = re.compile(r"^ckpt-(\d{9})\.json$")
 _DATA = re.compile(r"^ckpt-(\d{9})\.pt$")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_weights(path: Path) -> Any:

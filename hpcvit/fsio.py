@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -110,6 +111,15 @@ def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically."""
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's content, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path, default: Any = _MISSING) -> Any:

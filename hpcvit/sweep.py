@@ -13,7 +13,6 @@ from pydantic import BaseModel, ValidationError
 from hpcvit.spec import JobSpec, SweepSpec
 from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
 
-
 # Top-level sections every run of a sweep shares.
 SWEEP_FIXED = ("name", "executor", "output_dir", "tracking", "resources")
 

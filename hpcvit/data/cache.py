@@ -64,14 +64,6 @@ def file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe": h.hexdigest()[:16]}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -142,8 +134,14 @@ def _progress(total: int, description: str, enabled: bool):
             def __exit__(self, *a):
                 return False
         return _Null()
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class _Bar:
         def __enter__(self):
@@ -243,7 +241,7 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
     meta = {
         "version": CACHE_VERSION, "n": int(len(rows)), "n_source": int(store.n), "shape": list(store.shape),
         "decode_processes": n_proc,
-        "format": store.format, "sources": [{**file_identity(p), "sha256": file_sha256(p)} for p in paths],
+        "format": store.format, "sources": [{**file_identity(p), "sha256": fsio.sha256_file(p)} for p in paths],
         "rows_per_file": [int(np.sum(file_of == k)) for k in range(len(paths))],
         "file_rows": [int(r) for r in store.file_rows],
         "input_key": spec.input_key, "channels": spec.channels, "cuts": spec.cuts, "max_samples": spec.max_samples,
@@ -264,7 +262,7 @@ def verify_raw(spec: DataSpec, paths: list[Path]) -> list[str]:
     with _lock(cache_dir, d.name):
         meta = json.loads((d / "meta.json").read_text())
         changed = [f"{s['path']}: content changed since the cache was built (size and mtime kept)"
-                   for s in meta["sources"] if file_sha256(Path(s["path"])) != s.get("sha256")]
+                   for s in meta["sources"] if fsio.sha256_file(Path(s["path"])) != s.get("sha256")]
         if changed:
             shutil.rmtree(d)
     return changed

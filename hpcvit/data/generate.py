@@ -355,8 +355,14 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
     try:
         with fsio.atomic_path(out) as tmp:
             if progress:
-                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                           TimeRemainingColumn)
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                    TimeRemainingColumn,
+                )
 
                 bar = Progress(TextColumn(f"[bold]{cfg.process}[/] jets"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())

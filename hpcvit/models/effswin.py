@@ -23,9 +23,9 @@ checkpoints in either layout.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import timm

@@ -36,7 +36,6 @@ from hpcvit.training.report import TaskReport
 from hpcvit.training.sampler import ShardSampler, StepPlan
 from hpcvit.training.state import TrainProgress, TrainState
 
-
 RUN_LOCK_WAIT_S = 300.0
 """How long a new trainer waits for a previous copy of its task to exit before it refuses to start."""
 
