@@ -131,7 +131,9 @@ def _curves(sweep: SweepDir, split: str = "val") -> dict[str, tuple[Any, Any]]:
     import numpy as np
 
     labels = sweep.labels
-    curves = {}
+    curves: dict[str, tuple[Any, Any]] = {}
+    if sweep.run_spec(0).data.task != "binary":  # ROC curves are for classifiers
+        return curves
     for task in sweep.tasks():
         path = task.file(task.PREDICTIONS)
         if path.exists():
