@@ -106,6 +106,11 @@ sweep:
     assert len(runs) == 2
     assert runs["0"].data.metrics["val_loss"] == runs["1"].data.metrics["val_loss"]
     assert steps(sweep, runs["1"].info.run_id, "val_loss") == [0, 1]
+    # The interrupted epoch's training loss covers the whole epoch (its partial sums travel in the checkpoint).
+    client = MlflowClient(sweep.manifest["tracking_uri"])
+    losses = [[m.value for m in sorted(client.get_metric_history(runs[i].info.run_id, "train_loss"),
+                                       key=lambda m: m.step)] for i in ("0", "1")]
+    assert losses[0] == losses[1], losses
 
 
 def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:

@@ -214,7 +214,7 @@ sweep:
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
     runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
-    for metric in ("val_loss", "val_raw_loss"):  # (train_loss of a resumed epoch covers the steps after the stop)
+    for metric in ("val_loss", "val_raw_loss", "train_loss"):  # a resumed epoch's train_loss covers the whole epoch
         assert runs["0"].data.metrics[metric] == runs["1"].data.metrics[metric], metric
 
 

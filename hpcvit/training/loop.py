@@ -32,6 +32,7 @@ from hpcvit.states import TaskState
 from hpcvit.training import distributed, optim, stop
 from hpcvit.training.distributed import Dist
 from hpcvit.training.guard import NonFiniteGuard
+from hpcvit.training.meter import EpochMeter
 from hpcvit.training.report import TaskReport
 from hpcvit.training.sampler import ShardSampler, StepPlan
 from hpcvit.training.state import TrainProgress, TrainState
@@ -108,6 +109,8 @@ class Trainer:
         self.scaler = optim.make_scaler(self.amp_dtype)
         self.loss_fn = nn.BCEWithLogitsLoss() if self.spec.data.task == "binary" else nn.MSELoss()
         self.guard = NonFiniteGuard(o.nonfinite, self.d)
+        self.meter = EpochMeter(self.d.device)
+        self._resumed_partial: dict[str, Any] | None = None
         self.progress = TrainProgress()
         self.state = TrainState(self.progress, {
             "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
@@ -158,6 +161,8 @@ class Trainer:
         self.state.load_state_dict(saved)
         if saved["world_size"] == self.d.world:
             distributed.set_rng_state(saved["rng"][self.d.rank], self.d)
+            partial = saved.get("epoch_partial")
+            self._resumed_partial = partial[self.d.rank] if partial else None
         else:
             self.report.log(f"checkpoint was written by {saved['world_size']} ranks, now {self.d.world}: "
                             f"restarting epoch {self.epoch} from its first batch (not bitwise-exact)")
@@ -168,10 +173,12 @@ class Trainer:
         self.guard.check(self.epoch, self.global_step)
         self.guard.check_weights(self.model, self.epoch, self.global_step)
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
+        partial = distributed.gather(self.meter.state_dict(), self.d)
         if self.d.main:
             extra = {"data_stats": self.data.stats.to_dict() if self.data.stats else None,
                      "target_scale": self.scale.to_dict() if self.scale else None,
-                     "scalar_scale": self.data.scalar_scale.to_dict() if self.data.scalar_scale else None}
+                     "scalar_scale": self.data.scalar_scale.to_dict() if self.data.scalar_scale else None,
+                     "epoch_partial": partial if self.step_in_epoch else None}
             state = self.state.state_dict(rng=rng, world_size=self.d.world, extra=extra)
             p = self.progress
             self.ckpt.save(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
@@ -254,9 +261,12 @@ class Trainer:
                               self.spec.optim.seed * 7919 + self.epoch)
         it = iter(loader)
         self.ddp.train()
-        # Summed on the device (float64, as Python floats would be): no host synchronisation per step.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.d.device)
-        n_seen, t0 = 0, time.perf_counter()
+        meter = self.meter
+        if self.step_in_epoch == 0:
+            meter.reset()
+        else:  # a resumed epoch continues the sums its checkpoint carried (or starts them, from an old one)
+            meter.reset(self._resumed_partial)
+        self._resumed_partial = None
         while True:
             due = (ck.every_minutes is not None and self.d.main
                    and time.monotonic() - self.last_save >= ck.every_minutes * 60)
@@ -283,14 +293,12 @@ class Trainer:
                 loss = self._backward(x, y, len(y) / n_samples, sync=m == n_micro - 1)
                 self.guard.observe(loss)
                 if o.nonfinite == "stop" or torch.isfinite(loss):  # skip_batch: skipped steps add no loss
-                    loss_sum += loss.double() * len(y)
-                    n_seen += len(y)
+                    meter.add(loss, len(y))
             self._optimizer_step()
             if ck.every_steps and self.global_step % ck.every_steps == 0:
                 self.save()
-        train_loss_sum = loss_sum.item()
-        elapsed = time.perf_counter() - t0
-        sums = distributed.gather((train_loss_sum, n_seen), self.d)
+        elapsed = meter.seconds
+        sums = distributed.gather((float(meter.loss_sum.item()), meter.samples), self.d)
         n_total = sum(n for _, n in sums)
         metrics = {"train_loss": sum(s for s, _ in sums) / max(n_total, 1),
                    "throughput_img_s": n_total / max(elapsed, 1e-9), "epoch_time_s": elapsed,
