@@ -85,6 +85,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(_run_table(sweep, None if args.all else 40))
     for line in checked:
         console.print(f"[green]checked[/] {escape(line)}")
+    from hpcvit.orchestrate import array_plan
+
+    console.print(f"[green]plan[/] {escape(array_plan(sweep))}")
     console.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
     return 0
 
@@ -98,8 +101,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         console.print(_run_table(sweep, None if args.all else 40))
         for line in checked:
             console.print(f"[green]checked[/] {escape(line)}")
-        console.rule(f"sbatch script ({'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
-        console.print(orchestrate.sbatch_preview(sweep, args.output_dir), markup=False, highlight=False)
+        console.print(f"[green]plan[/] {orchestrate.array_plan(sweep)}")
+        scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
+        for k, (tasks, script) in enumerate(scripts):
+            where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
+            console.rule(f"sbatch script ({where}{'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
+            console.print(script, markup=False, highlight=False)
         console.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
         return 0
     sweep_dir = orchestrate.create_sweep(sweep, Path(args.output_dir) if args.output_dir else None)
@@ -136,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(s) for s in statuses], default=str, indent=1))
     else:
         console.print(_status_table(sweep_dir, statuses))
-    orchestrate.close_lost_runs(sweep_dir, statuses)
+    orchestrate.finalize(sweep_dir, statuses)  # LOST runs closed; the parent run ended once the last task ended
     return 0
 
 

@@ -152,9 +152,10 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         task.write_state(state=TaskState.FAILED, message=summary, **ended)
         raise RuntimeError(f"task {task.key} failed: {summary} (log: {task.log})")
 
-    def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
-        """Called by submitit in its USR2 handler: let the trainer save, then be requeued."""
+    def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission | None:  # type: ignore[override]
+        """Called by submitit in its USR2 handler: let the trainer save, then be requeued (None: not requeued)."""
         proc = self._proc
+        task = SweepDir(Path(self.sweep_root)).task(index)
         if proc is not None:
             if not JobEnv.read().on_slurm:
                 signal_group(proc.pid, signal.SIGUSR2)
@@ -162,6 +163,17 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             deadline = time.monotonic() + SAVE_WAIT_S
             while pid_alive(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            task = SweepDir(Path(self.sweep_root)).task(index)
-            task.write_state(state=TaskState.PREEMPTED, message="time limit: checkpointed, requeued")
+            self._wait_for_trainer(task)
+        if task.result():  # the warning came after (or during) the last epoch: done, nothing to requeue
+            task.write_state(state=TaskState.COMPLETED, message="finished before its time limit")
+            return None
+        stops = int(task.state().get("time_limit_stops", 0)) + 1
+        limit = task.spec().resources.max_requeues
+        if stops > limit:
+            task.write_state(state=TaskState.TIMEOUT, time_limit_stops=stops,
+                             message=f"hit its time limit {stops} times (resources.max_requeues = {limit}); "
+                                     "checkpointed: `hpcvit resume` continues it")
+            return None
+        task.write_state(state=TaskState.PREEMPTED, time_limit_stops=stops, stop_cause="time_limit",
+                         message=f"time limit: checkpointed, requeued ({stops} of {limit})")
         return super().checkpoint(index)

@@ -62,13 +62,28 @@ def check_data(sweep: Sweep) -> list[str]:
     return checked
 
 
-def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> str:
-    """The sbatch script submitit would write for this sweep (nothing is created or submitted)."""
-    from hpcvit.submission import sbatch_script
+def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> list[tuple[range, str]]:
+    """(task indices, sbatch script) of each array submitit would write for this sweep (nothing is created or
+    submitted)."""
+    from hpcvit.submission import sbatch_scripts
 
     base = sweep.base
     folder = Path(output_dir or base.output_dir) / new_sweep_id(base.name) / "submitit"
-    return sbatch_script(base, folder, len(sweep.runs))
+    return sbatch_scripts(base, folder, len(sweep.runs))
+
+
+def array_plan(sweep: Sweep) -> str:
+    """How the sweep goes to the scheduler, in one line (validate and dry-run print it)."""
+    n = len(sweep.runs)
+    if sweep.base.executor != "slurm":
+        return f"{n} task(s) on the local executor, at most {sweep.base.resources.array_parallelism} at once"
+    from hpcvit.submission import max_array_size
+
+    size = max_array_size(sweep.base)
+    arrays = -(-n // size)
+    source = "resources.max_array_size" if sweep.base.resources.max_array_size else "the cluster's MaxArraySize"
+    return (f"{n} task(s) as {arrays} Slurm array(s) of at most {size} ({source}), each running at most "
+            f"{sweep.base.resources.array_parallelism} at once")
 
 
 def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool = True,
@@ -103,10 +118,30 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
         shutil.rmtree(sweep_dir.root, ignore_errors=True)
         raise
     if submit:
+        from hpcvit.submission import PartialSubmission
         from hpcvit.submission import submit as submit_tasks
 
-        submit_tasks(sweep_dir, list(range(len(specs))), base.executor, base)
+        try:
+            submit_tasks(sweep_dir, list(range(len(specs))), base.executor, base)
+        except PartialSubmission:
+            raise  # the ledger holds what went in; resume submits the rest
+        except BaseException:
+            _discard(sweep_dir)  # nothing went in: leave nothing behind
+            raise
     return sweep_dir
+
+
+def _discard(sweep_dir: SweepDir) -> None:
+    """Remove a sweep none of whose tasks was submitted: its folder, and its parent run in MLflow."""
+    m = sweep_dir.manifest
+    if m.get("parent_run_id"):
+        try:
+            from hpcvit.tracking import mlflow_client
+
+            mlflow_client(m["tracking_uri"]).delete_run(m["parent_run_id"])
+        except Exception as exc:  # noqa: BLE001 - the folder goes anyway; the run is marked FAILED if it can be
+            log.warning("could not delete the sweep's MLflow run %s (%s)", m["parent_run_id"], exc)
+    shutil.rmtree(sweep_dir.root, ignore_errors=True)
 
 
 def statuses(sweep_dir: SweepDir) -> list[TaskStatus]:
@@ -131,9 +166,20 @@ def wait(sweep_dir: SweepDir, on_update: Callable[[list[TaskStatus]], None] | No
     return current
 
 
-def close_lost_runs(sweep_dir: SweepDir, current: list[TaskStatus]) -> int:
-    """Mark the MLflow runs of LOST tasks KILLED (tag ``hpcvit.state=LOST``): a killed process cannot do it."""
-    return sum(_close_stale_run(sweep_dir, s.index, s.state) for s in current if s.state == TaskState.LOST)
+RECONCILED = frozenset({TaskState.LOST, TaskState.CANCELLED, TaskState.TIMEOUT})
+"""Terminal states that status derives when the record is stale (nobody was left to write them)."""
+
+
+def reconcile(sweep_dir: SweepDir, current: list[TaskStatus]) -> int:
+    """Write the true state where the record lags behind it (a LOST task, a job scancel'led or out of requeues):
+    into state.json and onto the MLflow run (closed KILLED), so that status, state.json and MLflow agree."""
+    fixed = 0
+    for s in current:
+        if s.state in RECONCILED and s.recorded != s.state:
+            sweep_dir.task(s.index).write_state(state=s.state, message=s.message)
+            _close_stale_run(sweep_dir, s.index, s.state)
+            fixed += 1
+    return fixed
 
 
 def _close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
@@ -147,16 +193,20 @@ def _close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
 
 
 def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> bool:
-    """Close the MLflow runs of LOST tasks and, once every task is terminal, the sweep's parent run (with its
+    """:func:`reconcile` stale records and, once every task is terminal, close the sweep's parent run (with its
     summary table and ROC overlay). True when the parent was finalised."""
     current = task_statuses(sweep_dir) if current is None else current
-    if any(s.state == TaskState.LOST for s in current):
-        close_lost_runs(sweep_dir, current)
-    if not (all_terminal(current) and sweep_dir.manifest.get("parent_run_id")):
+    reconcile(sweep_dir, current)
+    m = sweep_dir.manifest
+    if not (all_terminal(current) and m.get("parent_run_id")):
         return False
+    outcome = "FINISHED" if all(s.state in FINAL for s in current) else "FAILED"
+    if m.get("finalized") == outcome:  # done by whoever looked first (status, compare, wait, resume)
+        return True
     from hpcvit.compare import finalize_parent
 
-    finalize_parent(sweep_dir, all(s.state in FINAL for s in current))
+    finalize_parent(sweep_dir, outcome == "FINISHED")
+    sweep_dir.update_manifest(finalized=outcome)
     return True
 
 
@@ -170,21 +220,44 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
 
     with sweep_dir.lock("resume"):
         current = task_statuses(sweep_dir)
+        held = [s for s in current if s.state == TaskState.HELD and s.executor == "slurm"]
+        if held:  # held by Slurm (a launch failure after a node came back): released, they run again
+            import subprocess
+
+            subprocess.run(["scontrol", "release", *[s.job_id for s in held]], check=True, timeout=60,
+                           capture_output=True)
         todo = [s for s in current if s.state in RESUMABLE]
         if not todo:
-            return [], {}
+            return [s.index for s in held], {s.index: s.job_id for s in held}
         for s in todo:
             task = sweep_dir.task(s.index)
             _close_stale_run(sweep_dir, s.index, s.state)
             task.clear_cancel()
             if task.path.exists():
-                task.write_state(state=TaskState.SUBMITTED, message=f"resubmitted after {s.state}")
+                task.write_state(state=TaskState.SUBMITTED, message=f"resubmitted after {s.state}",
+                                 time_limit_stops=0, stop_cause=None)
         kind = executor or sweep_dir.manifest["executor"]
         indices = [s.index for s in todo]
         job_ids = submit(sweep_dir, indices, kind, sweep_dir.run_spec(indices[0]))
+        updates = {"finalized": None}  # the sweep runs again: its parent run will be finalised again
+        _reopen_parent(sweep_dir)
         if kind != sweep_dir.manifest["executor"]:
-            sweep_dir.update_manifest(executor=kind)
-        return indices, job_ids
+            updates["executor"] = kind
+        sweep_dir.update_manifest(**updates)
+        job_ids.update({s.index: s.job_id for s in held})
+        return [*(s.index for s in held), *indices], job_ids
+
+
+def _reopen_parent(sweep_dir: SweepDir) -> None:
+    """A resumed sweep's parent run is RUNNING again, its summary to be logged anew when the last task ends."""
+    m = sweep_dir.manifest
+    if not m.get("parent_run_id"):
+        return
+    from hpcvit.tracking import mlflow_client, names
+
+    client = mlflow_client(m["tracking_uri"])
+    client.update_run(m["parent_run_id"], status="RUNNING")
+    client.set_tag(m["parent_run_id"], names.SUMMARY_TAG, "pending")
 
 
 def cancel(sweep_dir: SweepDir) -> list[int]:

@@ -309,6 +309,9 @@ class ResourcesSpec(_Section):
     """Slurm account to charge."""
     qos: str | None = None
     """Slurm quality of service."""
+    max_array_size: int | None = Field(None, ge=1)
+    """Most tasks in one Slurm array; a larger sweep is submitted as several arrays (one ledger, one status).
+    Null reads ``MaxArraySize`` from ``scontrol show config`` (Slurm's default, 1001, when it cannot be read)."""
     array_parallelism: int = Field(16, ge=1)
     """Most tasks of the sweep running at once (``--array=0-N%K``; enforced on the local executor too)."""
     signal_delay_s: int = Field(120, ge=10)

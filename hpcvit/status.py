@@ -19,7 +19,7 @@ from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.procs import pid_alive, process_alive
 from hpcvit.states import TaskState, from_slurm
 
-SQUEUE_FORMAT = "%i|%T"
+SQUEUE_FORMAT = "%i|%T|%r"
 
 
 @dataclass
@@ -27,6 +27,9 @@ class TaskStatus:
     index: int
     label: str
     state: TaskState
+    """The true state."""
+    recorded: str
+    """What state.json says (the launcher's last record)."""
     job_id: str
     executor: str
     restarts: int
@@ -38,18 +41,20 @@ class TaskStatus:
     log: Path
 
 
-def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, str]:
-    """``squeue --array --format=%i|%T`` output -> Slurm state of each of ``job_ids`` (and their array ids)."""
+def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``squeue --array --format=%i|%T|%r`` output -> (Slurm state, reason) of each of ``job_ids`` (and of their
+    array ids)."""
     wanted = set(job_ids) | {j.split("_")[0] for j in job_ids}
-    states: dict[str, str] = {}
+    states: dict[str, tuple[str, str]] = {}
     for line in stdout.splitlines():
-        job, sep, state = line.strip().partition("|")
+        job, sep, rest = line.strip().partition("|")
         if sep and job in wanted:
-            states[job] = state.strip()
+            state, _, reason = rest.partition("|")
+            states[job] = (state.strip(), reason.strip())
     return states
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, str]:
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """State of each listed Slurm job (``A_i`` for array tasks) from ONE squeue call; absent = not queued.
 
     Asks for all of the user's jobs rather than ``--jobs=...``: one id that has aged out of the
@@ -68,13 +73,18 @@ def squeue_states(job_ids: list[str]) -> dict[str, str]:
 
 def effective_state(recorded: TaskState, executor: str, *, completed: bool, queue_state: str | None = None,
                     launcher_alive: bool = False, job_alive: bool = False,
-                    trainer_alive: Callable[[], bool] = lambda: False) -> TaskState:
+                    trainer_alive: Callable[[], bool] = lambda: False, stop_cause: str | None = None) -> TaskState:
     """The true state of a task from its record and what is alive.
 
     ``queue_state``: Slurm's state of its job (None: not in the queue); ``launcher_alive``: the local launcher
     recorded in state.json still runs; ``job_alive``: the local job's process still runs; ``trainer_alive``:
     asked only for a task whose launcher or job is gone, whether its trainer still holds the task's lock (its
-    ranks still saving): then it is RUNNING, not LOST, and ``resume`` leaves it alone.
+    ranks still saving): then it is RUNNING, not LOST, and ``resume`` leaves it alone; ``stop_cause``: why the
+    trainer last stopped at a checkpoint (``time_limit`` when the launcher saw the time-limit warning).
+
+    A Slurm task stopped at a checkpoint whose job left the queue was not requeued: after a time-limit warning
+    that is TIMEOUT (submitit's requeues are used up); after a SIGTERM it is CANCELLED (``scancel``; a preemption
+    or ``scontrol requeue`` puts the job back in the queue).
     """
     if completed:
         return TaskState.COMPLETED
@@ -87,6 +97,8 @@ def effective_state(recorded: TaskState, executor: str, *, completed: bool, queu
             return queued
         if recorded in stale:
             return TaskState.RUNNING if trainer_alive() else TaskState.LOST
+        if recorded == TaskState.PREEMPTED:
+            return TaskState.TIMEOUT if stop_cause == "time_limit" else TaskState.CANCELLED
         return recorded
     if executor == "local":
         if recorded in (TaskState.RUNNING, TaskState.QUEUED):
@@ -108,8 +120,8 @@ def _recorded(state: dict, job_id: str, task: TaskDir) -> TaskState:
         raise DamagedFileError(task.file(TaskDir.STATE), f"unknown state {value!r}") from None
 
 
-def task_statuses(sweep: SweepDir, queue: dict[str, str] | None = None) -> list[TaskStatus]:
-    """Every task's true state; ``queue`` (job id -> Slurm state) replaces the squeue call when given.
+def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = None) -> list[TaskStatus]:
+    """Every task's true state; ``queue`` (job id -> (Slurm state, reason)) replaces the squeue call when given.
 
     A task whose ledger files cannot be read is shown LOST with a message naming the damaged file (``resume``
     then starts it again and its launcher writes a new record), so one damaged file never hides the others.
@@ -124,15 +136,23 @@ def task_statuses(sweep: SweepDir, queue: dict[str, str] | None = None) -> list[
         try:
             state, progress = task.state(), task.progress()
             recorded = _recorded(state, job_id, task)
+            queued, reason = queue.get(job_id, (None, ""))
             effective = effective_state(
-                recorded, executor, completed=task.result() is not None, queue_state=queue.get(job_id),
+                recorded, executor, completed=task.result() is not None, queue_state=queued,
                 launcher_alive=process_alive(state.get("pid"), state.get("pid_start")),
-                job_alive=executor == "local" and pid_alive(job_id), trainer_alive=task.trainer_running)
+                job_alive=executor == "local" and pid_alive(job_id), trainer_alive=task.trainer_running,
+                stop_cause=state.get("stop_cause"))
             message = state.get("message", "")
+            if effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
+                message = f"{message}; its job ended without being requeued".lstrip("; ")
+            elif effective in (TaskState.HELD, TaskState.PENDING) and reason and reason != "None":
+                message = f"Slurm: {reason}" + ("; `hpcvit resume` releases it" if effective == TaskState.HELD else "")
         except DamagedFileError as exc:
             state, progress, effective, message = {}, {}, TaskState.LOST, f"damaged ledger file {exc}"
+            recorded = TaskState.LOST
         out.append(TaskStatus(
             index=task.index, label=labels[task.index] if task.index < len(labels) else "", state=effective,
+            recorded=str(recorded),
             job_id=job_id, executor=executor, restarts=int(state.get("restarts", 0)),
             epoch=progress.get("epoch"), epochs=progress.get("epochs"), metric=progress.get("metric"),
             best_metric=progress.get("best_metric"), message=message, log=task.log))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,15 +74,108 @@ def _detached_stdio(log: Path) -> Iterator[None]:
             os.close(copy)
 
 
+SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
+
+
+def slurm_config() -> dict[str, str]:
+    """``scontrol show config`` as a mapping (empty when scontrol is missing or fails)."""
+    if shutil.which("scontrol") is None:
+        return {}
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    out = {}
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def max_array_size(spec: JobSpec, config: dict[str, str] | None = None) -> int:
+    """Most tasks per array: the spec's ``resources.max_array_size``, else the cluster's MaxArraySize (an array
+    holds indices 0 .. MaxArraySize - 1), else Slurm's default."""
+    if spec.resources.max_array_size is not None:
+        return spec.resources.max_array_size
+    value = (slurm_config() if config is None else config).get("MaxArraySize", "")
+    return int(value) if value.isdigit() and int(value) > 0 else SLURM_DEFAULT_MAX_ARRAY_SIZE
+
+
+def array_chunks(indices: list[int], size: int) -> list[list[int]]:
+    """``indices`` cut into arrays of at most ``size`` tasks, in order."""
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+class SubmissionError(RuntimeError):
+    """The scheduler refused a submission; ``str()`` is its one-line reason."""
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """fd 2 into a buffer while sbatch runs (submitit lets its stderr through); the lines, for the error."""
+    import tempfile
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            lines.extend(buf.read().decode(errors="replace").splitlines())
+
+
+def _refusal(exc: BaseException, stderr: list[str] | None = None) -> SubmissionError:
+    lines = [line.strip() for line in [*(stderr or []), *str(exc).splitlines()] if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return SubmissionError(f"the scheduler refused the submission: {(errors or lines or [type(exc).__name__])[-1]}")
+
+
+class PartialSubmission(RuntimeError):
+    """Some arrays of a submission went in, a later one failed; the ledger holds the ones that went in."""
+
+    def __init__(self, submitted: dict[int, str], remaining: list[int], cause: BaseException):
+        self.submitted, self.remaining = submitted, remaining
+        super().__init__(f"submitted {len(submitted)} task(s), then sbatch failed for the other {len(remaining)} "
+                         f"({str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__}); "
+                         "`hpcvit resume` submits the rest")
+
+
 def submit(sweep: SweepDir, indices: list[int], kind: Executor, spec: JobSpec) -> dict[int, str]:
-    """Submit the given task indices as one array; record and return task index -> job id."""
+    """Submit the given task indices as one array (several on Slurm when they exceed its array size); record
+    each array in the ledger as it goes in and return task index -> job id."""
     executor = make_executor(kind, sweep.submitit_dir, spec)
     detach = _detached_stdio(sweep.submitit_dir / "local-jobs.log") if kind == "local" else contextlib.nullcontext()
-    with detach:
-        jobs = executor.map_array(TaskLauncher(str(sweep.root)), indices)
-    job_ids = {i: job.job_id for i, job in zip(indices, jobs)}
-    sweep.record_submission(job_ids, kind)
+    chunks = array_chunks(indices, max_array_size(spec)) if kind == "slurm" else [indices]
+    job_ids: dict[int, str] = {}
+    for k, chunk in enumerate(chunks):
+        stderr: list[str] = []
+        try:
+            with detach if k == 0 else contextlib.nullcontext(), \
+                    (_captured_stderr() if kind == "slurm" else contextlib.nullcontext([])) as stderr:
+                jobs = executor.map_array(TaskLauncher(str(sweep.root)), chunk)
+        except Exception as exc:
+            if not job_ids:
+                raise _refusal(exc, stderr) from exc
+            raise PartialSubmission(job_ids, [i for c in chunks[k:] for i in c], _refusal(exc, stderr)) from exc
+        ids = {i: job.job_id for i, job in zip(chunk, jobs)}
+        sweep.record_submission(ids, kind)
+        job_ids.update(ids)
     return job_ids
+
+
+def sbatch_scripts(spec: JobSpec, folder: Path, n_tasks: int, config: dict[str, str] | None = None
+                   ) -> list[tuple[range, str]]:
+    """(task indices, sbatch script) of each array a sweep of ``n_tasks`` is submitted as (nothing is submitted)."""
+    size = max_array_size(spec, config)
+    return [(range(lo, min(lo + size, n_tasks)), sbatch_script(spec, folder, min(size, n_tasks - lo)))
+            for lo in range(0, n_tasks, size)]
 
 
 def sbatch_script(spec: JobSpec, folder: Path, n_tasks: int) -> str:

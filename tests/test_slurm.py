@@ -179,3 +179,64 @@ sweep:
     wait_for(lambda: sweep.task(1).state().get("state") == "FAILED", 300, "task 1 to fail again")
     again = hpcvit("resume", cwd=workdir)
     assert "resubmitted 1 task(s)" in again.stdout and "[1]" in again.stdout
+
+
+def test_a_sweep_larger_than_an_array_is_split_and_completes(workdir: Path) -> None:
+    from hpcvit.submission import max_array_size, slurm_config
+    from hpcvit.sweep import load_sweep
+
+    assert slurm_config().get("MaxArraySize", "").isdigit(), "the cluster's limit is read from scontrol"
+    spec = slurm_spec(workdir, "split", n=480, epochs=1, extra="""
+sweep:
+  grid:
+    optim.lr: [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]
+""")
+    text = spec.read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  max_array_size: 2")
+    spec.write_text(text)
+    assert max_array_size(load_sweep(spec).base) == 2
+    dry = hpcvit("submit", str(spec), "--dry-run", cwd=workdir)
+    assert "5 task(s) as 3 Slurm array(s) of at most 2" in dry.stdout.replace("\n", " ")
+    assert dry.stdout.count("#!/bin/bash") == 3 and dry.stdout.count("#SBATCH --array=0-1%2") == 2
+    proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = find_sweep(None, workdir / "runs")
+    records = sweep.submissions()
+    assert [sorted(map(int, r["jobs"])) for r in records] == [[0, 1], [2, 3], [4]]
+    assert len({job.split("_")[0] for r in records for job in r["jobs"].values()}) == 3
+    states = [t["state"] for t in json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)]
+    assert states == ["COMPLETED"] * 5
+    assert sorted(r.info.status for r in children(sweep)) == ["FINISHED"] * 5
+
+
+def test_a_refused_submission_leaves_nothing_behind(workdir: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = slurm_spec(workdir, "refused", n=480, epochs=1)
+    spec.write_text(spec.read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  partition: nosuch"))
+    proc = hpcvit("submit", str(spec), cwd=workdir)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "nosuch" in proc.stderr or "partition" in proc.stderr.lower(), proc.stderr
+    assert not [p for p in (workdir / "runs").iterdir() if (p / "manifest.json").exists()]
+    client = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    assert all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def test_plain_scancel_ends_cancelled_in_status_ledger_and_mlflow(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "scancel", n=2400, epochs=20)
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(0)
+    wait_for(lambda: any(task.checkpoints.glob("ckpt-*.json")) if task.checkpoints.exists() else False, 300,
+             "a first checkpoint")
+    job = sweep.latest_jobs()[0][0]
+    subprocess.run(["scancel", job], check=True)
+    wait_for(lambda: queue_state(job) == "", 180, "the job to leave the queue")
+    wait_for(lambda: not any(task.checkpoints.glob(".*.tmp")), 30, "the last checkpoint write to end")
+    status = json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[0]
+    assert status["state"] == "CANCELLED", status
+    assert task.state()["state"] == "CANCELLED"
+    (run,) = children(sweep)
+    assert run.info.status == "KILLED" and run.data.tags["hpcvit.state"] == "CANCELLED"
+    resumed = hpcvit("resume", cwd=workdir)
+    assert resumed.returncode == 0 and "resubmitted 1 task(s)" in resumed.stdout
+    subprocess.run(["scancel", sweep.latest_jobs()[0][0]], check=False)

@@ -20,11 +20,13 @@ S = TaskState
 
 def test_parse_squeue_keeps_only_the_sweeps_jobs() -> None:
     out = "\n".join([
-        "4242_0|RUNNING", "4242_1|PENDING", " 4242_7|REQUEUE_HOLD ", "999_0|RUNNING", "", "garbage line",
-        "4243|COMPLETING", "4244_[2-9%4]|PENDING",
+        "4242_0|RUNNING|None", "4242_1|PENDING|Resources", " 4242_7|REQUEUE_HOLD|launch failed requeued held ",
+        "999_0|RUNNING|None", "", "garbage line", "4243|COMPLETING|None", "4244_[2-9%4]|PENDING|Priority",
     ])
     states = parse_squeue(out, ["4242_0", "4242_1", "4242_7", "4243", "4244_3"])
-    assert states == {"4242_0": "RUNNING", "4242_1": "PENDING", "4242_7": "REQUEUE_HOLD", "4243": "COMPLETING"}
+    assert {k: v[0] for k, v in states.items()} == {"4242_0": "RUNNING", "4242_1": "PENDING", "4242_7": "REQUEUE_HOLD",
+                                                   "4243": "COMPLETING"}
+    assert states["4242_7"][1] == "launch failed requeued held" and states["4242_1"][1] == "Resources"
     assert parse_squeue("", ["1_0"]) == {}
 
 
@@ -41,6 +43,10 @@ def test_slurm_states_map_onto_task_states() -> None:
     (S.SUBMITTED, "slurm", {"queue_state": "PENDING"}, S.PENDING),
     (S.PREEMPTED, "slurm", {"queue_state": "PENDING"}, S.REQUEUED),
     (S.PREEMPTED, "slurm", {"queue_state": "RUNNING"}, S.RUNNING),
+    (S.PREEMPTED, "slurm", {}, S.CANCELLED),
+    (S.PREEMPTED, "slurm", {"stop_cause": "time_limit"}, S.TIMEOUT),
+    (S.RUNNING, "slurm", {"queue_state": "REQUEUE_HOLD"}, S.HELD),
+    (S.TIMEOUT, "slurm", {}, S.TIMEOUT),
     (S.RUNNING, "slurm", {}, S.LOST),
     (S.SUBMITTED, "slurm", {}, S.LOST),
     (S.FAILED, "slurm", {}, S.FAILED),
@@ -77,7 +83,7 @@ def test_task_statuses_of_a_real_ledger(tmp_path: Path) -> None:
         sweep.task(3).write_state(state=S.RUNNING, pid=alive.pid, pid_start=process_start_time(alive.pid))
         sweep.task(4).write_state(state=S.RUNNING, pid=dead.pid, pid_start=12345)
         sweep.task(0).write_progress({"epoch": 3, "epochs": 5, "metric": "val_roc_auc", "best_metric": 0.9})
-        got = task_statuses(sweep, queue={"100_0": "RUNNING"})
+        got = task_statuses(sweep, queue={"100_0": ("RUNNING", "None")})
     finally:
         alive.kill()
         alive.wait()
@@ -94,7 +100,7 @@ def test_a_damaged_ledger_file_is_named_and_does_not_hide_the_other_tasks(tmp_pa
     sweep.task(1).ensure()
     (sweep.task(1).path / "state.json").write_text('{"state": "RUNN')
     sweep.task(2).write_state(state="BOGUS")
-    got = task_statuses(sweep, queue={"7_0": "PENDING"})
+    got = task_statuses(sweep, queue={"7_0": ("PENDING", "Priority")})
     assert [s.state for s in got] == [S.PENDING, S.LOST, S.LOST]
     assert "tasks/00001/state.json: damaged JSON" in got[1].message
     assert "unknown state 'BOGUS'" in got[2].message

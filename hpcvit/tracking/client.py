@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,7 +11,7 @@ from typing import Any
 _DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "MLFLOW_LOGGING_LEVEL": "WARNING",
 }
 
 
@@ -20,4 +21,7 @@ def mlflow_client(uri: str) -> Any:
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
 
+    # mlflow sets its own logger to INFO when imported: its migration and URL lines are not hpcvit's output
+    logging.getLogger("mlflow").setLevel(max(logging.getLogger("mlflow").level, logging.WARNING))
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return MlflowClient(uri)

@@ -35,10 +35,10 @@ def terminate_run(uri: str, run_id: str, status: str = "KILLED", state: str | No
     """Close a run left RUNNING by a process that died; True if it was changed."""
     client = mlflow_client(uri)
     run = client.get_run(run_id)
+    if state and run.data.tags.get(names.STATE_TAG) != str(state):
+        client.set_tag(run_id, names.STATE_TAG, str(state))
     if run.info.status != "RUNNING":
         return False
-    if state:
-        client.set_tag(run_id, names.STATE_TAG, str(state))
     client.set_terminated(run_id, status)
     return True
 
