@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def _status_table(sweep_dir: Any, statuses: list[Any]) -> Table:
     for s in statuses:
         epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
         best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
-        note = s.message if s.state in _SHOW_MESSAGE and s.message else str(s.log.relative_to(sweep_dir.root))
+        note = s.message if s.state in _SHOW_MESSAGE and s.message else os.path.relpath(s.log, sweep_dir.root)
         table.add_row(str(s.index), s.label, f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
                       str(s.restarts), epoch, best, escape(note))
     return table
@@ -139,8 +139,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     sweep_dir = _sweep(args)
     statuses = orchestrate.statuses(sweep_dir)
-    if args.format == "json":
-        print(json.dumps([asdict(s) for s in statuses], default=str, indent=1))
+    if args.format == "json":  # one task per line: large sweeps print fast and grep well
+        rows = [json.dumps({f: str(v) if f == "state" else v for f, v in vars(s).items()}) for s in statuses]
+        print("[\n" + ",\n".join(rows) + "\n]")
     else:
         console.print(_status_table(sweep_dir, statuses))
     orchestrate.finalize(sweep_dir, statuses)  # LOST runs closed; the parent run ended once the last task ended

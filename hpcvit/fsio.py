@@ -128,7 +128,8 @@ def read_json(path: Path, default: Any = _MISSING) -> Any:
     A file that exists but is not valid JSON raises :class:`DamagedFileError` naming it.
     """
     try:
-        text = Path(path).read_text()
+        with open(path) as f:
+            text = f.read()
     except FileNotFoundError:
         if default is _MISSING:
             raise

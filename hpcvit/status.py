@@ -8,12 +8,13 @@ is gone is LOST.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from hpcvit import fsio
 from hpcvit.fsio import DamagedFileError
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.procs import pid_alive, process_alive
@@ -38,7 +39,8 @@ class TaskStatus:
     metric: str | None
     best_metric: float | None
     message: str
-    log: Path
+    log: str
+    """Path of the task's training log."""
 
 
 def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -131,17 +133,24 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
     if queue is None:
         queue = squeue_states([j for j, ex in latest.values() if ex == "slurm"])
     out = []
-    for task in sweep.tasks():
-        job_id, executor = latest.get(task.index, ("", ""))
+    tasks_dir = os.path.join(str(sweep.root), "tasks")
+    for index in range(sweep.n_tasks):  # plain string paths: a 5,000-task sweep is 10,000+ file reads
+        task = sweep.task(index)
+        folder = os.path.join(tasks_dir, f"{index:05d}")
+        job_id, executor = latest.get(index, ("", ""))
         try:
-            state, progress = task.state(), task.progress()
+            state = fsio.read_json(os.path.join(folder, TaskDir.STATE), {})
+            progress = fsio.read_json(os.path.join(folder, TaskDir.PROGRESS), {})
             recorded = _recorded(state, job_id, task)
             queued, reason = queue.get(job_id, (None, ""))
+            local = executor == "local"
             effective = effective_state(
-                recorded, executor, completed=task.result() is not None, queue_state=queued,
-                launcher_alive=process_alive(state.get("pid"), state.get("pid_start")),
-                job_alive=executor == "local" and pid_alive(job_id), trainer_alive=task.trainer_running,
-                stop_cause=state.get("stop_cause"))
+                recorded, executor, completed=_has_result(os.path.join(folder, TaskDir.RESULT)),
+                queue_state=queued,
+                launcher_alive=local and recorded in (TaskState.RUNNING, TaskState.QUEUED)
+                and process_alive(state.get("pid"), state.get("pid_start")),
+                job_alive=local and recorded in (TaskState.SUBMITTED, TaskState.PREEMPTED) and pid_alive(job_id),
+                trainer_alive=task.trainer_running, stop_cause=state.get("stop_cause"))
             message = state.get("message", "")
             if effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
                 message = f"{message}; its job ended without being requeued".lstrip("; ")
@@ -155,5 +164,13 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
             recorded=str(recorded),
             job_id=job_id, executor=executor, restarts=int(state.get("restarts", 0)),
             epoch=progress.get("epoch"), epochs=progress.get("epochs"), metric=progress.get("metric"),
-            best_metric=progress.get("best_metric"), message=message, log=task.log))
+            best_metric=progress.get("best_metric"), message=message, log=os.path.join(folder, TaskDir.LOG)))
     return out
+
+
+def _has_result(path: str) -> bool:
+    """Whether ``result.json`` exists with content (it is written atomically: present means complete)."""
+    try:
+        return os.path.getsize(path) > 2
+    except OSError:
+        return False
