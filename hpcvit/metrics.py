@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+
+# scikit-learn is imported where it is used: it costs a second and a half of every trainer's start-up.
 
 
 def primary_metric(task: str, choice: str = "auto") -> tuple[str, str]:
@@ -29,6 +30,8 @@ def rejection_at(y: np.ndarray, score: np.ndarray, signal_eff: float) -> float:
     When no background event passes, eps_B is bounded by one event: the rejection is reported as the
     number of background events (a lower bound), never as infinity.
     """
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(y, score)
     n_bkg = int(np.sum(y < 0.5))
     eps_b = max(float(np.interp(signal_eff, tpr, fpr)), 1.0 / max(n_bkg, 1))
@@ -46,6 +49,8 @@ def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str, target_std: 
         loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
         metrics = {"loss": loss, "accuracy": float(np.mean((p > 0.5) == (y > 0.5)))}
         if 0 < y.sum() < len(y):
+            from sklearn.metrics import roc_auc_score
+
             metrics["roc_auc"] = float(roc_auc_score(y, out))
             metrics["rejection_at_eff_0.3"] = rejection_at(y, out, 0.3)
             metrics["rejection_at_eff_0.5"] = rejection_at(y, out, 0.5)

@@ -82,7 +82,6 @@ class Trainer:
         self.scale = self.data.target_scale
         model = self._build_model()
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.gflops = _gflops(model, self.data.in_chans, self.data.img_size) if self.d.main else None
         model.train()
         self.model = model.to(self.d.device)
         if o.channels_last:
@@ -135,6 +134,14 @@ class Trainer:
         from hpcvit.models.fusion import FUSION_WIDTH, ScalarFusion
 
         return ScalarFusion(build_model(m.name, data.in_chans, data.img_size, FUSION_WIDTH, **m.kwargs), data.n_scalars)
+
+    def _fresh_model(self) -> nn.Module:
+        """A new copy of the model (for the FLOP count, which must not touch the trained one or its RNG)."""
+        state = torch.get_rng_state()
+        try:
+            return self._build_model()
+        finally:
+            torch.set_rng_state(state)
 
     def _make_ema(self) -> nn.Module:
         from timm.utils.model_ema import ModelEmaV3
@@ -335,13 +342,15 @@ class Trainer:
     def _facts(self) -> dict[str, Any]:
         """What the MLflow run records beside the spec."""
         info = self.data.info
-        return {"model.n_params": self.n_params, "model.gflops": self.gflops, "data.fingerprint": info["fingerprint"],
+        return {"model.n_params": self.n_params, "model.gflops": _gflops(self._fresh_model(), self.data.in_chans,
+                                                                          self.data.img_size),
+                "data.fingerprint": info["fingerprint"],
                 "data.n_train": info["n_train"], "data.n_val": info["n_val"], "dist.world_size": self.d.world,
                 "data.positive_fraction_train": info.get("positive_fraction_train")}
 
     def run(self) -> int:
         self.last_save = time.monotonic()
-        self.report.open_tracking(self._facts())
+        self.report.open_tracking(self._facts)
         o = self.spec.optim
         extras = [f"{self.accum} micro-batches per step" if self.accum > 1 else "",
                   f"EMA {o.ema_decay}" if self.ema is not None else "", "compiled" if self.compiled else "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 import subprocess
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -57,8 +58,9 @@ class TaskReport:
             self.task.write_progress(report)
 
     # -- tracking -----------------------------------------------------------------------------------
-    def open_tracking(self, facts: dict[str, Any]) -> None:
-        """Open (or continue) the task's MLflow run with its tags, parameters and spec."""
+    def open_tracking(self, facts: Callable[[], dict[str, Any]]) -> None:
+        """Open (or continue) the task's MLflow run with its tags, parameters and spec; ``facts()`` (parameter
+        count, FLOPs, data facts) is asked for only by a new run: a resumed one has them already."""
         if not self.main:
             return
         from hpcvit.tracking.task_run import TaskTracker
@@ -73,11 +75,12 @@ class TaskReport:
             names.MODEL_TAG: spec.model.name, names.DATASET_TAG: spec.data.format,
             names.SLURM_JOB_TAG: self.env.scheduler_job, names.RESTARTS_TAG: str(self.env.restarts),
             names.HOST_TAG: socket.gethostname(), names.STATE_TAG: str(TaskState.RUNNING)})
-        params = names.flatten(spec.model_dump(mode="json"))
-        params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
-                       "torch.version": package_version("torch"), "timm.version": package_version("timm"),
-                       **facts})
-        self.tracker.log_params(params)
+        if not self.tracker.resumed:
+            params = names.flatten(spec.model_dump(mode="json"))
+            params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
+                           "torch.version": package_version("torch"), "timm.version": package_version("timm"),
+                           **facts()})
+            self.tracker.log_params(params)
         if not self.tracker.resumed:
             self.tracker.log_text(spec.model_dump_json(indent=1), "spec.json")
         self.log(f"MLflow run {self.tracker.run_id} ({'continued' if self.tracker.resumed else 'new'})")
