@@ -205,7 +205,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
-    from hpcvit.compare import compare_rows, compare_table, plot_overlay, render, seed_table
+    from hpcvit.compare import (
+        compare_rows,
+        compare_table,
+        plot_overlay,
+        render,
+        seed_table,
+    )
 
     sweep_dir = _sweep(args)
     orchestrate.finalize(sweep_dir)

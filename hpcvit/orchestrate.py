@@ -226,6 +226,7 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
 
             subprocess.run(["scontrol", "release", *[s.job_id for s in held]], check=True, timeout=60,
                            capture_output=True)
+            log.info("released %d held job(s) of %s: %s", len(held), sweep_dir.sweep_id, [s.job_id for s in held])
         todo = [s for s in current if s.state in RESUMABLE]
         if not todo:
             return [s.index for s in held], {s.index: s.job_id for s in held}

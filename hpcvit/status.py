@@ -143,6 +143,8 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
             progress = fsio.read_json(os.path.join(folder, TaskDir.PROGRESS), {})
             recorded = _recorded(state, job_id, task)
             queued, reason = queue.get(job_id, (None, ""))
+            if queued == "PENDING" and reason.startswith("JobHeld"):  # scontrol hold (user or admin)
+                queued = "REQUEUE_HOLD"
             local = executor == "local"
             effective = effective_state(
                 recorded, executor, completed=_has_result(os.path.join(folder, TaskDir.RESULT)),

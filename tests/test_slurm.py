@@ -240,3 +240,20 @@ def test_plain_scancel_ends_cancelled_in_status_ledger_and_mlflow(workdir: Path)
     resumed = hpcvit("resume", cwd=workdir)
     assert resumed.returncode == 0 and "resubmitted 1 task(s)" in resumed.stdout
     subprocess.run(["scancel", sweep.latest_jobs()[0][0]], check=False)
+
+
+def test_a_held_job_shows_held_with_its_reason_and_resume_releases_it(workdir: Path) -> None:
+    spec = slurm_spec(workdir, "held", n=480, epochs=1)
+    text = spec.read_text().replace("array_parallelism: 2", "array_parallelism: 2\n  sbatch_extra: {begin: now+300}")
+    spec.write_text(text)  # it waits five minutes before it may start: time to hold it while pending
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    job = sweep.latest_jobs()[0][0]
+    subprocess.run(["scontrol", "hold", job], check=True)
+    status = json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[0]
+    assert status["state"] == "HELD" and "JobHeld" in status["message"], status
+    resumed = hpcvit("resume", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 300, "the released task to complete")
+    assert [s.split("_")[0] for s in (sweep.latest_jobs()[0][0],)] == [job.split("_")[0]], "released, not resubmitted"

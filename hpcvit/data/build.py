@@ -20,7 +20,14 @@ import numpy as np
 
 from hpcvit.data.dataset import ImageDataset
 from hpcvit.data.formats import open_store
-from hpcvit.data.preprocess import ChannelStats, ScalarScale, TargetScale, channel_stats, check_finite, check_stats
+from hpcvit.data.preprocess import (
+    ChannelStats,
+    ScalarScale,
+    TargetScale,
+    channel_stats,
+    check_finite,
+    check_stats,
+)
 from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
 from hpcvit.data.store import DataError
 from hpcvit.spec import DataSpec, data_fields

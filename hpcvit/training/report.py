@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
 import subprocess
+import threading
+from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,19 @@ class TaskReport:
 
     def __init__(self, task: TaskDir, spec: JobSpec, main: bool, env: JobEnv):
         self.task, self.spec, self.main, self.env = task, spec, main, env
-        self.tracker: Any = None
+        self._tracker: Any = None
+        self._opening: threading.Thread | None = None
+        self._open_error: BaseException | None = None
+
+    @property
+    def tracker(self) -> Any:
+        """The task's :class:`TaskTracker` once it is open (waits for :meth:`open_tracking`'s thread)."""
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+            if self._open_error is not None:
+                raise self._open_error
+        return self._tracker
 
     def log(self, msg: str) -> None:
         if self.main:
@@ -59,31 +72,46 @@ class TaskReport:
 
     # -- tracking -----------------------------------------------------------------------------------
     def open_tracking(self, facts: Callable[[], dict[str, Any]]) -> None:
-        """Open (or continue) the task's MLflow run with its tags, parameters and spec; ``facts()`` (parameter
-        count, FLOPs, data facts) is asked for only by a new run: a resumed one has them already."""
+        """Open (or continue) the task's MLflow run with its tags, parameters and spec, in a thread, so that
+        training starts meanwhile (importing MLflow and opening the run take seconds of every restart); the
+        first use of :attr:`tracker` waits for it. ``facts()`` (parameter count, FLOPs, data facts) is asked for
+        only by a new run, here in the calling thread (it builds a model, which draws random numbers)."""
         if not self.main:
             return
-        from hpcvit.tracking.task_run import TaskTracker
-
         m = self.task.sweep.manifest
         if not m.get("tracking_uri"):
             self.log("no tracking store in the sweep's manifest: this run is not logged to MLflow")
             return
+        known = None if self.task.run_id() is None else {}
+        extra = facts() if known is None else known
+
+        def open_run() -> None:
+            try:
+                self._open(m, extra)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread by .tracker
+                self._open_error = exc
+
+        self._opening = threading.Thread(target=open_run, name="hpcvit-tracking-open", daemon=True)
+        self._opening.start()
+
+    def _open(self, m: dict[str, Any], facts: dict[str, Any]) -> None:
+        from hpcvit.tracking.task_run import TaskTracker
+
         spec = self.spec
-        self.tracker = TaskTracker(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], self.task, tags={
+        tracker = TaskTracker(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], self.task, tags={
             names.SWEEP_ID_TAG: self.task.sweep.sweep_id, names.TASK_INDEX_TAG: str(self.task.index),
             names.MODEL_TAG: spec.model.name, names.DATASET_TAG: spec.data.format,
             names.SLURM_JOB_TAG: self.env.scheduler_job, names.RESTARTS_TAG: str(self.env.restarts),
             names.HOST_TAG: socket.gethostname(), names.STATE_TAG: str(TaskState.RUNNING)})
-        if not self.tracker.resumed:
+        if not tracker.resumed:
             params = names.flatten(spec.model_dump(mode="json"))
             params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
                            "torch.version": package_version("torch"), "timm.version": package_version("timm"),
-                           **facts()})
-            self.tracker.log_params(params)
-        if not self.tracker.resumed:
-            self.tracker.log_text(spec.model_dump_json(indent=1), "spec.json")
-        self.log(f"MLflow run {self.tracker.run_id} ({'continued' if self.tracker.resumed else 'new'})")
+                           **facts})
+            tracker.log_params(params)
+            tracker.log_text(spec.model_dump_json(indent=1), "spec.json")
+        self._tracker = tracker
+        self.log(f"MLflow run {tracker.run_id} ({'continued' if tracker.resumed else 'new'})")
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.tracker is not None:
