@@ -18,9 +18,12 @@ from rich.table import Table
 from hpcvit.fsio import DamagedFileError, describe_os_error
 from hpcvit.states import EXECUTORS, FINAL, TaskState
 from hpcvit.sweep import Sweep, load_sweep
+from hpcvit.tables import Column, console_width, fit
 from hpcvit.yamlio import SpecError
 
-console = Console()
+# In a pipe nothing wraps (a script, a CSV, a file:line error must survive `> file`, `| grep`); on a terminal
+# tables fit its width (hpcvit.tables).
+console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2
@@ -33,35 +36,42 @@ _SHOW_MESSAGE = {TaskState.FAILED, TaskState.PREEMPTED, TaskState.CANCELLED, Tas
                  TaskState.TIMEOUT}
 
 
-def _run_table(sweep: Sweep, limit: int | None) -> Table:
+def _width(out: Console) -> int:
+    return console_width(out)
+
+
+def _run_table(sweep: Sweep, limit: int | None, out: Console) -> Table:
     keys = [k for k in (sweep.runs[0].overrides if sweep.runs else {}) if k != "model.name"]
-    table = Table(title=f"{sweep.base.name}: {len(sweep.runs)} run(s) from {sweep.file}")
-    for col in ("#", "model", *keys, "epochs", "batch", "ranks", "executor"):
-        table.add_column(col, justify="right" if col in ("#", "epochs", "batch", "ranks") else "left")
+    columns = [Column("#", numeric=True), Column("model"), *(Column(k.rsplit(".", 1)[-1], priority=1) for k in keys),
+               Column("epochs", numeric=True, priority=2), Column("batch", numeric=True, priority=3),
+               Column("ranks", numeric=True, priority=4), Column("executor", priority=5)]
     runs = sweep.runs
     shown = runs if limit is None or len(runs) <= limit else runs[: limit - 3] + runs[-3:]
+    rows = []
     for i, run in enumerate(shown):
         if limit is not None and len(runs) > limit and i == limit - 3:
-            table.add_row("...", f"{len(runs) - limit} more", *([""] * (len(keys) + 4)))
+            rows.append(["...", f"{len(runs) - limit} more", *([""] * (len(keys) + 4))])
         s = run.spec
         r = s.resources
-        table.add_row(str(run.index), s.model.name, *(str(run.overrides[k]) for k in keys), str(s.optim.epochs),
-                      str(s.optim.batch_size), f"{r.nodes}x{r.procs_per_node}", s.executor)
-    return table
+        rows.append([str(run.index), s.model.name, *(escape(str(run.overrides[k])) for k in keys),
+                     str(s.optim.epochs), str(s.optim.batch_size), f"{r.nodes}x{r.procs_per_node}", s.executor])
+    return fit(f"{sweep.base.name}: {len(sweep.runs)} run(s) from {sweep.file}", columns, rows, _width(out))
 
 
-def _status_table(sweep_dir: Any, statuses: list[Any]) -> Table:
+def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
     metric = next((s.metric for s in statuses if s.metric), "metric")
-    table = Table(title=f"sweep {sweep_dir.sweep_id} ({sweep_dir.root})")
-    for col in ("#", "run", "state", "job", "restarts", "epoch", f"best {metric}", "log / message"):
-        table.add_column(col, overflow="fold")
+    columns = [Column("#", numeric=True), Column("run", priority=2), Column("state", min_width=9),
+               Column("job", priority=3), Column("restarts", numeric=True, priority=4),
+               Column("epoch", numeric=True, priority=1), Column(f"best {metric.removeprefix('val_')}", numeric=True),
+               Column("log / message", priority=1, min_width=12)]
+    rows = []
     for s in statuses:
         epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
         best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
         note = s.message if s.state in _SHOW_MESSAGE and s.message else os.path.relpath(s.log, sweep_dir.root)
-        table.add_row(str(s.index), s.label, f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
-                      str(s.restarts), epoch, best, escape(note))
-    return table
+        rows.append([str(s.index), escape(s.label), f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
+                     str(s.restarts), epoch, best, escape(note)])
+    return fit(f"sweep {sweep_dir.sweep_id}", columns, rows, _width(out))
 
 
 def _load(path: str, executor: str | None = None, data: bool = True) -> tuple[Sweep, list[str]]:
@@ -82,7 +92,7 @@ def _sweep(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     sweep, checked = _load(args.spec, data=not args.no_data)
-    console.print(_run_table(sweep, None if args.all else 40))
+    console.print(_run_table(sweep, None if args.all else 40, console))
     for line in checked:
         console.print(f"[green]checked[/] {escape(line)}")
     from hpcvit.orchestrate import array_plan
@@ -98,23 +108,44 @@ def cmd_submit(args: argparse.Namespace) -> int:
     sweep, checked = _load(args.spec, args.executor)
     kind = sweep.base.executor
     if args.dry_run:
-        console.print(_run_table(sweep, None if args.all else 40))
-        for line in checked:
-            console.print(f"[green]checked[/] {escape(line)}")
-        console.print(f"[green]plan[/] {orchestrate.array_plan(sweep)}")
-        scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
-        for k, (tasks, script) in enumerate(scripts):
-            where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
-            console.rule(f"sbatch script ({where}{'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
-            console.print(script, markup=False, highlight=False)
-        console.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
-        return 0
+        return _dry_run(sweep, checked, args)
     sweep_dir = orchestrate.create_sweep(sweep, Path(args.output_dir) if args.output_dir else None)
     console.print(f"submitted sweep [bold]{sweep_dir.sweep_id}[/] ({len(sweep.runs)} task(s), executor {kind}) "
                   f"-> {sweep_dir.root}")
     if args.wait:
         return _wait_and_compare(sweep_dir, args)
     console.print(f"follow it with: hpcvit status {sweep_dir.sweep_id}")
+    return 0
+
+
+def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
+    """On a terminal: the runs, the checks, the plan and the script(s). In a pipe or with ``-o``: exactly the
+    sbatch script(s) on stdout (or in the file), one per array, everything else on stderr."""
+    from hpcvit import orchestrate
+
+    kind = sweep.base.executor
+    scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
+    script_only = bool(args.output) or not sys.stdout.isatty()
+    info = err if script_only else console
+    info.print(_run_table(sweep, None if args.all else 40, info))
+    for line in checked:
+        info.print(f"[green]checked[/] {escape(line)}")
+    info.print(f"[green]plan[/] {escape(orchestrate.array_plan(sweep))}")
+    if script_only:
+        text = "".join(script if script.endswith("\n") else script + "\n" for _, script in scripts)
+        if args.output:
+            from hpcvit import fsio
+
+            fsio.write_text(Path(args.output), text, durable=False)
+            err.print(f"sbatch script{'s' if len(scripts) > 1 else ''} written to {args.output}")
+        else:
+            sys.stdout.write(text)
+    else:
+        for k, (tasks, script) in enumerate(scripts):
+            where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
+            console.rule(f"sbatch script ({where}{'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
+            console.print(script, markup=False, highlight=False)
+    info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
     return 0
 
 
@@ -129,8 +160,8 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
             spinner.update(f"waiting for {len(states)} task(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
         final = orchestrate.wait(sweep_dir, show)
-    console.print(_status_table(sweep_dir, final))
-    console.print(compare_table(sweep_dir, getattr(args, "metric", None)))
+    console.print(_status_table(sweep_dir, final, console))
+    console.print(compare_table(sweep_dir, getattr(args, "metric", None), width=_width(console)))
     return 0 if all(s.state in FINAL for s in final) else 1
 
 
@@ -143,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = [json.dumps({f: str(v) if f == "state" else v for f, v in vars(s).items()}) for s in statuses]
         print("[\n" + ",\n".join(rows) + "\n]")
     else:
-        console.print(_status_table(sweep_dir, statuses))
+        console.print(_status_table(sweep_dir, statuses, console))
     orchestrate.finalize(sweep_dir, statuses)  # LOST runs closed; the parent run ended once the last task ended
     return 0
 
@@ -217,7 +248,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     orchestrate.finalize(sweep_dir)
     rows = compare_rows(sweep_dir, args.metric)
     if args.format == "table":
-        console.print(compare_table(sweep_dir, args.metric, rows))
+        console.print(compare_table(sweep_dir, args.metric, rows, width=_width(console)))
         over_seeds = seed_table(sweep_dir, rows)
         if over_seeds is not None:
             console.print(over_seeds)
@@ -242,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a sweep as one array job")
     p.add_argument("spec")
     p.add_argument("--executor", choices=EXECUTORS, help="override the spec's executor")
-    p.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script, submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script, submit nothing "
+                                                          "(in a pipe: only the script, on stdout)")
+    p.add_argument("-o", "--output", help="with --dry-run: write the sbatch script(s) to this file")
     p.add_argument("--wait", action="store_true", help="wait for the tasks, then print the comparison")
     p.add_argument("--output-dir", help="override the spec's output_dir")
     p.add_argument("--all", action="store_true", help="list every run in the table")

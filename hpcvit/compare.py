@@ -48,6 +48,8 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
             "status": run.info.status, "params_M": float(run.data.params.get("model.n_params", "nan")) / 1e6,
             "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None,
             "rej@0.3": metrics.get("val_rejection_at_eff_0.3"), "rej@0.5": metrics.get("val_rejection_at_eff_0.5"),
+            "rej@0.3_bound": bool(metrics.get("val_rejection_at_eff_0.3_is_bound")),
+            "rej@0.5_bound": bool(metrics.get("val_rejection_at_eff_0.5_is_bound")),
             "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
             "run_id": run.info.run_id,
         })
@@ -56,9 +58,21 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
 
 
 # Terminal table: (row key, header, digits); "run" is left out, task index and model name say it.
-_TABLE = (("task", "#", 0), ("model", "model", 0), ("status", "status", 0), ("params_M", "Mparams", 2),
-          ("epochs", "ep", 0), ("best", "best", 4), ("final", "final", 4), ("rej@0.3", "1/eB@.3", 1),
-          ("rej@0.5", "1/eB@.5", 1), ("img_s", "img/s", 0), ("wall_min", "min", 1))
+# Terminal table: (row key, header, digits, priority: the highest is left out first on a narrow terminal).
+_TABLE = (("task", "#", 0, 0), ("model", "model", 0, 0), ("status", "status", 0, 3), ("params_M", "Mparams", 2, 2),
+          ("epochs", "ep", 0, 2), ("best", "best", 4, 0), ("final", "final", 4, 1), ("rej@0.3", "1/eB@.3", 1, 1),
+          ("rej@0.5", "1/eB@.5", 1, 3), ("img_s", "img/s", 0, 4), ("wall_min", "min", 1, 4))
+_STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
+                "SCHEDULED": "queued"}
+
+
+def _cell(row: dict[str, Any], key: str, digits: int) -> str:
+    if key == "status":
+        return _STATUS_WORD.get(row[key], str(row[key]).lower())
+    text = _fmt(row[key], digits)
+    if key.startswith("rej@") and row.get(f"{key}_bound") and text:
+        return f">={text}"  # no background event passed: the number of background events is a lower bound
+    return text
 
 
 def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,15 +116,16 @@ def seed_table(sweep: SweepDir, rows: list[dict[str, Any]]) -> Table | None:
     return table
 
 
-def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[str, Any]] | None = None) -> Table:
+def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[str, Any]] | None = None,
+                  width: int = 200) -> Table:
+    from hpcvit.tables import Column, fit
+
     rows = compare_rows(sweep, metric) if rows is None else rows
     name = rows[0]["metric"] if rows else (metric or "metric")
-    table = Table(title=f"{sweep.sweep_id}: runs by {name} (best and final epoch)")
-    for _, header, _ in _TABLE:
-        table.add_column(header, justify="left" if header in ("model", "status") else "right")
-    for r in rows:
-        table.add_row(*(_fmt(r[key], digits) for key, _, digits in _TABLE))
-    return table
+    columns = [Column(header, numeric=key not in ("model", "status"), priority=prio)
+               for key, header, _, prio in _TABLE]
+    cells = [[_cell(r, key, digits) for key, _, digits, _ in _TABLE] for r in rows]
+    return fit(f"{sweep.sweep_id}: runs by {name} (best and final epoch)", columns, cells, width)
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -118,12 +133,14 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         return json.dumps(rows, indent=1, default=str)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(_COLUMNS))
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(_COLUMNS), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
+    digits = {key: d for key, _, d, _ in _TABLE}
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r, c, digits.get(c, 4)) if c != "status" else str(r[c]) for c in _COLUMNS)
+              + " |" for r in rows]
     return "\n".join(lines)
 
 

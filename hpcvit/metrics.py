@@ -52,8 +52,11 @@ def evaluate_predictions(out: np.ndarray, y: np.ndarray, task: str, target_std: 
             from sklearn.metrics import roc_auc_score
 
             metrics["roc_auc"] = float(roc_auc_score(y, out))
-            metrics["rejection_at_eff_0.3"] = rejection_at(y, out, 0.3)
-            metrics["rejection_at_eff_0.5"] = rejection_at(y, out, 0.5)
+            for eff in (0.3, 0.5):
+                metrics[f"rejection_at_eff_{eff}"] = rejection_at(y, out, eff)
+                # 1 where no background event passed: the number of background events is a lower bound
+                metrics[f"rejection_at_eff_{eff}_is_bound"] = float(
+                    metrics[f"rejection_at_eff_{eff}"] >= int(np.sum(y < 0.5)))
         else:
             metrics["roc_auc"] = float("nan")
         return metrics

@@ -30,6 +30,6 @@ def test_seed_groups_mean_and_std(tmp_path: Path) -> None:
 def test_render_formats() -> None:
     rows = [{"task": 0, "run": "r", "model": "m", "status": "FINISHED", "params_M": 1.0, "epochs": 2, "best": 0.9,
              "final": 0.89, "rej@0.3": 12.0, "rej@0.5": 5.0, "img_s": 100.0, "wall_min": 1.5}]
-    assert render(rows, "markdown").splitlines()[2].startswith("| 0 | r | m | FINISHED | 1.0000 | 2 | 0.9000")
+    assert render(rows, "markdown").splitlines()[2].startswith("| 0 | r | m | FINISHED | 1.00 | 2 | 0.9000")
     assert render(rows, "csv").splitlines()[1].startswith("0,r,m,FINISHED,1.0,2,0.9,0.89")
     assert '"best": 0.9' in render(rows, "json")

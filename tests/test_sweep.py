@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,16 @@ def test_dry_run_prints_array_and_submits_nothing(tmp_path: Path) -> None:
     limit = load_sweep(spec).base.resources.array_parallelism
     assert f"#SBATCH --array=0-{n - 1}%{min(n, limit)}" in proc.stdout
     assert "#SBATCH --requeue" in proc.stdout and "#SBATCH --signal=USR2@" in proc.stdout
-    assert "nothing submitted" in proc.stdout
+    assert "nothing submitted" in proc.stderr, "in a pipe, stdout holds the script alone"
     assert not (tmp_path / "runs").exists()
-    assert "checked data: 2 parquet file(s) readable, 8 rows of 3x8x8 images, columns y present" in proc.stdout
+    assert "checked data: 2 parquet file(s) readable, 8 rows of 3x8x8 images, columns y present" in proc.stderr
+    script = tmp_path / "job.sh"
+    script.write_text(proc.stdout)
+    assert proc.stdout.startswith("#!/bin/bash\n") and subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert all(line.startswith("#SBATCH --") for line in proc.stdout.splitlines() if line.startswith("#SBATCH"))
+    to_file = hpcvit("submit", str(spec), "--dry-run", "-o", str(tmp_path / "out.sh"), cwd=tmp_path)
+    assert to_file.returncode == 0 and (tmp_path / "out.sh").read_text() == proc.stdout.replace(
+        proc.stdout.split("/runs/")[1].split("/")[0], (tmp_path / "out.sh").read_text().split("/runs/")[1].split("/")[0])
 
 
 def test_dry_run_checks_the_data_as_submit_does(tmp_path: Path) -> None:
