@@ -217,6 +217,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     sweep_dir = _sweep(args)
+    if not 0 <= args.task < sweep_dir.n_tasks:
+        err.print(f"[red]error[/]: sweep {sweep_dir.sweep_id} has no task {args.task} (its tasks are 0-"
+                  f"{sweep_dir.n_tasks - 1})")
+        return 2
     log = sweep_dir.task(args.task).log
     if not log.exists():
         err.print(f"no log yet for task {args.task} of {sweep_dir.sweep_id} ({log})")

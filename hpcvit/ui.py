@@ -201,6 +201,17 @@ def _find_experiment(output_dir: Path, backend_uri: str, sweep: str | None) -> t
     return m.get("experiment_id"), sweep_dir.sweep_id
 
 
+def _finished_runs(output_dir: Path, sweep_id: str) -> list[str]:
+    """Run ids of the sweep's finished child runs, in task order."""
+    from hpcvit.ledger import find_sweep
+    from hpcvit.tracking import child_runs, names
+
+    m = find_sweep(sweep_id, output_dir).manifest
+    runs = [r for r in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"])
+            if r.info.status == "FINISHED"]
+    return [r.info.run_id for r in sorted(runs, key=lambda r: int(r.data.tags.get(names.TASK_INDEX_TAG, 0)))]
+
+
 def _run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir).resolve()
     db = output_dir / "mlflow.db"
@@ -220,6 +231,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         what = f"sweep {sweep_id}" if sweep_id else "experiments"
         print(f"MLflow UI ({what}): {runs_url(url, experiment_id)}", flush=True)
+        target = runs_url(url, experiment_id)
+        finished = _finished_runs(output_dir, sweep_id) if sweep_id else []
+        if finished:
+            target = compare_url(url, experiment_id, finished)
+            print(f"comparison of its {len(finished)} finished run(s): {target}", flush=True)
+        if args.open:
+            import webbrowser
+
+            webbrowser.open(target)
         if args.host not in _LOOPBACK:
             port = url.rsplit(":", 1)[1]
             print(f"listening on {args.host}:{port}; from another machine open it by this host's name or "
@@ -245,6 +265,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                              "(default: runs)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--open", action="store_true", help="open the comparison (or runs) page in a browser")
     parser.set_defaults(func=_run)
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 from typing import Any
 
 from hpcvit.models._registry import build_model, list_models, model_entry
@@ -144,7 +145,9 @@ def _run(args: argparse.Namespace) -> int:
     if not names:
         print(f"no registered model matches {args.pattern!r}; `hpcvit models` lists all {len(list_models())}")
         return 1
-    if args.no_build:
+    build = args.build or args.in_chans is not None or args.img_size is not None or args.pattern != "*"
+    args.in_chans, args.img_size = args.in_chans or 2, args.img_size or 32
+    if not build or args.no_build:
         rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
                 for n in names]
         if args.format == "json":
@@ -152,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             for row in rows:
                 print(f"{row['name']:<18} {row['family']:<9} {row['description']}")
+            print("(parameters, FLOPs and input sizes: hpcvit models --build, a PATTERN, or --in-chans/--img-size; "
+                  "it builds every model, a minute or two)", file=sys.stderr)
         return 0
 
     import torch
@@ -179,10 +184,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "and GFLOPs per image for the given input, and whether each builds and runs on 2x32x32 and "
                     "3x125x125 images. Builds every model on the CPU: takes a few seconds per model.")
     parser.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard over names (default: all)")
-    parser.add_argument("--in-chans", type=int, default=2, help="input channels (default 2)")
-    parser.add_argument("--img-size", type=int, default=32, help="image side in pixels (default 32)")
+    parser.add_argument("--in-chans", type=int, default=None, help="input channels (default 2; implies --build)")
+    parser.add_argument("--img-size", type=int, default=None, help="image side in pixels (default 32; implies --build)")
+    parser.add_argument("--build", action="store_true", help="build every model: parameters, FLOPs, input sizes")
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    parser.add_argument("--no-build", action="store_true", help="names, families and descriptions only (fast)")
+    parser.add_argument("--no-build", action="store_true", help="names, families and descriptions only (the default)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=_run)
     return parser

@@ -28,6 +28,8 @@ STATE_TAG = "hpcvit.state"
 """The task's state (:class:`hpcvit.states.TaskState`) as the run last saw it."""
 BEST_EPOCH_TAG = "hpcvit.best_epoch"
 BEST_CHECKPOINT_TAG = "hpcvit.best_checkpoint"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment kind: ``custom_model_development`` opens the runs table, not the GenAI overview."""
 SUMMARY_TAG = "hpcvit.summary"
 """``logged`` on a parent run once its summary table and ROC overlay are attached."""
 

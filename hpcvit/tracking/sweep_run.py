@@ -23,6 +23,8 @@ def setup_sweep(uri: str, experiment: str, sweep_id: str, artifact_root: Path, s
         experiment_id = client.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = exp.experiment_id
+    # MLflow 3 shows an experiment of unknown kind as GenAI (traces, token usage): these are model-training runs
+    client.set_experiment_tag(experiment_id, names.EXPERIMENT_KIND_TAG, "custom_model_development")
     parent = client.create_run(experiment_id, run_name=sweep_id, tags={
         names.SWEEP_ID_TAG: sweep_id, names.ROLE_TAG: "sweep", names.N_TASKS_TAG: str(n_tasks),
         names.NOTE_TAG: description,
