@@ -259,7 +259,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(render(rows, args.format))
     if args.plot:
-        err.print(f"ROC overlay written to {plot_overlay(sweep_dir, args.plot)}")
+        png = plot_overlay(sweep_dir, args.plot)
+        err.print(f"ROC overlay written to {png} and {png.with_suffix('.pdf')}")
     return 0
 
 

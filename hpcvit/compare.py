@@ -191,7 +191,9 @@ def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
         client.log_artifact(parent.info.run_id, str(out / "summary.csv"))
         client.log_artifact(parent.info.run_id, str(out / "summary.md"))
         if _curves(sweep):
-            client.log_artifact(parent.info.run_id, str(plot_overlay(sweep, out / "roc_overlay.png")))
+            png = plot_overlay(sweep, out / "roc_overlay.png")
+            client.log_artifact(parent.info.run_id, str(png))
+            client.log_artifact(parent.info.run_id, str(png.with_suffix(".pdf")))
         client.set_tag(parent.info.run_id, names.SUMMARY_TAG, "logged")
     if parent.info.status != status:
         client.set_terminated(parent.info.run_id, status)

@@ -1,10 +1,20 @@
-"""ROC curves, score histograms and the sweep's ROC overlay, as files for MLflow artifacts."""
+"""ROC curves, score histograms and the sweep's ROC overlay, as files for MLflow artifacts and talks.
+
+Every plot is written as PNG (200 dpi) and PDF; the legend gives the ROC-AUC with its 95 % bootstrap
+interval and the split it was measured on; points of the rejection curve where no background event is left
+(the rejection is then only a lower bound, the number of background events) are marked with triangles.
+mplhep's CMS-like style is used when mplhep is installed (``pip install mplhep``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+DPI = 200
+BOOTSTRAP = 300
+"""Resamples of the bootstrap interval of the ROC-AUC."""
 
 
 def _pyplot():
@@ -13,6 +23,12 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    try:
+        import mplhep
+
+        plt.style.use(mplhep.style.CMS)
+    except ImportError:
+        pass
     return plt
 
 
@@ -24,62 +40,102 @@ def roc_table(y: np.ndarray, score: np.ndarray) -> np.ndarray:
     return np.stack([fpr, tpr, thr], axis=1)
 
 
-def write_roc_artifacts(out_dir: Path, y: np.ndarray, score: np.ndarray, label: str) -> list[Path]:
-    """roc_curve.csv, roc_curve.png (rejection vs efficiency, the physics reading) and scores.png."""
-    from sklearn.metrics import roc_auc_score
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC from ranks (ties averaged): the Mann-Whitney statistic."""
+    from scipy.stats import rankdata
 
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    ranks = rankdata(score)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_interval(y: np.ndarray, score: np.ndarray, level: float = 0.95, n: int = BOOTSTRAP,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(AUC, low, high): the ROC-AUC and its percentile bootstrap interval (resampling events, both classes
+    kept in every resample)."""
+    y, score = np.asarray(y), np.asarray(score)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y > 0.5), np.flatnonzero(y <= 0.5)
+    values = []
+    for _ in range(n):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        values.append(_auc(y[idx], score[idx]))
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return _auc(y, score), float(lo), float(hi)
+
+
+def _legend(label: str, y: np.ndarray, score: np.ndarray, split: str) -> str:
+    auc, lo, hi = auc_interval(y, score)
+    return f"{label}: AUC {auc:.4f} [{lo:.4f}, {hi:.4f}] ({split})"
+
+
+def _rejection(ax, table: np.ndarray, n_bkg: int, label: str | None = None) -> None:
+    keep = table[:, 0] > 0
+    line = ax.semilogy(table[keep, 1], 1 / table[keep, 0], label=label)[0]
+    bound = keep & (table[:, 0] * n_bkg <= 1.0 + 1e-9)  # a single background event left: a lower bound
+    if bound.any():
+        ax.semilogy(table[bound, 1], 1 / table[bound, 0], "^", ms=4, color=line.get_color())
+
+
+def _save(fig, png: Path) -> list[Path]:
+    pdf = png.with_suffix(".pdf")
+    fig.savefig(png, dpi=DPI)
+    fig.savefig(pdf)
+    return [png, pdf]
+
+
+def write_roc_artifacts(out_dir: Path, y: np.ndarray, score: np.ndarray, label: str,
+                        split: str = "validation") -> list[Path]:
+    """roc_curve.csv, roc_curve.png/.pdf (ROC and rejection vs efficiency) and scores.png/.pdf."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = roc_table(y, score)
     csv = out_dir / "roc_curve.csv"
     np.savetxt(csv, table, delimiter=",", header="fpr,tpr,threshold", comments="", fmt="%.8g")
-    auc = roc_auc_score(y, score)
     plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
-    ax1.plot(table[:, 0], table[:, 1], label=f"{label} (AUC {auc:.4f})")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    ax1.plot(table[:, 0], table[:, 1], label=_legend(label, y, score, split))
     ax1.plot([0, 1], [0, 1], ls=":", c="grey")
     ax1.set(xlabel="background efficiency (FPR)", ylabel="signal efficiency (TPR)", title="ROC")
-    ax1.legend(loc="lower right")
-    keep = table[:, 0] > 0
-    ax2.semilogy(table[keep, 1], 1 / table[keep, 0])
+    ax1.legend(loc="lower right", fontsize=8)
+    _rejection(ax2, table, int(np.sum(y <= 0.5)))
     ax2.set(xlabel=r"signal efficiency $\varepsilon_S$", ylabel=r"background rejection $1/\varepsilon_B$",
-            title="rejection vs efficiency")
+            title="rejection vs efficiency (triangles: lower bounds)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    png = out_dir / "roc_curve.png"
-    fig.savefig(png, dpi=110)
+    written = _save(fig, out_dir / "roc_curve.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     bins = np.linspace(float(score.min()), float(score.max()), 50)
     for cls, name in ((0, "background (y=0)"), (1, "signal (y=1)")):
         ax.hist(score[y == cls], bins=bins, histtype="step", density=True, label=name)
-    ax.set(xlabel="classifier output (logit)", ylabel="density", title=label)
+    ax.set(xlabel="classifier output (logit)", ylabel="density", title=f"{label} ({split})")
     ax.legend()
     fig.tight_layout()
-    hist = out_dir / "scores.png"
-    fig.savefig(hist, dpi=110)
+    written += _save(fig, out_dir / "scores.png")
     plt.close(fig)
-    return [csv, png, hist]
+    return [csv, *written]
 
 
-def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
-    """All runs' ROC curves (as rejection vs signal efficiency) on one plot; ``curves``: label -> (y, score)."""
-    from sklearn.metrics import roc_auc_score
-
+def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
+                split: str = "validation") -> Path:
+    """All runs' ROC curves (and rejection vs signal efficiency) on one plot; ``curves``: label -> (y, score).
+    Writes ``path`` (PNG) and the same name with ``.pdf``; returns ``path``."""
     plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for label, (y, score) in sorted(curves.items(), key=lambda kv: -roc_auc_score(*kv[1])):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for label, (y, score) in sorted(curves.items(), key=lambda kv: -_auc(*kv[1])):
         table = roc_table(y, score)
-        auc = roc_auc_score(y, score)
-        ax1.plot(table[:, 0], table[:, 1], label=f"{label}: {auc:.4f}")
-        keep = table[:, 0] > 0
-        ax2.semilogy(table[keep, 1], 1 / table[keep, 0], label=label)
+        ax1.plot(table[:, 0], table[:, 1], label=_legend(label, y, score, split))
+        _rejection(ax2, table, int(np.sum(y <= 0.5)), label)
     ax1.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax1.set(xlabel="background efficiency", ylabel="signal efficiency", title=f"{title}: ROC-AUC")
-    ax1.legend(loc="lower right", fontsize=8)
-    ax2.set(xlabel=r"signal efficiency $\varepsilon_S$", ylabel=r"$1/\varepsilon_B$", title="background rejection")
+    ax1.set(xlabel="background efficiency", ylabel="signal efficiency", title=f"{title}: ROC")
+    ax1.legend(loc="lower right", fontsize=7)
+    ax2.set(xlabel=r"signal efficiency $\varepsilon_S$", ylabel=r"$1/\varepsilon_B$",
+            title="background rejection (triangles: lower bounds)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path

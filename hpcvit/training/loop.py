@@ -404,7 +404,7 @@ class Trainer:
         y, out, split = roc_data
         roc = None
         if self.spec.data.task == "binary" and 0 < y.sum() < len(y):
-            roc = (y, out, f"{self.spec.model.name} ({split}, best epoch {self.progress.best_epoch})")
+            roc = (y, out, f"{self.spec.model.name}, best epoch {self.progress.best_epoch}", split)
         p = self.progress
         result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
                   "final": final}

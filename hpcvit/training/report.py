@@ -119,7 +119,7 @@ class TaskReport:
 
     # -- outcomes -------------------------------------------------------------------------------------
     def finished(self, result: dict[str, Any], predictions: dict[str, np.ndarray], *, best_state: Any,
-                 best_checkpoint: Path | None, roc: tuple[np.ndarray, np.ndarray, str] | None) -> None:
+                 best_checkpoint: Path | None, roc: tuple[np.ndarray, np.ndarray, str, str] | None) -> None:
         """Predictions, artifacts and ``result.json`` of a completed training; the MLflow run is closed."""
         if not self.main:
             return
@@ -131,7 +131,7 @@ class TaskReport:
                                 "mlflow_run_id": self.tracker.run_id if self.tracker else None})
 
     def _log_artifacts(self, result: dict[str, Any], best_state: Any, best_checkpoint: Path | None,
-                       roc: tuple[np.ndarray, np.ndarray, str] | None) -> None:
+                       roc: tuple[np.ndarray, np.ndarray, str, str] | None) -> None:
         import torch
 
         from hpcvit.plots import write_roc_artifacts
@@ -140,8 +140,8 @@ class TaskReport:
         if result["final"]:
             t.log_final(result["final"], self.spec.optim.epochs)
         if roc is not None:
-            y, out, title = roc
-            for path in write_roc_artifacts(self.task.file(TaskDir.ROC), y, out, title):
+            y, out, title, split = roc
+            for path in write_roc_artifacts(self.task.file(TaskDir.ROC), y, out, title, split):
                 t.log_artifact(path, "roc")
         t.log_artifact(self.task.file(TaskDir.PREDICTIONS))
         if best_checkpoint is not None:
