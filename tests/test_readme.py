@@ -1,0 +1,116 @@
+"""The README tells the truth: its YAML validates, its commands parse as written, its error example is what
+hpcvit prints, the files and specs it names exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hpcvit.cli import build_parser
+from hpcvit.data.parquet import write_jets
+from hpcvit.orchestrate import check_sweep
+from hpcvit.sweep import load_sweep
+from tests.conftest import REPO, hpcvit
+
+README = (REPO / "README.md").read_text()
+BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)
+
+
+def _commands() -> list[str]:
+    """Every ``hpcvit ...`` command in the README's code: the code blocks and the inline `...` spans."""
+    found = []
+    for lang, body in BLOCKS:
+        if lang in ("bash", ""):
+            for line in body.splitlines():
+                line = line.split("#")[0].strip().removeprefix("$ ")
+                if re.match(r"^(\.venv/bin/)?hpcvit ", line):
+                    found.append(line)
+    found += [m for m in re.findall(r"`((?:\.venv/bin/)?hpcvit [^`]+)`", README)]
+    return found
+
+
+_PLACEHOLDERS = {"SPEC": "spec.yaml", "SWEEP": "some-sweep", "TASK": "0", "PATTERN": "vit*", "FILE": "job.sh",
+                 "local\\|slurm": "slurm", "table\\|csv\\|json\\|markdown": "csv"}
+
+
+def _concrete(command: str) -> list[list[str]]:
+    """A documented command line made concrete: placeholders filled, ``[...]`` options both left out and put in,
+    ``a|b|c`` sub-commands each taken."""
+    command = re.sub(r"^(\.venv/bin/)?hpcvit\s+", "", command)
+    for key, value in _PLACEHOLDERS.items():
+        command = command.replace(key, value)
+    bare = command
+    while re.search(r"\[[^\[\]]*\]", bare):  # innermost first: options may nest
+        bare = re.sub(r"\[[^\[\]]*\]", "", bare)
+    variants = [bare, command.replace("[", "").replace("]", "")]
+    out = []
+    for v in variants:
+        words = shlex.split(v)
+        if words and "|" in words[-1 if len(words) == 2 and words[0] == "data" else 0]:
+            head = words[:1] if words[0] == "data" else []
+            for choice in words[len(head)].split("|"):
+                out.append([*head, choice, *words[len(head) + 1:]])
+        else:
+            out.append(words)
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(set(_commands())))
+def test_every_documented_command_parses(command: str) -> None:
+    parser = build_parser()
+    for words in _concrete(command):
+        if words == ["--help"]:
+            continue
+        if words[:2] == ["data", "generate"]:
+            words = [*words, *([] if "--process" in words else ["--process", "top-vs-qcd"]),
+                     *([] if "-n" in words else ["-n", "10"])]
+        if words == ["data", "convert"] or words == ["data", "inspect"]:
+            words = [*words, "x.parquet"]
+        try:
+            args = parser.parse_args(words)
+        except SystemExit as exc:
+            raise AssertionError(f"README command {command!r} does not parse as {words}") from exc
+        assert callable(args.func)
+
+
+def test_the_yaml_spec_validates_on_files_in_its_layout(tmp_path: Path) -> None:
+    (spec_text,) = [body for lang, body in BLOCKS if lang == "yaml"]
+    doc = yaml.safe_load(spec_text)
+    for p in doc["data"]["paths"]:
+        path = tmp_path / p
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        write_jets(path, rng.random((20, 3, 8, 8)), {"y": np.arange(20) % 2, "pt": np.full(20, 50.0),
+                                                    "ieta": np.zeros(20)})
+    spec = tmp_path / "readme.yaml"
+    spec.write_text(spec_text)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        sweep = load_sweep(spec)
+        checked = check_sweep(sweep)
+    finally:
+        os.chdir(cwd)
+    assert len(sweep.runs) == 4 * 2 * 3 and "parquet file(s) readable" in checked[0]
+
+
+def test_the_error_example_is_what_validate_prints(tmp_path: Path) -> None:
+    example = next(body for _, body in BLOCKS if "hpcvit validate bad.yaml" in body).strip().splitlines()
+    start, run = example.index("$ cat bad.yaml"), example.index("$ hpcvit validate bad.yaml")
+    (tmp_path / "bad.yaml").write_text("\n".join(example[start + 1:run]) + "\n")
+    proc = hpcvit("validate", "bad.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == example[run + 1], proc.stderr
+
+
+def test_named_files_and_specs_exist() -> None:
+    for name in re.findall(r"`((?:jobs|benchmarks|docs|slurm|tests)/[\w./-]+)`", README):
+        assert (REPO / name).exists(), f"the README names {name}, which does not exist"
+    for name in re.findall(r"\]\(((?:docs)/[^)]+)\)", README):
+        assert (REPO / name).exists(), f"the README shows {name}, which does not exist"
