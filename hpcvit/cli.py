@@ -153,11 +153,23 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
     from hpcvit.compare import compare_table
 
-    with console.status("waiting for the tasks") as spinner:
+    if console.is_terminal:  # a live table of the tasks, redrawn at every poll
+        from rich.live import Live
+
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            final = orchestrate.wait(sweep_dir, lambda current: live.update(_status_table(sweep_dir, current,
+                                                                                           console)))
+    else:  # a pipe or a log: one line per task whose state or epoch changed
+        seen: dict[int, tuple[str, Any]] = {}
+
         def show(current: list[Any]) -> None:
-            states = [s.state for s in current]
-            counts = {str(s): states.count(s) for s in sorted(set(states))}
-            spinner.update(f"waiting for {len(states)} task(s): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            for s in current:
+                key = (str(s.state), s.epoch)
+                if seen.get(s.index) != key:
+                    seen[s.index] = key
+                    epoch = f" epoch {s.epoch}/{s.epochs}" if s.epoch is not None else ""
+                    best = f" best {s.best_metric:.4f}" if s.best_metric is not None else ""
+                    err.print(f"task {s.index} ({s.label}): {s.state}{epoch}{best}", markup=False, highlight=False)
 
         final = orchestrate.wait(sweep_dir, show)
     console.print(_status_table(sweep_dir, final, console))

@@ -27,6 +27,8 @@ def test_two_models_two_ranks_end_to_end(workdir: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sweep = find_sweep(None, workdir / "runs")
     assert "COMPLETED" in proc.stdout and "val_roc_auc" in proc.stdout
+    # in a pipe, the wait reports one line per change, on stderr (stdout keeps the tables)
+    assert "task 0 (cnn_small): COMPLETED" in proc.stderr and "task 1 (vit_seed): RUNNING epoch" in proc.stderr
     runs = children(sweep)
     assert sorted(r.data.tags["hpcvit.model"] for r in runs) == ["cnn_small", "vit_seed"]
     for run in runs:
