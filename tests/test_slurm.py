@@ -195,7 +195,7 @@ sweep:
     spec.write_text(text)
     assert max_array_size(load_sweep(spec).base) == 2
     dry = hpcvit("submit", str(spec), "--dry-run", cwd=workdir)
-    assert "5 task(s) as 3 Slurm array(s) of at most 2" in dry.stdout.replace("\n", " ")
+    assert "5 task(s) as 3 Slurm array(s) of at most 2" in dry.stderr  # in a pipe: the scripts alone on stdout
     assert dry.stdout.count("#!/bin/bash") == 3 and dry.stdout.count("#SBATCH --array=0-1%2") == 2
     proc = hpcvit("submit", str(spec), "--wait", cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -84,12 +84,54 @@ class ImageDataset:
         st = torch.from_numpy(self.scalars[idx])
         return [((images[k], st[k]), yt[k]) for k in range(len(idx))]
 
+    def read_batch(self, indices: list[int]) -> tuple[Any, Any]:
+        """A whole batch as tensors, ``(images, targets)`` (``((images, scalars), targets)`` with scalar inputs):
+        one indexing operation over a preprocessed cache, one sorted read otherwise; no per-sample objects."""
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        rows = self.rows[idx]
+        if self.pre is None and hasattr(self.store, "take"):
+            x = torch.from_numpy(self.store.take(rows))
+        else:
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            raw = self.store.read(uniq)
+            if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
+                raw = raw[inverse]
+            x = torch.from_numpy(self._prep(raw, rows))
+        y = torch.from_numpy(self.targets[idx])
+        if self.scalars is None:
+            return x, y
+        return (x, torch.from_numpy(self.scalars[idx])), y
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All images (preprocessed) and targets in memory; for small sets and tests."""
         order = np.argsort(self.rows, kind="stable")
         x = np.empty((len(self), *self.store.shape), dtype=np.float32)
         x[order] = self.store.read(self.rows[order])
         return self._prep(x, self.rows), self.targets.copy()
+
+
+class BatchReads:
+    """A data set whose DataLoader fetches are whole batches (:meth:`ImageDataset.read_batch`): use with
+    ``collate_fn=already_collated``."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        return self.dataset.read_batch(indices)
+
+
+def already_collated(batch: Any) -> Any:
+    return batch
 
 
 class ArrayDataset:

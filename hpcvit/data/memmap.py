@@ -34,6 +34,14 @@ class MemmapStore(Store):
         """Image ``row`` as a view into the mapping (no copy; the DataLoader's collate makes the one copy)."""
         return self._handle(0)[row]
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Images ``rows`` (any order) as one new (len, C, H, W) array: a single gather from the mapping."""
+        rows = np.asarray(rows, dtype=np.int64)
+        mm = self._handle(0)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
+            return np.array(mm[int(rows[0]):int(rows[-1]) + 1])
+        return np.take(mm, rows, axis=0)
+
     def close(self) -> None:
         self._handles = {}
 

@@ -203,8 +203,16 @@ class Trainer:
 
     # -- loops -------------------------------------------------------------------------------------
     def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None) -> DataLoader:
+        from hpcvit.data.dataset import BatchReads, ImageDataset, already_collated
+
         workers = self.spec.data.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate = None
+        if isinstance(dataset, ImageDataset):  # whole-batch reads, no per-sample tensors to collate
+            dataset, collate = BatchReads(dataset), already_collated
+        elif isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, ImageDataset):
+            dataset = torch.utils.data.Subset(BatchReads(dataset.dataset), dataset.indices)
+            collate = already_collated
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                           generator=torch.Generator().manual_seed(seed) if seed is not None else None,
                           pin_memory=self.d.device.type == "cuda",
                           worker_init_fn=stop.ignore_in_worker if workers else None,
