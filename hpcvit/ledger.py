@@ -55,6 +55,7 @@ class TaskDir:
 
     STATE, PROGRESS = "state.json", "progress.json"
     RESULT, STOPPED, FAILED = "result.json", "stopped.json", "failed.json"
+    BUDGET, RUNG_DONE = "budget.json", "rung_done.json"
     CANCEL = "cancel"
     RUN_ID, TRACKING_BUFFER = "mlflow_run_id", "tracking_buffer.jsonl"
     LOG, CHECKPOINTS = "train.log", "checkpoints"
@@ -167,9 +168,26 @@ class TaskDir:
         record = {"error": error, "summary": summary or lines[-1], "time": now_iso()}
         self._record(lambda: fsio.write_json(self.path / self.FAILED, record))
 
+    # -- adaptive search: the epoch budget of the task's rung, and its end ---------------------------------
+    def budget(self) -> dict[str, Any] | None:
+        """``budget.json``: ``{"rung": k, "epochs": E}`` of a search's rung: train to epoch E, then stop; None
+        outside a search."""
+        return fsio.read_json(self.path / self.BUDGET, None) or None
+
+    def write_budget(self, rung: int, epochs: int) -> None:
+        self.ensure()
+        fsio.write_json(self.path / self.BUDGET, {"rung": rung, "epochs": epochs})
+
+    def rung_done(self) -> dict[str, Any] | None:
+        """``rung_done.json``: the trainer reached its rung's budget (rung, epoch, metric value), or None."""
+        return fsio.read_json(self.path / self.RUNG_DONE, None) or None
+
+    def write_rung_done(self, record: dict[str, Any]) -> None:
+        fsio.write_json(self.path / self.RUNG_DONE, {**record, "time": now_iso()})
+
     def clear_outcome(self) -> None:
         """Remove the markers of the previous start (a new start writes its own)."""
-        for name in (self.STOPPED, self.FAILED):
+        for name in (self.STOPPED, self.FAILED, self.RUNG_DONE):
             (self.path / name).unlink(missing_ok=True)
 
     # -- cancel requests ----------------------------------------------------------------------------------
@@ -228,6 +246,8 @@ class SweepDir:
     """A sweep's folder and ledger."""
 
     MANIFEST, SPEC, RUNS, SUBMISSIONS = "manifest.json", "spec.yaml", "runs.jsonl", "submissions.jsonl"
+    SEARCH = "search.json"
+    """An adaptive search's plan, rungs and decisions (:mod:`hpcvit.search`); absent for a plain sweep."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
@@ -287,6 +307,13 @@ class SweepDir:
 
     def run_specs(self) -> list[JobSpec]:
         return [self._parse_run(line, i) for i, line in enumerate(self._run_lines())]
+
+    def search(self) -> dict[str, Any] | None:
+        """``search.json`` of an adaptive search, or None."""
+        return fsio.read_json(self.root / self.SEARCH, None)
+
+    def write_search(self, record: dict[str, Any]) -> None:
+        fsio.write_json(self.root / self.SEARCH, record)
 
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return fsio.file_lock(self.root / f".{name}.lock")

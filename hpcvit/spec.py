@@ -386,6 +386,69 @@ class JobSpec(_Section):
         return self
 
 
+Distribution = Literal["loguniform", "uniform", "int", "choice"]
+METRIC_MODES = {"val_roc_auc": "max", "val_accuracy": "max", "val_loss": "min", "val_mae": "min", "val_mre": "min"}
+
+
+class SearchSpec(_Section):
+    """Adaptive search over the sweep's configurations: successive halving in rungs, or random sampling."""
+
+    method: Literal["halving", "random"] = "halving"
+    """``halving``: every configuration trains ``min_epochs``, the best 1/``eta`` continue (from their own
+    checkpoints) to ``eta`` times as many epochs, and so on up to ``max_epochs``; the others end STOPPED_EARLY.
+    ``random``: ``n_trials`` draws from ``space``, each trained to ``max_epochs``."""
+    metric: Literal["val_roc_auc", "val_loss", "val_accuracy", "val_mae", "val_mre"] = "val_roc_auc"
+    """The validation metric that ranks configurations at the end of a rung (its value at the rung's last epoch)."""
+    mode: Literal["max", "min"] | None = None
+    """Whether larger or smaller ``metric`` is better; null: ``max`` for ROC-AUC and accuracy, else ``min``."""
+    min_epochs: int = Field(1, ge=1)
+    """Epochs of the first rung."""
+    max_epochs: int | None = Field(None, ge=1)
+    """Epochs of the last rung; it sets ``optim.epochs`` of every configuration, so that the learning-rate
+    schedule is defined over it and a promotion is an exact resume. Null: ``optim.epochs``."""
+    eta: int = Field(3, ge=2)
+    """Each rung keeps the best 1/eta of the configurations and trains them eta times as many epochs."""
+    n_trials: int | None = Field(None, ge=1)
+    """Draws from ``space`` (each crossed with the grid/zip); needs ``space``."""
+    space: dict[str, dict[Distribution, list[Any]]] = {}
+    """Dotted field -> one distribution: ``{loguniform: [low, high]}``, ``{uniform: [low, high]}``,
+    ``{int: [low, high]}`` (both ends included) or ``{choice: [a, b, ...]}``."""
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    """Seed of the draws from ``space``: the same seed draws the same configurations."""
+
+    @property
+    def ranking(self) -> Literal["max", "min"]:
+        return self.mode or METRIC_MODES[self.metric]  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.max_epochs is not None and self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs {self.min_epochs} must not exceed max_epochs {self.max_epochs}")
+        if bool(self.space) != (self.n_trials is not None):
+            raise ValueError("space and n_trials go together: n_trials draws from space")
+        if self.method == "random" and not self.space:
+            raise ValueError("method random needs space and n_trials")
+        for key, dist in self.space.items():
+            if len(dist) != 1:
+                raise ValueError(f"space.{key}: give exactly one of loguniform, uniform, int, choice")
+            (kind, args), = dist.items()
+            _finite(args, f"space.{key}")
+            if kind == "choice":
+                if not args:
+                    raise ValueError(f"space.{key}: choice needs at least one value")
+                continue
+            if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+                raise ValueError(f"space.{key}: {kind} needs [low, high] numbers")
+            low, high = args
+            if kind == "int" and not all(isinstance(a, int) for a in args):
+                raise ValueError(f"space.{key}: int needs integer bounds")
+            if low > high or (kind != "int" and low == high):
+                raise ValueError(f"space.{key}: low {low} must be below high {high}")
+            if kind == "loguniform" and low <= 0:
+                raise ValueError(f"space.{key}: loguniform needs low > 0")
+        return self
+
+
 class SweepSpec(_Section):
     """Expansion of one spec into runs: the cartesian product of ``grid`` times the paired lists of ``zip``."""
 
@@ -396,11 +459,16 @@ class SweepSpec(_Section):
     max_runs: int = Field(MAX_RUNS, ge=1)
     """Most runs the spec may expand to; a larger grid is refused before it is expanded (raise this when you
     mean it: each run costs memory and time at validation and a task in the ledger)."""
+    search: SearchSpec | None = None
+    """Adaptive search over the configurations (rungs of successive halving, or random draws); null: every
+    configuration trains all its epochs."""
 
     @property
     def n_runs(self) -> int:
         """How many runs the grid and zip expand to."""
-        return math.prod(len(v) for v in self.grid.values()) * (len(next(iter(self.zip.values()))) if self.zip else 1)
+        trials = self.search.n_trials if self.search is not None and self.search.n_trials else 1
+        return (math.prod(len(v) for v in self.grid.values()) * (len(next(iter(self.zip.values()))) if self.zip else 1)
+                * trials)
 
     @model_validator(mode="after")
     def _non_empty(self) -> SweepSpec:
@@ -414,6 +482,12 @@ class SweepSpec(_Section):
         both = set(self.grid) & set(self.zip)
         if both:
             raise ValueError(f"field(s) {sorted(both)} appear in both grid and zip")
+        if self.search is not None:
+            drawn = set(self.search.space) & (set(self.grid) | set(self.zip))
+            if drawn:
+                raise ValueError(f"field(s) {sorted(drawn)} appear in search.space and in grid/zip")
+            if "optim.epochs" in {*self.grid, *self.zip, *self.search.space}:
+                raise ValueError("optim.epochs cannot vary in a search: search.max_epochs sets it")
         for block in ("grid", "zip"):
             _finite(getattr(self, block), block)
         if self.n_runs > self.max_runs:

@@ -46,6 +46,9 @@ class TaskState(str, Enum):
     """Recorded as running, but its process or job vanished without a word (SIGKILL, node loss)."""
     TIMEOUT = "TIMEOUT"
     """Hit its time limit more often than ``resources.max_requeues`` allows."""
+    RUNG_DONE = "RUNG_DONE"
+    """Trained its rung's epochs in an adaptive search (checkpointed); waits for the rung's decision: promoted
+    (it continues from its checkpoint) or STOPPED_EARLY."""
     STOPPED_EARLY = "STOPPED_EARLY"
     """Not promoted by an adaptive search: final, by design."""
 
@@ -58,8 +61,9 @@ FINAL = frozenset({TaskState.COMPLETED, TaskState.STOPPED_EARLY})
 RESUMABLE = frozenset({TaskState.NEW, TaskState.FAILED, TaskState.CANCELLED, TaskState.PREEMPTED, TaskState.LOST,
                        TaskState.TIMEOUT})
 """Not finished and not queued or running: ``resume`` resubmits these."""
-TERMINAL = FINAL | (RESUMABLE - {TaskState.NEW})
-"""Nothing runs or waits for this task: a sweep whose tasks are all terminal is over (for now)."""
+TERMINAL = FINAL | (RESUMABLE - {TaskState.NEW}) | {TaskState.RUNG_DONE}
+"""Nothing runs or waits in the queue for this task: a sweep whose tasks are all terminal is over (for now; a
+search's next rung is decided then)."""
 ACTIVE = frozenset(TaskState) - TERMINAL - {TaskState.NEW}
 """Queued, waiting or running: ``cancel`` stops these."""
 

@@ -170,6 +170,26 @@ def submit(sweep: SweepDir, indices: list[int], kind: Executor, spec: JobSpec) -
     return job_ids
 
 
+def submit_after(sweep: SweepDir, fn: Any, after: list[str], spec: JobSpec, name: str) -> str:
+    """A one-CPU Slurm job running ``fn()`` once every job in ``after`` has ended, whatever its outcome
+    (``--dependency=afterany:...``); its job id."""
+    r = spec.resources
+    ex = submitit.SlurmExecutor(folder=sweep.submitit_dir / name, max_num_timeout=0)
+    params: dict[str, Any] = {"job_name": f"hpcvit-{spec.name}-{name}", "nodes": 1, "ntasks_per_node": 1,
+                              "cpus_per_task": 1, "time": 10, "stderr_to_stdout": True,
+                              "additional_parameters": {"dependency": "afterany:" + ":".join(after)}}
+    for key in ("partition", "account", "qos"):
+        if getattr(r, key):
+            params[key] = getattr(r, key)
+    ex.update_parameters(**params)
+    stderr: list[str] = []
+    try:
+        with _captured_stderr() as stderr:
+            return ex.submit(fn).job_id
+    except Exception as exc:
+        raise _refusal(exc, stderr) from exc
+
+
 def sbatch_scripts(spec: JobSpec, folder: Path, n_tasks: int, config: dict[str, str] | None = None
                    ) -> list[tuple[range, str]]:
     """(task indices, sbatch script) of each array a sweep of ``n_tasks`` is submitted as (nothing is submitted)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpcvit.spec import JobSpec, SweepSpec
+from hpcvit.spec import JobSpec, SearchSpec, SweepSpec
 from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
 
 # Top-level sections every run of a sweep shares.
@@ -47,6 +47,8 @@ class Sweep:
     raw: dict[str, Any]
     runs: list[Run]
     lines: dict[Loc, int] = field(default_factory=dict, repr=False)
+    search: SearchSpec | None = None
+    """The adaptive search over the runs (``sweep.search``), if any."""
 
     def line_of(self, dotted: str) -> int | None:
         """The spec line of a dotted field (or of its closest ancestor in the file)."""
@@ -59,7 +61,7 @@ class Sweep:
     def with_executor(self, executor: str) -> Sweep:
         """The same sweep with every run's executor replaced (the command line's ``--executor``)."""
         runs = [Run(r.index, r.spec.model_copy(update={"executor": executor}), r.overrides) for r in self.runs]
-        return Sweep(self.file, self.raw, runs, self.lines)
+        return Sweep(self.file, self.raw, runs, self.lines, self.search)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -106,6 +108,29 @@ def _combinations(sweep: SweepSpec) -> list[dict[str, Any]]:
     return combos
 
 
+def draw(space: dict[str, dict[str, list[Any]]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` configurations drawn from ``space`` (``sweep.search.space``), the same ones for the same seed;
+    floats are kept to 4 significant digits (readable labels, exact in the YAML of a rerun)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        config: dict[str, Any] = {}
+        for key in sorted(space):
+            (kind, args), = space[key].items()
+            if kind == "choice":
+                config[key] = args[int(rng.integers(len(args)))]
+            elif kind == "int":
+                config[key] = int(rng.integers(args[0], args[1] + 1))
+            elif kind == "uniform":
+                config[key] = float(f"{rng.uniform(args[0], args[1]):.4g}")
+            else:
+                config[key] = float(f"{np.exp(rng.uniform(np.log(args[0]), np.log(args[1]))):.4g}")
+        out.append(config)
+    return out
+
+
 def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str = "<spec>") -> Sweep:
     """Expand a parsed spec mapping into runs; every run is validated, the first error raises :class:`SpecError`."""
     lines = lines or {}
@@ -115,19 +140,26 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
         sweep = SweepSpec.model_validate(sweep_raw)
     except ValidationError as exc:
         raise _to_spec_error(exc, file, lines, prefix=("sweep",)) from None
-    for block in ("grid", "zip"):
-        for key in getattr(sweep, block):
+    search = sweep.search
+    blocks = [("grid", sweep.grid), ("zip", sweep.zip), ("search.space", search.space if search else {})]
+    for block, keys in blocks:
+        for key in keys:
             problem = _check_dotted(key)
             if key.split(".")[0] in SWEEP_FIXED:
                 problem = ("cannot vary within a sweep: its tasks share one array job (resources, executor), "
                            "one sweep folder and one MLflow experiment")
             if problem:
-                raise SpecError(problem, file=file, line=nearest_line(lines, ("sweep", block, key)),
+                raise SpecError(problem, file=file, line=nearest_line(lines, ("sweep", *block.split("."), key)),
                                 field=f"sweep.{block}.{key}")
 
+    combos = _combinations(sweep)
+    if search is not None and search.n_trials:
+        combos = [{**combo, **drawn} for drawn in draw(search.space, search.n_trials, search.seed) for combo in combos]
     runs: list[Run] = []
-    for index, combo in enumerate(_combinations(sweep)):
+    for index, combo in enumerate(combos):
         run_raw = copy.deepcopy(raw)
+        if search is not None and search.max_epochs is not None:  # the schedule of every run is over max_epochs
+            _set_dotted(run_raw, "optim.epochs", search.max_epochs)
         for key, value in combo.items():
             try:
                 _set_dotted(run_raw, key, value)
@@ -139,7 +171,23 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
         except ValidationError as exc:
             raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
         runs.append(Run(index=index, spec=spec, overrides=combo))
-    return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs, lines=lines)
+    if search is not None:
+        _check_search(search, runs, file, lines)
+    return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs, lines=lines,
+                 search=search)
+
+
+def _check_search(search: SearchSpec, runs: list[Run], file: str, lines: dict[Loc, int]) -> None:
+    """What the search needs of its runs: a metric their task has, and a first rung shorter than their epochs."""
+    base = runs[0].spec
+    regression = {"val_mae", "val_mre"}
+    if (base.data.task == "regression") != (search.metric in regression) and search.metric != "val_loss":
+        raise SpecError(f"{search.metric} does not apply to a {base.data.task} task", file=file,
+                        line=nearest_line(lines, ("sweep", "search", "metric")), field="sweep.search.metric")
+    if search.min_epochs > base.optim.epochs:
+        raise SpecError(f"min_epochs {search.min_epochs} exceeds the {base.optim.epochs} epochs of the runs "
+                        "(set search.max_epochs)", file=file,
+                        line=nearest_line(lines, ("sweep", "search", "min_epochs")), field="sweep.search.min_epochs")
 
 
 def load_sweep(path: str | Path) -> Sweep:

@@ -1,0 +1,336 @@
+"""Adaptive search: successive halving as one array per rung, survivors continuing from their own checkpoints.
+
+Every configuration of the sweep is one task for its whole life (one folder, one MLflow run). Rung k is ONE
+submission over the surviving task indices, each told its rung's epoch budget in ``budget.json``; the trainer
+stops with a checkpoint at that epoch and writes ``rung_done.json`` (state RUNG_DONE). When the rung's last task
+has ended, :func:`advance` ranks the tasks that finished by the search's metric at their rung's last epoch (ties:
+the lower task index), promotes the best ``n`` of the next rung (a new budget, one new array) and ends the
+others STOPPED_EARLY. Every configuration's learning-rate schedule is defined over ``max_epochs`` (it is its
+``optim.epochs``), so a promotion is an exact resume.
+
+:func:`advance` is idempotent (it holds the sweep's search lock and records each decision once in
+``search.json``); whoever sees the rung end first runs it: on Slurm a one-CPU job submitted with
+``--dependency=afterany:<the rung's arrays>``, on the local executor the launcher of the rung's last task, and
+``status``/``wait``/``resume``/``compare`` when they find an undecided rung whose tasks all ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from hpcvit.ledger import SweepDir, now_iso
+from hpcvit.spec import JobSpec, SearchSpec
+from hpcvit.states import TERMINAL, TaskState
+
+log = logging.getLogger(__name__)
+
+OUTCOME_TAG = "hpcvit.search.outcome"
+"""``promoted``, ``stopped_early``, ``completed`` or ``lost`` (failed in a rung, not promoted) on a task's run."""
+RUNG_TAG = "hpcvit.search.rung"
+"""The rung the task's run last trained in."""
+
+
+def adaptive(search: SearchSpec | None) -> bool:
+    """Whether a sweep's search runs in rungs (``random`` only draws the configurations)."""
+    return search is not None and search.method == "halving"
+
+
+def plan(search: SearchSpec, n: int, max_epochs: int) -> list[tuple[int, int]]:
+    """(epoch budget, configurations) of each rung: ``min_epochs * eta**k`` epochs below ``max_epochs``, then
+    ``max_epochs``; each rung keeps ``1/eta`` of the previous one, and a lone survivor goes straight to the last."""
+    if not adaptive(search):
+        return [(max_epochs, n)]
+    budgets = []
+    epochs = search.min_epochs
+    while epochs < max_epochs:
+        budgets.append(epochs)
+        epochs *= search.eta
+    budgets.append(max_epochs)
+    if n == 1:
+        return [(max_epochs, 1)]
+    rungs, size = [(budgets[0], n)], n
+    for budget in budgets[1:]:
+        size = max(1, size // search.eta)
+        if size == 1:
+            rungs.append((max_epochs, 1))
+            break
+        rungs.append((budget, size))
+    return rungs
+
+
+def epoch_cost(rungs: list[tuple[int, int]]) -> int:
+    """Most epochs the rungs can cost: each rung's survivors train only the epochs beyond the previous budget."""
+    cost, before = 0, 0
+    for epochs, size in rungs:
+        cost += size * (epochs - before)
+        before = epochs
+    return cost
+
+
+def describe(search: SearchSpec, n: int, max_epochs: int) -> str:
+    """The rungs and their cost against the full grid, in one line (validate and dry-run print it)."""
+    rungs = plan(search, n, max_epochs)
+    full = n * max_epochs
+    if not adaptive(search):
+        return f"random search: {n} configuration(s) drawn (seed {search.seed}), each {max_epochs} epochs"
+    cost = epoch_cost(rungs)
+    steps = ", ".join(f"rung {k}: {size} x {epochs} epochs" for k, (epochs, size) in enumerate(rungs))
+    return (f"successive halving by {search.metric} ({search.ranking}), eta {search.eta}: {steps}; at most "
+            f"{cost} epochs vs {full} for the full grid ({100 * cost / max(full, 1):.0f}%)")
+
+
+# -- the ledger's record -----------------------------------------------------------------------------------
+def _rung(k: int, epochs: int, tasks: list[int]) -> dict[str, Any]:
+    return {"rung": k, "epochs": epochs, "tasks": tasks, "jobs": {}, "decider": None, "decision": None}
+
+
+def start(sweep_dir: SweepDir, search: SearchSpec, executor: str, spec: JobSpec) -> dict[int, str]:
+    """Write the search's record and submit rung 0 (every task); task index -> job id."""
+    n = sweep_dir.n_tasks
+    rungs = plan(search, n, spec.optim.epochs)
+    record = {"search": search.model_dump(mode="json"), "plan": [list(r) for r in rungs],
+              "rungs": [_rung(0, rungs[0][0], list(range(n)))], "cancelled": False}
+    sweep_dir.write_search(record)
+    return _submit_rung(sweep_dir, record, list(range(n)), executor, spec)
+
+
+def _submit_rung(sweep_dir: SweepDir, record: dict[str, Any], tasks: list[int], executor: str,
+                 spec: JobSpec) -> dict[int, str]:
+    """Budgets of the last rung's ``tasks``, their array, and (Slurm) the job that decides after them."""
+    from hpcvit.submission import PartialSubmission, submit, submit_after
+
+    rung = record["rungs"][-1]
+    for i in tasks:
+        sweep_dir.task(i).write_budget(rung["rung"], rung["epochs"])
+    try:
+        job_ids = submit(sweep_dir, tasks, executor, spec)
+    except PartialSubmission as exc:
+        job_ids = exc.submitted
+        rung["jobs"].update({str(i): j for i, j in job_ids.items()})
+        sweep_dir.write_search(record)
+        raise
+    rung["jobs"].update({str(i): j for i, j in job_ids.items()})
+    if executor == "slurm":
+        arrays = sorted({j.split("_")[0] for j in job_ids.values()})
+        rung["decider"] = submit_after(sweep_dir, Decider(str(sweep_dir.root)), arrays, spec, "decide")
+    sweep_dir.write_search(record)
+    return job_ids
+
+
+class Decider:
+    """What the decision job runs (pickled by submitit): :func:`advance` on the sweep."""
+
+    def __init__(self, sweep_root: str):
+        self.sweep_root = sweep_root
+
+    def __call__(self) -> dict[str, Any] | None:
+        from pathlib import Path
+
+        return advance(SweepDir(Path(self.sweep_root)), by=f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
+
+
+# -- the decision ------------------------------------------------------------------------------------------
+def _value(sweep_dir: SweepDir, index: int, state: TaskState, metric: str) -> float | None:
+    if state == TaskState.RUNG_DONE:
+        marker = sweep_dir.task(index).rung_done() or {}
+        value = (marker.get("metrics") or {}).get(metric)
+    elif state == TaskState.COMPLETED:
+        value = ((sweep_dir.task(index).progress().get("last")) or {}).get(metric)
+    else:
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def rank(values: dict[int, float | None], mode: str) -> list[int]:
+    """Task indices best first by ``mode`` (``max``/``min``); NaN and missing values last; ties: lower index."""
+    def key(i: int) -> tuple[int, float, int]:
+        v = values[i]
+        if v is None or math.isnan(v):
+            return (1, 0.0, i)
+        return (0, -v if mode == "max" else v, i)
+
+    return sorted(values, key=key)
+
+
+def advance(sweep_dir: SweepDir, by: str = "hpcvit") -> dict[str, Any] | None:
+    """Decide the current rung if all its tasks have ended and nobody has yet: promote, stop early, submit the
+    next rung. Returns the decision made here, or None (nothing to decide, or decided already)."""
+    if sweep_dir.search() is None:
+        return None
+    with sweep_dir.lock("search"):
+        record = sweep_dir.search()
+        rung = record["rungs"][-1]
+        if record.get("cancelled") or rung["decision"] is not None:
+            return None
+        from hpcvit.status import task_statuses
+
+        states = {s.index: s.state for s in task_statuses(sweep_dir)}
+        tasks = rung["tasks"]
+        if not all(states[i] in TERMINAL for i in tasks):
+            return None
+        search = SearchSpec.model_validate(record["search"])
+        k, rungs = rung["rung"], record["plan"]
+        finished = [i for i in tasks if states[i] in (TaskState.RUNG_DONE, TaskState.COMPLETED)]
+        lost = [i for i in tasks if i not in finished]
+        values = {i: _value(sweep_dir, i, states[i], search.metric) for i in finished}
+        order = rank(values, search.ranking)
+        last = k == len(rungs) - 1
+        keep = 0 if last else min(rungs[k + 1][1], len(order))
+        promoted, stopped = order[:keep], [] if last else order[keep:]
+        note = ""
+        if lost:
+            note = (f"{len(lost)} of {len(tasks)} task(s) did not finish rung {k} ({', '.join(str(states[i]) for i in lost)}); "
+                    f"{'the ranking is' if last else 'promoted among'} the {len(finished)} that finished")
+        decision = {"time": now_iso(), "by": by, "metric": search.metric, "values": {str(i): values[i] for i in order},
+                    "promoted": promoted, "stopped": stopped, "lost": lost, "completed": order if last else [],
+                    "note": note}
+        rung["decision"] = decision
+        if promoted:
+            record["rungs"].append(_rung(k + 1, rungs[k + 1][0], promoted))
+        sweep_dir.write_search(record)
+        if note:
+            log.warning("%s rung %d: %s", sweep_dir.sweep_id, k, note)
+        _record_outcomes(sweep_dir, k, decision, values, order)
+        if promoted:
+            kind = sweep_dir.manifest["executor"]
+            _submit_rung(sweep_dir, record, promoted, kind, sweep_dir.run_spec(promoted[0]))
+        return decision
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _record_outcomes(sweep_dir: SweepDir, k: int, decision: dict[str, Any], values: dict[int, float | None],
+                     order: list[int]) -> None:
+    """state.json and the MLflow runs of the rung's tasks: promoted (SUBMITTED again), STOPPED_EARLY, lost."""
+    metric = decision["metric"]
+    cut = values[decision["promoted"][-1]] if decision["promoted"] else None
+    outcomes: dict[int, tuple[str, TaskState | None]] = {}
+    for i in decision["promoted"]:
+        task = sweep_dir.task(i)
+        task.clear_cancel()
+        task.write_state(state=TaskState.SUBMITTED, time_limit_stops=0, stop_cause=None,
+                         message=f"promoted after rung {k}: {metric}={_fmt(values[i])} (rank {order.index(i) + 1} "
+                                 f"of {len(order)})")
+        outcomes[i] = ("promoted", None)
+    for i in decision["stopped"]:
+        sweep_dir.task(i).write_state(
+            state=TaskState.STOPPED_EARLY,
+            message=f"not promoted after rung {k}: {metric}={_fmt(values[i])} (rank {order.index(i) + 1} of "
+                    f"{len(order)}; the last promoted had {_fmt(cut)})")
+        outcomes[i] = ("stopped_early", TaskState.STOPPED_EARLY)
+    for i in decision["completed"]:
+        outcomes[i] = ("completed", None)
+    for i in decision["lost"]:
+        outcomes[i] = ("lost", None)
+    _tag_runs(sweep_dir, k, outcomes)
+
+
+def _tag_runs(sweep_dir: SweepDir, k: int, outcomes: dict[int, tuple[str, TaskState | None]]) -> None:
+    uri = sweep_dir.manifest.get("tracking_uri")
+    if not uri:
+        return
+    from hpcvit.tracking import mlflow_client, names
+
+    client = mlflow_client(uri)
+    for i, (outcome, state) in outcomes.items():
+        run_id = sweep_dir.task(i).run_id()
+        if not run_id:
+            continue
+        try:
+            client.set_tag(run_id, OUTCOME_TAG, outcome)
+            client.set_tag(run_id, RUNG_TAG, str(k + 1 if outcome == "promoted" else k))
+            if state is not None:  # stopped early: the run is over, by design
+                client.set_tag(run_id, names.STATE_TAG, str(state))
+                client.set_terminated(run_id, "FINISHED")
+        except Exception as exc:  # noqa: BLE001 - the ledger holds the decision; tags are for the UI
+            log.warning("could not tag the MLflow run of task %d (%s: %s)", i, type(exc).__name__, exc)
+
+
+# -- cancel and resume -------------------------------------------------------------------------------------
+def cancel(sweep_dir: SweepDir) -> None:
+    """Stop deciding (the decision job, if queued, is cancelled): ``resume`` continues the search."""
+    with sweep_dir.lock("search"):
+        record = sweep_dir.search()
+        if record is None:
+            return
+        record["cancelled"] = True
+        sweep_dir.write_search(record)
+    decider = record["rungs"][-1].get("decider")
+    if decider and record["rungs"][-1]["decision"] is None:
+        import subprocess
+
+        subprocess.run(["scancel", decider], check=False, timeout=60, capture_output=True)
+
+
+def live_tasks(sweep_dir: SweepDir) -> set[int] | None:
+    """The tasks a resume may resubmit: those of the undecided current rung (None outside a search)."""
+    record = sweep_dir.search()
+    if record is None:
+        return None
+    rung = record["rungs"][-1]
+    return set() if rung["decision"] is not None else set(rung["tasks"])
+
+
+def reopen(sweep_dir: SweepDir) -> dict[str, Any] | None:
+    """``resume``'s first step: decide again, and decide the current rung if all its tasks have ended."""
+    with sweep_dir.lock("search"):
+        record = sweep_dir.search()
+        if record is None:
+            return None
+        record["cancelled"] = False
+        sweep_dir.write_search(record)
+    return advance(sweep_dir, by="hpcvit resume")
+
+
+def resubmitted(sweep_dir: SweepDir, job_ids: dict[int, str], executor: str, spec: JobSpec) -> None:
+    """Record a resume's jobs in the current rung and, on Slurm, a new decision job after them."""
+    from hpcvit.submission import submit_after
+
+    with sweep_dir.lock("search"):
+        record = sweep_dir.search()
+        rung = record["rungs"][-1]
+        rung["jobs"].update({str(i): j for i, j in job_ids.items()})
+        if executor == "slurm" and job_ids:
+            arrays = sorted({j.split("_")[0] for j in job_ids.values()})
+            rung["decider"] = submit_after(sweep_dir, Decider(str(sweep_dir.root)), arrays, spec, "decide")
+        sweep_dir.write_search(record)
+
+
+# -- what compare shows ------------------------------------------------------------------------------------
+def summary(sweep_dir: SweepDir) -> list[str]:
+    """One line per rung (who was promoted, with which value) and the epochs spent vs the full grid."""
+    record = sweep_dir.search()
+    if record is None:
+        return []
+    labels = sweep_dir.labels
+    lines = []
+    for rung in record["rungs"]:
+        d = rung["decision"]
+        head = f"rung {rung['rung']} ({rung['epochs']} epochs, {len(rung['tasks'])} task(s))"
+        if d is None:
+            lines.append(f"{head}: running" + (" (search cancelled)" if record.get("cancelled") else ""))
+            continue
+        values = {int(i): v for i, v in d["values"].items()}
+
+        def who(i: int) -> str:
+            v = values.get(i)
+            return f"#{i} {labels[i] if i < len(labels) else ''} ({d['metric']} {'n/a' if v is None else f'{v:.4f}'})"
+
+        if d["completed"] or not d["promoted"] and not d["stopped"]:
+            text = f"completed: {', '.join(who(i) for i in d['completed'][:3])}" + (" ..." if len(d["completed"]) > 3 else "")
+        else:
+            text = f"promoted {', '.join(who(i) for i in d['promoted'])}; stopped early {len(d['stopped'])}"
+        if d["lost"]:
+            text += f"; lost {d['lost']} ({d['note']})"
+        lines.append(f"{head}, decided {d['time']} by {d['by']}: {text}")
+    full = sweep_dir.n_tasks * record["plan"][-1][0]
+    spent = sum(int(t.progress().get("epoch") or 0) for t in sweep_dir.tasks())
+    planned = epoch_cost([tuple(r) for r in record["plan"]])
+    lines.append(f"epochs trained {spent} (plan: at most {planned}) vs {full} for the full grid "
+                 f"({100 * spent / max(full, 1):.0f}%)")
+    return lines
