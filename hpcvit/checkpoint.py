@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,44 @@ def load_weights(path: Path) -> Any:
         raise ValueError(f"{path}: not a loadable weights file ({first[:300]})") from None
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` that later training steps cannot change: tensors copied (on their device), containers
+    rebuilt, other values shared (they are immutable: numbers, strings, None)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+def _to_host(obj: Any, stream: Any) -> Any:
+    """``obj`` with every device tensor copied into pinned host memory on ``stream`` (the writer's)."""
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type == "cpu":
+            return obj
+        with torch.cuda.stream(stream):
+            host = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
+            host.copy_(obj, non_blocking=True)
+        return host
+    if isinstance(obj, dict):
+        return {k: _to_host(v, stream) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v, stream) for v in obj)
+    return obj
+
+
+def _on_gpu(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.device.type != "cpu"
+    if isinstance(obj, dict):
+        return any(_on_gpu(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_on_gpu(v) for v in obj)
+    return False
+
+
 class CheckpointManager:
     """Checkpoints of one task in ``directory``."""
 
@@ -45,6 +84,8 @@ class CheckpointManager:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.skipped: list[str] = []
         """Why each checkpoint the last load passed over was refused (``path: reason``)."""
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def clean(self) -> list[Path]:
         """Remove temp files of killed writes (call while no writer is at work: before training starts)."""
@@ -60,6 +101,49 @@ class CheckpointManager:
             if m:
                 found.append((int(m.group(1)), p))
         return sorted(found)
+
+    def save_async(self, state: dict[str, Any], *, step: int, epoch: int, metric: float | None = None,
+                   is_best: bool = False) -> None:
+        """:meth:`save` in a background thread, of a snapshot taken now; waits for the previous write first."""
+        self.wait()
+        snap = snapshot(state)
+        event = None
+        if _on_gpu(snap):  # the writer's copy to the host must start after the device-side snapshot is done
+            event = torch.cuda.Event()
+            event.record()
+        self._writer = threading.Thread(target=self._write, args=(snap, event, step, epoch, metric, is_best),
+                                        name=f"checkpoint-{step}")
+        self._writer.start()
+
+    def _write(self, snap: dict[str, Any], event: Any, step: int, epoch: int, metric: float | None,
+               is_best: bool) -> None:
+        try:
+            if event is not None:
+                stream = torch.cuda.Stream()
+                stream.wait_event(event)
+                snap = _to_host(snap, stream)
+                stream.synchronize()
+            self.save(snap, step=step, epoch=epoch, metric=metric, is_best=is_best)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = exc
+
+    @property
+    def writing(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def raise_if_failed(self) -> None:
+        """Raise the error of a background write that has ended with one (cheap: call it every step)."""
+        if self._error is not None and not self.writing:
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait until the background write (if any) is durable; raise the error it ended with."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def save(self, state: dict[str, Any], *, step: int, epoch: int, metric: float | None = None,
              is_best: bool = False) -> Path:
@@ -118,6 +202,7 @@ class CheckpointManager:
 
     def candidates(self) -> list[tuple[dict[str, Any], Path]]:
         """(meta, data file) of every checkpoint whose data match their checksum: newest first, then best."""
+        self.wait()
         self.skipped = []
         good = []
         sidecars = [p for _, p in reversed(self._sidecars())]
@@ -145,10 +230,12 @@ class CheckpointManager:
         return None
 
     def load(self, path: Path) -> dict[str, Any]:
+        self.wait()
         return load_weights(path)
 
     def best(self) -> Path | None:
         """``best.pt`` if it verifies against ``best.json``."""
+        self.wait()
         meta_path = self.dir / "best.json"
         if not meta_path.exists():
             return None

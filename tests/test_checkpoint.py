@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -53,3 +54,52 @@ def test_truncated_file_and_leftover_temp_are_ignored(tmp_path: Path) -> None:
     assert mgr.load_latest()[1]["step"] == 5
     assert CheckpointManager(tmp_path / "empty").load_latest() is None
     assert mgr.best() is None
+
+
+def test_background_save_writes_the_state_as_it_was_when_called(tmp_path: Path) -> None:
+    sync_dir, async_dir = tmp_path / "sync", tmp_path / "async"
+    live = _state(4)
+    CheckpointManager(sync_dir).save(live, step=4, epoch=0, metric=0.5, is_best=True)
+    mgr = CheckpointManager(async_dir)
+    mgr.save_async(live, step=4, epoch=0, metric=0.5, is_best=True)
+    live["model"]["w"].add_(1.0)  # training goes on while the writer works
+    live["step"] = 99
+    mgr.wait()
+    saved, meta = mgr.load_latest()
+    expected = torch.load(sync_dir / "ckpt-000000004.pt", weights_only=True)
+    assert meta["step"] == 4 and saved["step"] == 4
+    assert torch.equal(saved["model"]["w"], expected["model"]["w"])
+    assert torch.equal(saved["rng"], expected["rng"])
+    assert mgr.best() is not None
+    assert sorted(p.name for p in async_dir.iterdir()) == sorted(p.name for p in sync_dir.iterdir())
+
+
+def test_background_saves_keep_k_and_the_next_save_waits_for_the_last(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep=2)
+    for step in (1, 2, 3, 4):
+        mgr.save_async(_state(step), step=step, epoch=0)
+    state, meta = mgr.load_latest()  # a read waits for the write in flight
+    assert meta["step"] == 4 and state["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000000003.json", "ckpt-000000003.pt",
+                                                         "ckpt-000000004.json", "ckpt-000000004.pt"]
+
+
+def test_an_error_of_the_background_writer_is_raised_to_the_caller(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path / "ckpts")
+    mgr.save_async(_state(1), step=1, epoch=0)
+    mgr.wait()
+    # the folder replaced by a file: the writer's temp file cannot be created there
+    for p in mgr.dir.iterdir():
+        p.unlink()
+    mgr.dir.rmdir()
+    mgr.dir.write_text("not a folder")
+    mgr.save_async(_state(2), step=2, epoch=0)
+    while mgr.writing:
+        time.sleep(0.01)
+    try:
+        mgr.raise_if_failed()
+    except OSError as exc:
+        assert "ckpts" in str(exc)
+    else:
+        raise AssertionError("the writer's error was not raised")
+    mgr.wait()  # raised once, then cleared

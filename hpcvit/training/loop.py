@@ -175,8 +175,11 @@ class Trainer:
                             f"restarting epoch {self.epoch} from its first batch (not bitwise-exact)")
             self.step_in_epoch = 0
 
-    def save(self, is_best: bool = False) -> None:
-        """Checkpoint on rank 0 (collective: every rank calls it); nothing non-finite is ever written."""
+    def save(self, is_best: bool = False, durable: bool = False) -> None:
+        """Checkpoint on rank 0 (collective: every rank calls it); nothing non-finite is ever written.
+
+        Rank 0 writes a snapshot in the background (training goes on); ``durable`` waits until it is on disk.
+        """
         self.guard.check(self.epoch, self.global_step)
         self.guard.check_weights(self.model, self.epoch, self.global_step)
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
@@ -188,8 +191,15 @@ class Trainer:
                      "epoch_partial": partial if self.step_in_epoch else None}
             state = self.state.state_dict(rng=rng, world_size=self.d.world, extra=extra)
             p = self.progress
-            self.ckpt.save(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
+            self.ckpt.save_async(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
             self.last_save = time.monotonic()
+        if durable:
+            self.wait_for_checkpoint()
+
+    def wait_for_checkpoint(self) -> None:
+        """Collective: return once rank 0's last checkpoint is durable (it raises the writer's error, if any)."""
+        if self.d.main:
+            self.ckpt.wait()
         # Other ranks must not read best.pt (or exit) before rank 0 has finished writing it.
         distributed.barrier()
 
@@ -283,6 +293,8 @@ class Trainer:
             meter.reset(self._resumed_partial)
         self._resumed_partial = None
         while True:
+            if self.d.main:
+                self.ckpt.raise_if_failed()  # a failed background write ends the task now, not at the next save
             due = (ck.every_minutes is not None and self.d.main
                    and time.monotonic() - self.last_save >= ck.every_minutes * 60)
             # one collective per step carries the stop, save and non-finite flags of every rank
@@ -292,7 +304,7 @@ class Trainer:
                 self.guard.fail(self.epoch, self.global_step)
             if stop_now:
                 del it
-                self.save()
+                self.save(durable=True)
                 return None
             if save_now:
                 self.save()
@@ -368,7 +380,9 @@ class Trainer:
                         + "".join(f", {e}" for e in extras if e))
         self._report_progress(TaskState.RUNNING)
         p = self.progress
-        while p.epoch < o.epochs:
+        budget = self.task.budget()  # an adaptive search's rung: stop after its epochs, the schedule unchanged
+        until = min(o.epochs, budget["epochs"]) if budget else o.epochs
+        while p.epoch < until:
             train_metrics = self.train_epoch()
             if train_metrics is None:
                 return self._stopped()
@@ -388,11 +402,23 @@ class Trainer:
             p.step_in_epoch = 0
             self.save(is_best=improved)
             self._report_progress(TaskState.RUNNING, last=metrics)
+        if p.epoch < o.epochs:
+            return self._rung_done(budget or {})
         return self._finished()
+
+    def _rung_done(self, budget: dict[str, Any]) -> int:
+        """The rung's epochs are trained and checkpointed: its last epoch's metrics for the rung's decision."""
+        last = self.task.progress().get("last") if self.d.main else None
+        self.report.rung_done(int(budget.get("rung", 0)), self.epoch, last or {})
+        self._report_progress(TaskState.RUNG_DONE, last=last)
+        self.report.log(f"rung {budget.get('rung', 0)} done at epoch {self.epoch} of {self.spec.optim.epochs}; "
+                        "checkpoint saved")
+        return 0
 
     def _finished(self) -> int:
         """Evaluate the best epoch's weights (its EMA with ``optim.ema_decay``) on validation (and test), write
         result and artifacts, close the run."""
+        self.wait_for_checkpoint()
         best = self.ckpt.best()
         if best is not None:
             state = self.ckpt.load(best)
