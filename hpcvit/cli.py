@@ -98,6 +98,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hpcvit.orchestrate import array_plan
 
     console.print(f"[green]plan[/] {escape(array_plan(sweep))}")
+    from hpcvit.orchestrate import search_plan
+
+    if search_plan(sweep):
+        console.print(f"[green]search[/] {escape(search_plan(sweep))}")
     console.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
     return 0
 
@@ -131,6 +135,8 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
     for line in checked:
         info.print(f"[green]checked[/] {escape(line)}")
     info.print(f"[green]plan[/] {escape(orchestrate.array_plan(sweep))}")
+    if orchestrate.search_plan(sweep):
+        info.print(f"[green]search[/] {escape(orchestrate.search_plan(sweep))}")
     if script_only:
         text = "".join(script if script.endswith("\n") else script + "\n" for _, script in scripts)
         if args.output:
@@ -174,7 +180,16 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
         final = orchestrate.wait(sweep_dir, show)
     console.print(_status_table(sweep_dir, final, console))
     console.print(compare_table(sweep_dir, getattr(args, "metric", None), width=_width(console)))
+    _print_search(sweep_dir)
     return 0 if all(s.state in FINAL for s in final) else 1
+
+
+def _print_search(sweep_dir: Any) -> None:
+    """A search's rungs (who was promoted when, with which metric) and the epochs spent vs the full grid."""
+    from hpcvit.search import summary
+
+    for line in summary(sweep_dir):
+        console.print(escape(line), highlight=False)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -268,6 +283,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         over_seeds = seed_table(sweep_dir, rows)
         if over_seeds is not None:
             console.print(over_seeds)
+        _print_search(sweep_dir)
     else:
         print(render(rows, args.format))
     if args.plot:

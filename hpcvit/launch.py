@@ -53,6 +53,18 @@ def torchrun_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv
     return cmd + ["-m", "hpcvit.train", str(task.path)]
 
 
+def _decide_rung(task: TaskDir) -> None:
+    """Local executor: the launcher of a search rung's last task decides the rung (on Slurm a job does)."""
+    from hpcvit import search
+
+    try:
+        search.advance(task.sweep, by=f"launcher of task {task.index}")
+    except Exception:  # status, wait and resume decide an undecided rung as well
+        import logging
+
+        logging.getLogger(__name__).exception("task %s: deciding the search rung failed", task.key)
+
+
 class _Slot:
     """One of ``limit`` lock files: the local executor's stand-in for ``--array=...%K``."""
 
@@ -100,6 +112,9 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         finally:
             if slot:
                 slot.__exit__(None, None, None)
+            if not env.on_slurm and task.budget() is not None:
+                _decide_rung(task)
+
 
     def _run(self, task: TaskDir, spec: JobSpec, env: JobEnv) -> dict[str, Any]:
         task.clear_outcome()
@@ -139,6 +154,14 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         ended = {"returncode": rc, "ended": time.time()}
         if task.result():
             return task.write_state(state=TaskState.COMPLETED, message="", **ended)
+        rung = task.rung_done()
+        if rung and rc == 0:
+            metric = task.sweep.search() or {}
+            name = (metric.get("search") or {}).get("metric", "")
+            value = (rung.get("metrics") or {}).get(name)
+            shown = f": {name}={value:.4g}" if isinstance(value, (int, float)) else ""
+            return task.write_state(state=TaskState.RUNG_DONE, **ended,
+                                    message=f"rung {rung['rung']} done at epoch {rung['epoch']}{shown}")
         stopped = task.stopped()
         where = f" at epoch {stopped['epoch']} step {stopped['step_in_epoch']}" if stopped else " before training"
         if task.cancel_requested():

@@ -77,13 +77,30 @@ def array_plan(sweep: Sweep) -> str:
     n = len(sweep.runs)
     if sweep.base.executor != "slurm":
         return f"{n} task(s) on the local executor, at most {sweep.base.resources.array_parallelism} at once"
+    rungs = " (the first rung of the search; each later rung is one array of its survivors)" \
+        if _adaptive(sweep) else ""
     from hpcvit.submission import max_array_size
 
     size = max_array_size(sweep.base)
     arrays = -(-n // size)
     source = "resources.max_array_size" if sweep.base.resources.max_array_size else "the cluster's MaxArraySize"
     return (f"{n} task(s) as {arrays} Slurm array(s) of at most {size} ({source}), each running at most "
-            f"{sweep.base.resources.array_parallelism} at once")
+            f"{sweep.base.resources.array_parallelism} at once{rungs}")
+
+
+def _adaptive(sweep: Sweep) -> bool:
+    from hpcvit.search import adaptive
+
+    return adaptive(sweep.search)
+
+
+def search_plan(sweep: Sweep) -> str | None:
+    """The search's rungs and their most epochs vs the full grid, in one line; None without a search."""
+    if sweep.search is None:
+        return None
+    from hpcvit.search import describe
+
+    return describe(sweep.search, len(sweep.runs), sweep.base.optim.epochs)
 
 
 def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool = True,
@@ -122,7 +139,12 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
         from hpcvit.submission import submit as submit_tasks
 
         try:
-            submit_tasks(sweep_dir, list(range(len(specs))), base.executor, base)
+            if _adaptive(sweep):
+                from hpcvit import search
+
+                search.start(sweep_dir, sweep.search, base.executor, base)
+            else:
+                submit_tasks(sweep_dir, list(range(len(specs))), base.executor, base)
         except PartialSubmission:
             raise  # the ledger holds what went in; resume submits the rest
         except BaseException:
@@ -160,6 +182,10 @@ def wait(sweep_dir: SweepDir, on_update: Callable[[list[TaskStatus]], None] | No
         if on_update is not None:
             on_update(current)
         if all_terminal(current):
+            if _decide(sweep_dir):  # a search's rung ended: its next rung may have been submitted
+                current = task_statuses(sweep_dir)
+                if not all_terminal(current):
+                    continue
             break
         time.sleep(poll_s)
     finalize(sweep_dir, current)
@@ -192,11 +218,23 @@ def _close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
     return terminate_run(uri, run_id, "FAILED" if state == TaskState.FAILED else "KILLED", state)
 
 
+def _decide(sweep_dir: SweepDir) -> bool:
+    """Decide a search's ended rung if nobody has yet (idempotent); True for a sweep with a search."""
+    if sweep_dir.search() is None:
+        return False
+    from hpcvit import search
+
+    search.advance(sweep_dir, by="hpcvit")
+    return True
+
+
 def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> bool:
     """:func:`reconcile` stale records and, once every task is terminal, close the sweep's parent run (with its
     summary table and ROC overlay). True when the parent was finalised."""
     current = task_statuses(sweep_dir) if current is None else current
     reconcile(sweep_dir, current)
+    if all_terminal(current) and _decide(sweep_dir):
+        current = task_statuses(sweep_dir)
     m = sweep_dir.manifest
     if not (all_terminal(current) and m.get("parent_run_id")):
         return False
@@ -227,9 +265,23 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
             subprocess.run(["scontrol", "release", *[s.job_id for s in held]], check=True, timeout=60,
                            capture_output=True)
             log.info("released %d held job(s) of %s: %s", len(held), sweep_dir.sweep_id, [s.job_id for s in held])
+        promoted: dict[int, str] = {}
+        if sweep_dir.search() is not None:  # a search continues where it stopped: its current rung only
+            from hpcvit import search
+
+            decision = search.reopen(sweep_dir)
+            if decision and decision["promoted"]:
+                jobs = search.rung_jobs(sweep_dir)
+                promoted = {i: jobs.get(i, "") for i in decision["promoted"]}
+                current = task_statuses(sweep_dir)
+            live = search.live_tasks(sweep_dir) or set()
+            current = [s for s in current if s.index in live or s.state == TaskState.HELD]
         todo = [s for s in current if s.state in RESUMABLE]
         if not todo:
-            return [s.index for s in held], {s.index: s.job_id for s in held}
+            if promoted:
+                _reopen_parent(sweep_dir)
+                sweep_dir.update_manifest(finalized=None)
+            return [*(s.index for s in held), *promoted], {**{s.index: s.job_id for s in held}, **promoted}
         for s in todo:
             task = sweep_dir.task(s.index)
             _close_stale_run(sweep_dir, s.index, s.state)
@@ -240,6 +292,10 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
         kind = executor or sweep_dir.manifest["executor"]
         indices = [s.index for s in todo]
         job_ids = submit(sweep_dir, indices, kind, sweep_dir.run_spec(indices[0]))
+        if sweep_dir.search() is not None:
+            from hpcvit import search
+
+            search.resubmitted(sweep_dir, job_ids, kind, sweep_dir.run_spec(indices[0]))
         updates = {"finalized": None}  # the sweep runs again: its parent run will be finalised again
         _reopen_parent(sweep_dir)
         if kind != sweep_dir.manifest["executor"]:
@@ -268,7 +324,11 @@ def cancel(sweep_dir: SweepDir) -> list[int]:
 
     from hpcvit.procs import pid_alive, process_alive, signal_group, signal_process
 
-    active = [s for s in task_statuses(sweep_dir) if s.state not in FINAL | RESUMABLE]
+    if sweep_dir.search() is not None:  # no rung is decided (nor submitted) until resume
+        from hpcvit import search
+
+        search.cancel(sweep_dir)
+    active = [s for s in task_statuses(sweep_dir) if s.state not in TERMINAL | RESUMABLE]
     for s in active:
         sweep_dir.task(s.index).request_cancel()
     slurm_jobs = [s.job_id for s in active if s.executor == "slurm"]

@@ -27,10 +27,6 @@ from hpcvit.states import TERMINAL, TaskState
 
 log = logging.getLogger(__name__)
 
-OUTCOME_TAG = "hpcvit.search.outcome"
-"""``promoted``, ``stopped_early``, ``completed`` or ``lost`` (failed in a rung, not promoted) on a task's run."""
-RUNG_TAG = "hpcvit.search.rung"
-"""The rung the task's run last trained in."""
 
 
 def adaptive(search: SearchSpec | None) -> bool:
@@ -242,8 +238,8 @@ def _tag_runs(sweep_dir: SweepDir, k: int, outcomes: dict[int, tuple[str, TaskSt
         if not run_id:
             continue
         try:
-            client.set_tag(run_id, OUTCOME_TAG, outcome)
-            client.set_tag(run_id, RUNG_TAG, str(k + 1 if outcome == "promoted" else k))
+            client.set_tag(run_id, names.OUTCOME_TAG, outcome)
+            client.set_tag(run_id, names.RUNG_TAG, str(k + 1 if outcome == "promoted" else k))
             if state is not None:  # stopped early: the run is over, by design
                 client.set_tag(run_id, names.STATE_TAG, str(state))
                 client.set_terminated(run_id, "FINISHED")
@@ -317,9 +313,9 @@ def summary(sweep_dir: SweepDir) -> list[str]:
             continue
         values = {int(i): v for i, v in d["values"].items()}
 
-        def who(i: int) -> str:
+        def who(i: int, values: dict[int, Any] = values, metric: str = d["metric"]) -> str:
             v = values.get(i)
-            return f"#{i} {labels[i] if i < len(labels) else ''} ({d['metric']} {'n/a' if v is None else f'{v:.4f}'})"
+            return f"#{i} {labels[i] if i < len(labels) else ''} ({metric} {'n/a' if v is None else f'{v:.4f}'})"
 
         if d["completed"] or not d["promoted"] and not d["stopped"]:
             text = f"completed: {', '.join(who(i) for i in d['completed'][:3])}" + (" ..." if len(d["completed"]) > 3 else "")
@@ -334,3 +330,9 @@ def summary(sweep_dir: SweepDir) -> list[str]:
     lines.append(f"epochs trained {spent} (plan: at most {planned}) vs {full} for the full grid "
                  f"({100 * spent / max(full, 1):.0f}%)")
     return lines
+
+
+def rung_jobs(sweep_dir: SweepDir) -> dict[int, str]:
+    """Task index -> job id of the current rung's submission."""
+    record = sweep_dir.search() or {"rungs": [{"jobs": {}}]}
+    return {int(i): j for i, j in record["rungs"][-1]["jobs"].items()}

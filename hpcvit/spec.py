@@ -482,12 +482,7 @@ class SweepSpec(_Section):
         both = set(self.grid) & set(self.zip)
         if both:
             raise ValueError(f"field(s) {sorted(both)} appear in both grid and zip")
-        if self.search is not None:
-            drawn = set(self.search.space) & (set(self.grid) | set(self.zip))
-            if drawn:
-                raise ValueError(f"field(s) {sorted(drawn)} appear in search.space and in grid/zip")
-            if "optim.epochs" in {*self.grid, *self.zip, *self.search.space}:
-                raise ValueError("optim.epochs cannot vary in a search: search.max_epochs sets it")
+
         for block in ("grid", "zip"):
             _finite(getattr(self, block), block)
         if self.n_runs > self.max_runs:

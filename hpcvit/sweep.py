@@ -145,6 +145,10 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
     for block, keys in blocks:
         for key in keys:
             problem = _check_dotted(key)
+            if search is not None and key == "optim.epochs":
+                problem = "cannot vary in a search: search.max_epochs sets it (the schedule is defined over it)"
+            if block == "search.space" and key in {*sweep.grid, *sweep.zip}:
+                problem = "is drawn from search.space and listed in grid/zip: give it in one place"
             if key.split(".")[0] in SWEEP_FIXED:
                 problem = ("cannot vary within a sweep: its tasks share one array job (resources, executor), "
                            "one sweep folder and one MLflow experiment")

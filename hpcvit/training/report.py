@@ -10,6 +10,7 @@ import logging
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -47,6 +48,8 @@ class TaskReport:
         self._tracker: Any = None
         self._opening: threading.Thread | None = None
         self._open_error: BaseException | None = None
+        self._epoch_clock: float | None = None
+        """When the current epoch started (monotonic), for the wall time per epoch behind status's ETA."""
 
     @property
     def tracker(self) -> Any:
@@ -66,8 +69,13 @@ class TaskReport:
                  last: dict[str, float] | None = None) -> None:
         if self.main:
             report = {**counters, "epochs": self.spec.optim.epochs, "metric": metric, "state": str(state)}
+            now = time.monotonic()
             if last is not None:
                 report["last"] = last
+                if self._epoch_clock is not None:  # a whole epoch (training and evaluation) ran in this process
+                    report["epoch_wall_s"] = round(now - self._epoch_clock, 3)
+            # an epoch resumed mid-way is not timed: it ran only its remaining steps here
+            self._epoch_clock = now if counters.get("step_in_epoch", 0) == 0 else None
             self.task.write_progress(report)
 
     # -- tracking -----------------------------------------------------------------------------------
@@ -102,7 +110,8 @@ class TaskReport:
             names.SWEEP_ID_TAG: self.task.sweep.sweep_id, names.TASK_INDEX_TAG: str(self.task.index),
             names.MODEL_TAG: spec.model.name, names.DATASET_TAG: spec.data.format,
             names.SLURM_JOB_TAG: self.env.scheduler_job, names.RESTARTS_TAG: str(self.env.restarts),
-            names.HOST_TAG: socket.gethostname(), names.STATE_TAG: str(TaskState.RUNNING)})
+            names.HOST_TAG: socket.gethostname(), names.STATE_TAG: str(TaskState.RUNNING),
+            **({names.RUNG_TAG: str(budget["rung"])} if (budget := self.task.budget()) else {})})
         if not tracker.resumed:
             params = names.flatten(spec.model_dump(mode="json"))
             params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
@@ -154,6 +163,15 @@ class TaskReport:
         t.set_tags({names.STATE_TAG: str(TaskState.COMPLETED), names.BEST_EPOCH_TAG: str(result["best_epoch"]),
                     f"best_{result['metric']}": f"{result['best_metric']}"})
         t.end("FINISHED")
+
+    def rung_done(self, rung: int, epoch: int, metrics: dict[str, float]) -> None:
+        """A search's rung is trained (checkpointed): ``rung_done.json`` for its decision; the run waits for it."""
+        if not self.main:
+            return
+        self.task.write_rung_done({"rung": rung, "epoch": epoch, "metrics": metrics})
+        if self.tracker is not None:
+            self.tracker.set_tags({names.STATE_TAG: str(TaskState.RUNG_DONE)})
+            self.tracker.end("SCHEDULED")
 
     def stopped(self, signal_name: str, counters: dict[str, Any]) -> None:
         """The trainer stopped at a checkpoint for a signal: to be requeued or resumed."""
