@@ -11,6 +11,7 @@ file cannot run code) or that ``check`` refuses; after every numbered checkpoint
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -36,6 +37,23 @@ def load_weights(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - pickle refusals, zip errors, truncation: one message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: not a loadable weights file ({first[:300]})") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` atomically replaced by a hard link to ``src`` (no second write of the data), or by a copy where
+    the file system has no hard links. Pruning ``src`` later leaves ``dst`` intact."""
+    tmp = fsio.temp_path(dst)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        fsio.copy_file(src, dst)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsio.fsync_dir(dst.parent, strict=False)
 
 
 def snapshot(obj: Any) -> Any:
@@ -157,7 +175,7 @@ class CheckpointManager:
                 "bytes": data.stat().st_size}
         fsio.write_json(self.dir / f"ckpt-{step:09d}.json", meta)
         if is_best and self.keep_best:
-            fsio.copy_file(data, self.dir / "best.pt")
+            _link_or_copy(data, self.dir / "best.pt")
             fsio.write_json(self.dir / "best.json", {**meta, "file": "best.pt"})
         self._prune()
         return data

@@ -103,3 +103,15 @@ def test_an_error_of_the_background_writer_is_raised_to_the_caller(tmp_path: Pat
     else:
         raise AssertionError("the writer's error was not raised")
     mgr.wait()  # raised once, then cleared
+
+
+def test_best_outlives_the_pruning_of_the_checkpoint_it_came_from(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep=1)
+    mgr.save(_state(1), step=1, epoch=0, metric=0.9, is_best=True)
+    mgr.save(_state(2), step=2, epoch=1, metric=0.8)
+    assert not (tmp_path / "ckpt-000000001.pt").exists()
+    best = mgr.best()
+    assert best is not None and torch.load(best, weights_only=True)["step"] == 1
+    mgr.save(_state(3), step=3, epoch=2, metric=0.95, is_best=True)  # replaced, not written through the link
+    assert torch.load(mgr.best(), weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "ckpt-000000003.pt", weights_only=True)["step"] == 3
