@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -18,7 +17,14 @@ from rich.table import Table
 from hpcvit.fsio import DamagedFileError, describe_os_error
 from hpcvit.states import EXECUTORS, FINAL, TaskState
 from hpcvit.sweep import Sweep, load_sweep
-from hpcvit.tables import Column, console_width, fit
+from hpcvit.tables import (
+    RECORD_FORMATS,
+    Column,
+    console_width,
+    duration,
+    fit,
+    records_text,
+)
 from hpcvit.yamlio import SpecError
 
 # In a pipe nothing wraps (a script, a CSV, a file:line error must survive `> file`, `| grep`); on a terminal
@@ -63,14 +69,14 @@ def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
     columns = [Column("#", numeric=True), Column("run", priority=2), Column("state", min_width=9),
                Column("job", priority=3), Column("restarts", numeric=True, priority=4),
                Column("epoch", numeric=True, priority=1), Column(f"best {metric.removeprefix('val_')}", numeric=True),
-               Column("log / message", priority=1, min_width=12)]
+               Column("ETA", numeric=True, priority=3), Column("log / message", priority=1, min_width=12)]
     rows = []
     for s in statuses:
         epoch = f"{s.epoch}/{s.epochs}" if s.epoch is not None else ""
         best = f"{s.best_metric:.4f}" if s.best_metric is not None else ""
         note = s.message if s.state in _SHOW_MESSAGE and s.message else os.path.relpath(s.log, sweep_dir.root)
         rows.append([str(s.index), escape(s.label), f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
-                     str(s.restarts), epoch, best, escape(note)])
+                     str(s.restarts), epoch, best, duration(s.eta_s), escape(note)])
     return fit(f"sweep {sweep_dir.sweep_id}", columns, rows, _width(out))
 
 
@@ -90,19 +96,34 @@ def _sweep(args: argparse.Namespace):
     return find_sweep(args.sweep, Path(args.output_dir or "runs"))
 
 
+def _run_records(sweep: Sweep) -> list[dict[str, Any]]:
+    """One record per run: its index, model, swept values (by their dotted field names) and resources."""
+    out = []
+    for run in sweep.runs:
+        s, r = run.spec, run.spec.resources
+        out.append({"index": run.index, "model": s.model.name,
+                    **{k: v for k, v in run.overrides.items() if k != "model.name"},
+                    "epochs": s.optim.epochs, "batch_size": s.optim.batch_size, "nodes": r.nodes,
+                    "procs_per_node": r.procs_per_node, "executor": s.executor})
+    return out
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hpcvit.orchestrate import array_plan, search_plan
+
     sweep, checked = _load(args.spec, data=not args.no_data)
-    console.print(_run_table(sweep, None if args.all else 40, console))
+    info = err if args.format in RECORD_FORMATS else console  # with json|csv stdout holds the records alone
+    if args.format in RECORD_FORMATS:
+        sys.stdout.write(records_text(_run_records(sweep), args.format))
+    else:
+        console.print(_run_table(sweep, None if args.all else 40, console))
     for line in checked:
-        console.print(f"[green]checked[/] {escape(line)}")
-    from hpcvit.orchestrate import array_plan
-
-    console.print(f"[green]plan[/] {escape(array_plan(sweep))}")
-    from hpcvit.orchestrate import search_plan
-
-    if search_plan(sweep):
-        console.print(f"[green]search[/] {escape(search_plan(sweep))}")
-    console.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
+        info.print(f"[green]checked[/] {escape(line)}")
+    info.print(f"[green]plan[/] {escape(array_plan(sweep))}")
+    search = search_plan(sweep)
+    if search:
+        info.print(f"[green]search[/] {escape(search)}")
+    info.print(f"[green]valid[/]: {len(sweep.runs)} run(s)")
     return 0
 
 
@@ -175,7 +196,9 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
                     seen[s.index] = key
                     epoch = f" epoch {s.epoch}/{s.epochs}" if s.epoch is not None else ""
                     best = f" best {s.best_metric:.4f}" if s.best_metric is not None else ""
-                    err.print(f"task {s.index} ({s.label}): {s.state}{epoch}{best}", markup=False, highlight=False)
+                    eta = f" ETA {duration(s.eta_s)}" if s.eta_s is not None else ""
+                    err.print(f"task {s.index} ({s.label}): {s.state}{epoch}{best}{eta}", markup=False,
+                              highlight=False)
 
         final = orchestrate.wait(sweep_dir, show)
     console.print(_status_table(sweep_dir, final, console))
@@ -197,9 +220,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     sweep_dir = _sweep(args)
     statuses = orchestrate.statuses(sweep_dir)
-    if args.format == "json":  # one task per line: large sweeps print fast and grep well
-        rows = [json.dumps({f: str(v) if f == "state" else v for f, v in vars(s).items()}) for s in statuses]
-        print("[\n" + ",\n".join(rows) + "\n]")
+    if args.format in RECORD_FORMATS:
+        sys.stdout.write(records_text(({**vars(s), "state": str(s.state)} for s in statuses), args.format))
     else:
         console.print(_status_table(sweep_dir, statuses, console))
     orchestrate.finalize(sweep_dir, statuses)  # LOST runs closed; the parent run ended once the last task ended
@@ -301,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--all", action="store_true", help="list every run, not the first and last ones")
     p.add_argument("--no-data", action="store_true", help="check the spec alone, not its data files")
+    p.add_argument("--format", choices=["table", *RECORD_FORMATS], default="table",
+                   help="json|csv: the runs as records on stdout, the checks on stderr")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("submit", help="submit a sweep as one array job")
@@ -322,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = sweep_cmd("status", "state of each task of a sweep", cmd_status)
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", *RECORD_FORMATS], default="table")
     p = sweep_cmd("resume", "resubmit the tasks of a sweep that did not finish", cmd_resume)
     p.add_argument("--executor", choices=EXECUTORS)
     p.add_argument("--wait", action="store_true")
@@ -336,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_logs)
     p = sweep_cmd("compare", "compare the runs of a sweep by their metrics", cmd_compare)
     p.add_argument("--metric", help="metric to sort by (default: val_roc_auc or val_mae)")
-    p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+    p.add_argument("--format", choices=["table", *RECORD_FORMATS, "markdown"], default="table")
     p.add_argument("--plot", metavar="PNG", help="also write the ROC overlay of the sweep's runs to this file")
 
     for module in SUBCOMMAND_MODULES:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from hpcvit.ledger import SweepDir
+from hpcvit.tables import RECORD_FORMATS, records_text
 from hpcvit.tracking import names
 
 _COLUMNS = ("task", "run", "model", "status", "params_M", "epochs", "best", "final", "rej@0.3", "rej@0.5",
@@ -129,14 +128,8 @@ def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[st
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(rows, indent=1, default=str)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buf.getvalue()
+    if fmt in RECORD_FORMATS:
+        return records_text(rows, fmt, None if rows else list(_COLUMNS))
     digits = {key: d for key, _, d, _ in _TABLE}
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(_cell(r, c, digits.get(c, 4)) if c != "status" else str(r[c]) for c in _COLUMNS)

@@ -8,6 +8,7 @@ is gone is LOST.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -41,6 +42,8 @@ class TaskStatus:
     message: str
     log: str
     """Path of the task's training log."""
+    eta_s: float | None = None
+    """Seconds until a running task's last epoch ends, from its wall time per epoch (None when unknown)."""
 
 
 def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -166,8 +169,23 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
             recorded=str(recorded),
             job_id=job_id, executor=executor, restarts=int(state.get("restarts", 0)),
             epoch=progress.get("epoch"), epochs=progress.get("epochs"), metric=progress.get("metric"),
-            best_metric=progress.get("best_metric"), message=message, log=os.path.join(folder, TaskDir.LOG)))
+            best_metric=progress.get("best_metric"), message=message, log=os.path.join(folder, TaskDir.LOG),
+            eta_s=eta_seconds(progress) if effective == TaskState.RUNNING else None))
     return out
+
+
+def eta_seconds(progress: dict, now: dt.datetime | None = None) -> float | None:
+    """Seconds left of a running task: its epochs to go times its wall time per epoch (training and evaluation,
+    else the training time of the last epoch), less the time since that epoch ended."""
+    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    per_epoch = progress.get("epoch_wall_s") or (progress.get("last") or {}).get("epoch_time_s")
+    if not isinstance(epoch, int) or not isinstance(epochs, int) or not per_epoch or per_epoch <= 0:
+        return None
+    try:
+        since = ((now or dt.datetime.now(dt.timezone.utc)) - dt.datetime.fromisoformat(progress["updated"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0.0, (epochs - epoch) * float(per_epoch) - since.total_seconds())
 
 
 def _has_result(path: str) -> bool:

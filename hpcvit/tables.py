@@ -3,7 +3,12 @@ width is short the least important columns are left out (and the title says whic
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from rich.box import SIMPLE_HEAD
 from rich.console import Console
@@ -52,3 +57,40 @@ def fit(title: str, columns: list[Column], rows: list[list[str]], width: int) ->
 
 def console_width(console: Console) -> int:
     return console.width if console.is_terminal else 200
+
+
+RECORD_FORMATS = ("json", "csv")
+"""The machine-readable forms of every table the command line prints (``--format``)."""
+
+
+def records_text(records: Iterable[Mapping[str, Any]], fmt: str, fieldnames: list[str] | None = None) -> str:
+    """``records`` as JSON (a list, one record per line: large outputs print fast and grep well) or as CSV (LF line
+    endings; the columns are ``fieldnames``, else every key in the order first seen)."""
+    records = list(records)
+    if fmt == "json":
+        return "[\n" + ",\n".join(json.dumps(dict(r), default=str) for r in records) + "\n]\n" if records else "[]\n"
+    if fmt == "csv":
+        if fieldnames is None:
+            fieldnames = list(dict.fromkeys(k for r in records for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in r.items()} for r in records)
+        return buf.getvalue()
+    raise ValueError(f"unknown record format {fmt!r} (one of {', '.join(RECORD_FORMATS)})")
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+def duration(seconds: float | None) -> str:
+    """``95`` -> ``1m35s``, ``4000`` -> ``1h06m``; empty when unknown."""
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -10,7 +10,7 @@ from rich.console import Console
 from hpcvit.compare import compare_table
 from hpcvit.states import TaskState
 from hpcvit.status import TaskStatus
-from tests.conftest import hpcvit, write_spec
+from tests.conftest import SPEC, TWO_MODELS, hpcvit, write_spec
 
 
 def _rendered(table, width: int) -> list[str]:
@@ -67,3 +67,38 @@ def test_errors_stay_on_one_line_in_a_pipe_however_long(tmp_path: Path) -> None:
     proc = hpcvit("validate", str(bad), cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert f"{bad}:3 optim.lr: Input should be greater than 0" in proc.stderr
+
+
+def test_validate_and_models_print_records_alone_on_stdout(tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+
+    spec = write_spec(tmp_path, SPEC.format(name="records", n=64, size=16, epochs=1) + TWO_MODELS)
+    as_json = hpcvit("validate", str(spec), "--format", "json", cwd=tmp_path, check=True)
+    runs = json.loads(as_json.stdout)
+    assert [r["model"] for r in runs] == ["cnn_small", "vit_seed"] and "valid: 2 run(s)" in as_json.stderr
+    as_csv = hpcvit("validate", str(spec), "--format", "csv", cwd=tmp_path, check=True)
+    assert "\r" not in as_csv.stdout
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["model"] for r in rows] == ["cnn_small", "vit_seed"]
+    assert {k: str(v) for k, v in runs[1].items()} == rows[1], "json and csv hold the same records"
+    models = list(csv.DictReader(io.StringIO(hpcvit("models", "--format", "csv", cwd=tmp_path, check=True).stdout)))
+    assert {"cnn_small", "vit_seed"} <= {m["name"] for m in models}
+
+
+def test_the_eta_counts_the_epochs_left_from_the_wall_time_of_one() -> None:
+    import datetime as dt
+
+    from hpcvit.status import eta_seconds
+    from hpcvit.tables import duration
+
+    ended = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.timezone.utc)
+    progress = {"epoch": 3, "epochs": 10, "epoch_wall_s": 60.0, "last": {"epoch_time_s": 50.0},
+                "updated": ended.isoformat()}
+    assert eta_seconds(progress, ended + dt.timedelta(seconds=20)) == 7 * 60 - 20
+    del progress["epoch_wall_s"]  # an epoch resumed mid-way was not timed: the training time of the last one
+    assert eta_seconds(progress, ended) == 7 * 50
+    assert eta_seconds({**progress, "epoch": 10}, ended + dt.timedelta(hours=1)) == 0
+    assert eta_seconds({"epoch": 0, "epochs": 3, "updated": ended.isoformat()}, ended) is None
+    assert [duration(s) for s in (None, 9.6, 95, 4000)] == ["", "10s", "1m35s", "1h06m"]

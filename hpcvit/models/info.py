@@ -1,6 +1,6 @@
 """Model facts for a given input: parameters, FLOPs per image, and whether the model builds and runs at all.
 
-``hpcvit models [PATTERN] [--in-chans C --img-size S] [--format table|json]`` lists the registry with these facts.
+``hpcvit models [PATTERN] [--in-chans C --img-size S] [--format table|json|csv]`` lists the registry with these facts.
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of a single image in eval
 mode: matrix multiplications, convolutions and attention, 2 FLOPs per multiply-add; element-wise work (norms,
 activations, softmax) is not counted, as in the FLOP figures papers quote.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 from typing import Any
 
 from hpcvit.models._registry import build_model, list_models, model_entry
+from hpcvit.tables import RECORD_FORMATS, records_text
 
 STANDARD_INPUTS: tuple[tuple[int, int], ...] = ((2, 32), (3, 125))
 """(channels, side) of the electron/photon crops and of the quark/gluon and top jet images."""
@@ -150,8 +150,8 @@ def _run(args: argparse.Namespace) -> int:
     if not build or args.no_build:
         rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
                 for n in names]
-        if args.format == "json":
-            print(json.dumps(rows, indent=2))
+        if args.format in RECORD_FORMATS:
+            sys.stdout.write(records_text(rows, args.format))
         else:
             for row in rows:
                 print(f"{row['name']:<18} {row['family']:<9} {row['description']}")
@@ -169,8 +169,8 @@ def _run(args: argparse.Namespace) -> int:
     with err.status("building models") as status:
         rows = models_report(args.pattern, args.in_chans, args.img_size,
                              progress=lambda name: status.update(f"building {name} ..."))
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
+    if args.format in RECORD_FORMATS:
+        sys.stdout.write(records_text(rows, args.format))
     else:
         _print_table(rows, args.in_chans, args.img_size)
     return 0
@@ -187,7 +187,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--in-chans", type=int, default=None, help="input channels (default 2; implies --build)")
     parser.add_argument("--img-size", type=int, default=None, help="image side in pixels (default 32; implies --build)")
     parser.add_argument("--build", action="store_true", help="build every model: parameters, FLOPs, input sizes")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--format", choices=("table", *RECORD_FORMATS), default="table")
     parser.add_argument("--no-build", action="store_true", help="names, families and descriptions only (the default)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=_run)
