@@ -269,7 +269,11 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
         if sweep_dir.search() is not None:  # a search continues where it stopped: its current rung only
             from hpcvit import search
 
-            decision = search.reopen(sweep_dir)
+            search.reopen(sweep_dir)
+            live = search.live_tasks(sweep_dir) or set()
+            # the current rung's unfinished tasks are resubmitted; with none left, the rung is decided now
+            ended = not any(s.state in RESUMABLE for s in current if s.index in live)
+            decision = search.advance(sweep_dir, by="hpcvit resume") if ended else None
             if decision and decision["promoted"]:
                 jobs = search.rung_jobs(sweep_dir)
                 promoted = {i: jobs.get(i, "") for i in decision["promoted"]}

@@ -272,15 +272,13 @@ def live_tasks(sweep_dir: SweepDir) -> set[int] | None:
     return set() if rung["decision"] is not None else set(rung["tasks"])
 
 
-def reopen(sweep_dir: SweepDir) -> dict[str, Any] | None:
-    """``resume``'s first step: decide again, and decide the current rung if all its tasks have ended."""
+def reopen(sweep_dir: SweepDir) -> None:
+    """``resume``'s first step: rungs are decided again (after a ``cancel``)."""
     with sweep_dir.lock("search"):
         record = sweep_dir.search()
-        if record is None:
-            return None
-        record["cancelled"] = False
-        sweep_dir.write_search(record)
-    return advance(sweep_dir, by="hpcvit resume")
+        if record is not None and record.get("cancelled"):
+            record["cancelled"] = False
+            sweep_dir.write_search(record)
 
 
 def resubmitted(sweep_dir: SweepDir, job_ids: dict[int, str], executor: str, spec: JobSpec) -> None:

@@ -442,7 +442,8 @@ class Trainer:
         p = self.progress
         result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
                   "final": final}
-        self._report_progress(TaskState.COMPLETED)
+        # the last epoch's metrics stay in progress.json (a search ranks its last rung by them)
+        self._report_progress(TaskState.COMPLETED, last=self.task.progress().get("last") if self.d.main else None)
         self.report.finished(result, predictions, best_state=self.eval_model.state_dict(), best_checkpoint=best,
                              roc=roc)
         self.report.log("finished")
