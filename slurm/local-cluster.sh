@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# A private single-node Slurm cluster (Slurm 22.05 from Debian packages) for tests and local runs.
+# A private Slurm cluster (Slurm 22.05 from Debian packages) for tests and local runs.
 #
 #   eval "$(slurm/local-cluster.sh start)"   # install if needed, start munged/slurmctld/slurmd, export SLURM_CONF
+#   slurm/local-cluster.sh start --nodes 2   # the same with two slurmd, each in a network namespace of its own
 #   slurm/local-cluster.sh status            # daemons, sinfo, squeue; exit 0 when all is up
-#   slurm/local-cluster.sh stop              # cancel this cluster's jobs, stop the daemons it started
+#   slurm/local-cluster.sh stop              # cancel this cluster's jobs, stop the daemons, remove its network
+#
+# With --nodes N (2-8), node i is called node<i>: its slurmd runs in the network namespace hv<ctld port>n<i>
+# (address 10.213.<k>.<i+1>, k from the controller port; a veth into the bridge hv<ctld port>br, which holds
+# 10.213.<k>.1 for slurmctld), in a UTS namespace whose hostname is node<i>, and in a mount namespace where
+# <state dir>/hosts (the controller and every node) is bound over /etc/hosts; the host's /etc/hosts is not
+# touched. nsenter, not `ip netns exec`: the latter remounts /sys, without the cgroup tree slurmd reads.
 #
 # Runs as root, needs no systemd. Everything lives under one state directory
 # (HPCVIT_SLURM_DIR, default /tmp/hpcvit-slurm): slurm.conf, env.sh, pid files, logs, controller state,
@@ -24,7 +31,7 @@ log() { printf 'local-cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-    printf 'usage: %s start|stop|status\n' "${0##*/}" >&2
+    printf 'usage: %s start [--nodes N]|stop|status\n' "${0##*/}" >&2
     exit 2
 }
 
@@ -59,6 +66,29 @@ CTLD_PID="$RUN_DIR/slurmctld.pid"
 SLURMD_PID="$RUN_DIR/slurmd.pid"
 CTLD_LOG="$LOG_DIR/slurmctld.log"
 SLURMD_LOG="$LOG_DIR/slurmd.log"
+NODES_FILE="$STATE_DIR/nodes"
+HOSTS_FILE="$STATE_DIR/hosts"
+MAX_NODES=8
+
+# --- several nodes: names, namespaces, addresses ----------------------------------------------------
+NET_PREFIX="hv${CTLD_PORT}"
+BRIDGE="${NET_PREFIX}br"
+SUBNET="10.213.$(( CTLD_PORT % 250 + 1 ))"
+CTLD_ADDR="${SUBNET}.1"
+node_name() { printf 'node%s' "$1"; }
+node_ns() { printf '%sn%s' "$NET_PREFIX" "$1"; }
+node_veth() { printf '%sv%s' "$NET_PREFIX" "$1"; }
+node_addr() { printf '%s.%s' "$SUBNET" "$(( $1 + 1 ))"; }
+node_pidfile() { printf '%s/slurmd-%s.pid' "$RUN_DIR" "$(node_name "$1")"; }
+node_log() { printf '%s/slurmd-%s.log' "$LOG_DIR" "$(node_name "$1")"; }
+
+# nodes_of_state: how many nodes the cluster in STATE_DIR was started with (1 if never).
+nodes_of_state() {
+    local n=1
+    [[ -r "$NODES_FILE" ]] && read -r n <"$NODES_FILE"
+    [[ "$n" =~ ^[0-9]+$ ]] || n=1
+    printf '%s\n' "$n"
+}
 
 # --- processes ------------------------------------------------------------------------------------
 # proc_running PID NAME: the process exists, is called NAME and has not exited (zombies count as exited:
@@ -117,15 +147,21 @@ print_export() {
 
 # --- installation ---------------------------------------------------------------------------------
 ensure_installed() {
-    local missing=() bin
+    local nodes="$1" missing=() bin packages=(slurmctld slurmd slurm-client munge)
     for bin in slurmctld slurmd sinfo squeue sbatch scontrol scancel munged munge unmunge; do
         command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
     done
+    if (( nodes > 1 )); then
+        packages+=(iproute2 util-linux)
+        for bin in ip unshare nsenter; do
+            command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
+        done
+    fi
     (( ${#missing[@]} == 0 )) && return 0
     [[ "$(id -u)" == 0 ]] || die "missing ${missing[*]}; installing needs root"
-    log "installing slurmctld slurmd slurm-client munge (missing: ${missing[*]})"
+    log "installing ${packages[*]} (missing: ${missing[*]})"
     DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2
     for bin in "${missing[@]}"; do
         command -v "$bin" >/dev/null 2>&1 || die "$bin still missing after apt-get install"
     done
@@ -168,9 +204,10 @@ start_munge() {
 }
 
 # --- slurm.conf -----------------------------------------------------------------------------------
-# The node line from `slurmd -C`, with RealMemory lowered to 90% (headroom for the OS and the daemons).
+# The node line from `slurmd -C`, with RealMemory lowered to 90% (headroom for the OS and the daemons),
+# divided by $1 (the nodes sharing this machine's memory; default 1).
 node_line() {
-    local line tok toks=() out=() mem found=0
+    local share="${1:-1}" line tok toks=() out=() mem found=0
     line="$(slurmd -C 2>/dev/null | grep -m1 '^NodeName=')" || die "slurmd -C printed no NodeName line"
     read -r -a toks <<<"$line"
     for tok in "${toks[@]}"; do
@@ -178,7 +215,7 @@ node_line() {
             RealMemory=*)
                 mem="${tok#RealMemory=}"
                 [[ "$mem" =~ ^[0-9]+$ ]] || die "unexpected RealMemory in: $line"
-                out+=("RealMemory=$(( mem * 9 / 10 ))")
+                out+=("RealMemory=$(( mem * 9 / 10 / share ))")
                 found=1
                 ;;
             *=*) out+=("$tok") ;;
@@ -189,17 +226,36 @@ node_line() {
 }
 
 write_conf() {
-    local node nodename host tmp
-    node="$(node_line)"
+    local nodes="$1" node nodename host tmp i
+    local ctld_addr=127.0.0.1 spool="$SLURMD_SPOOL" pidfile="$SLURMD_PID" logfile="$SLURMD_LOG"
+    local node_lines partition_nodes
+    node="$(node_line "$nodes")"
     nodename="${node%% *}"
     nodename="${nodename#NodeName=}"
     [[ "$nodename" =~ ^[A-Za-z0-9_.-]+$ ]] || die "unexpected node name from slurmd -C: $nodename"
     host="$nodename"
+    if (( nodes == 1 )); then
+        node_lines="${node} State=UNKNOWN NodeAddr=127.0.0.1"
+        partition_nodes="$nodename"
+    else
+        # each slurmd reads the same file: %n (its node name) keeps their spool, pid and log apart
+        ctld_addr="$CTLD_ADDR"
+        spool="$STATE_DIR/slurmd-spool-%n"
+        pidfile="$RUN_DIR/slurmd-%n.pid"
+        logfile="$LOG_DIR/slurmd-%n.log"
+        node_lines=""
+        for (( i = 1; i <= nodes; i++ )); do
+            node_lines+="NodeName=$(node_name "$i") NodeAddr=$(node_addr "$i") NodeHostname=$(node_name "$i") "
+            node_lines+="${node#* } State=UNKNOWN"$'\n'
+        done
+        node_lines="${node_lines%$'\n'}"
+        partition_nodes="node[1-${nodes}]"
+    fi
     tmp="$CONF.tmp.$$"
     cat >"$tmp" <<EOF
 # Generated by slurm/local-cluster.sh; rewritten on every start from a stopped state.
 ClusterName=hpcvit
-SlurmctldHost=${host}(127.0.0.1)
+SlurmctldHost=${host}(${ctld_addr})
 SlurmctldPort=${CTLD_PORT}
 SlurmdPort=${SLURMD_PORT}
 SlurmUser=root
@@ -212,11 +268,11 @@ CredType=cred/munge
 AuthInfo=socket=${MUNGE_SOCKET},cred_expire=5
 
 StateSaveLocation=${CTLD_STATE}
-SlurmdSpoolDir=${SLURMD_SPOOL}
+SlurmdSpoolDir=${spool}
 SlurmctldPidFile=${CTLD_PID}
-SlurmdPidFile=${SLURMD_PID}
+SlurmdPidFile=${pidfile}
 SlurmctldLogFile=${CTLD_LOG}
-SlurmdLogFile=${SLURMD_LOG}
+SlurmdLogFile=${logfile}
 SlurmctldDebug=info
 SlurmdDebug=info
 
@@ -254,56 +310,172 @@ MailProg=/bin/true
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 
-${node} State=UNKNOWN NodeAddr=127.0.0.1
-PartitionName=debug Nodes=${nodename} Default=YES PriorityTier=1 PreemptMode=REQUEUE GraceTime=0 MaxTime=INFINITE State=UP
-PartitionName=high Nodes=${nodename} PriorityTier=10 MaxTime=INFINITE State=UP
+${node_lines}
+PartitionName=debug Nodes=${partition_nodes} Default=YES PriorityTier=1 PreemptMode=REQUEUE GraceTime=0 MaxTime=INFINITE State=UP
+PartitionName=high Nodes=${partition_nodes} PriorityTier=10 MaxTime=INFINITE State=UP
 EOF
     mv -f -- "$tmp" "$CONF"
-    printf '%s\n' "$nodename" >"$STATE_DIR/nodename"
+    if (( nodes == 1 )); then
+        printf '%s\n' "$nodename" >"$STATE_DIR/nodename"
+    else
+        printf '%s\n' "$partition_nodes" >"$STATE_DIR/nodename"
+    fi
+    printf '%s\n' "$nodes" >"$NODES_FILE"
 }
 
-wait_for_node() {
-    local nodename="$1" state="" started=$SECONDS deadline=$(( SECONDS + START_TIMEOUT_S ))
+# slurmd_pidfile/slurmd_log NODES I: node I's pid file and log (the single node's keep their old names).
+slurmd_pidfile() { if (( $1 == 1 )); then printf '%s' "$SLURMD_PID"; else node_pidfile "$2"; fi; }
+slurmd_log() { if (( $1 == 1 )); then printf '%s' "$SLURMD_LOG"; else node_log "$2"; fi; }
+
+# all_slurmd_alive NODES: every node's slurmd runs.
+all_slurmd_alive() {
+    local i
+    for (( i = 1; i <= $1; i++ )); do
+        alive slurmd "$(slurmd_pidfile "$1" "$i")" || return 1
+    done
+}
+
+any_slurmd_alive() {
+    local i
+    for (( i = 1; i <= $1; i++ )); do
+        alive slurmd "$(slurmd_pidfile "$1" "$i")" && return 0
+    done
+    return 1
+}
+
+# --- the network of several nodes -----------------------------------------------------------------
+ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -- "$1"; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+
+# bridge_filtered: bridged packets go through iptables (br_netfilter loaded, as with Docker): let ours pass.
+bridge_filtered() {
+    [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" == 1 ]] && command -v iptables >/dev/null
+}
+
+setup_network() {
+    local nodes="$1" i ns veth hosts ctld_name
+    ctld_name="$(hostname)"
+    if ip -o -4 addr show 2>/dev/null | grep -v -- " ${BRIDGE} " | grep -qF -- " ${SUBNET}."; then
+        die "the subnet ${SUBNET}.0/24 (from HPCVIT_SLURMCTLD_PORT=$CTLD_PORT) is already in use on this machine; choose another port"
+    fi
+    if ! link_exists "$BRIDGE"; then
+        ip link add "$BRIDGE" type bridge || die "cannot create the bridge $BRIDGE (needs root and network namespaces)"
+        ip addr add "$CTLD_ADDR/24" dev "$BRIDGE"
+    fi
+    ip link set "$BRIDGE" up
+    if bridge_filtered && ! iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; then
+        iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+    fi
+    for (( i = 1; i <= nodes; i++ )); do
+        ns="$(node_ns "$i")"
+        veth="$(node_veth "$i")"
+        ns_exists "$ns" || ip netns add "$ns" || die "cannot create the network namespace $ns"
+        if ! link_exists "$veth"; then
+            ip link add "$veth" type veth peer name eth0 netns "$ns" || die "cannot create the veth pair $veth"
+        fi
+        ip link set "$veth" master "$BRIDGE"
+        ip link set "$veth" up
+        ip -n "$ns" -4 addr show dev eth0 | grep -qF -- " $(node_addr "$i")/" \
+            || ip -n "$ns" addr add "$(node_addr "$i")/24" dev eth0
+        ip -n "$ns" link set lo up
+        ip -n "$ns" link set eth0 up
+    done
+    # bound over /etc/hosts for each slurmd (and so for its jobs): every name resolves in every namespace
+    hosts="127.0.0.1 localhost"$'\n'"${CTLD_ADDR} ${ctld_name}"$'\n'
+    for (( i = 1; i <= nodes; i++ )); do
+        hosts+="$(node_addr "$i") $(node_name "$i")"$'\n'
+    done
+    printf '%s' "$hosts" >"$HOSTS_FILE"
+}
+
+# teardown_network: every namespace, veth, bridge and hosts file a cluster on this port may have made.
+teardown_network() {
+    local i ns veth
+    for (( i = 1; i <= MAX_NODES; i++ )); do
+        ns="$(node_ns "$i")"
+        veth="$(node_veth "$i")"
+        ! link_exists "$veth" || ip link del "$veth" || log "warning: cannot delete $veth"
+        ! ns_exists "$ns" || ip netns del "$ns" || log "warning: cannot delete the namespace $ns"
+    done
+    if bridge_filtered; then
+        while iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
+    fi
+    ! link_exists "$BRIDGE" || ip link del "$BRIDGE" || log "warning: cannot delete the bridge $BRIDGE"
+    rm -f -- "$HOSTS_FILE"
+}
+
+# start_slurmd NODES I: node I's slurmd (in its namespaces when there are several nodes).
+start_slurmd() {
+    local nodes="$1" i="$2" pidfile
+    pidfile="$(slurmd_pidfile "$nodes" "$i")"
+    rm -f -- "$pidfile"
+    if (( nodes == 1 )); then
+        log "slurmd: starting"
+        slurmd -f "$CONF" || die "slurmd failed to start; see $SLURMD_LOG"
+        return 0
+    fi
+    log "slurmd $(node_name "$i"): starting in namespace $(node_ns "$i") ($(node_addr "$i"))"
+    install -d -m 0755 -- "$STATE_DIR/slurmd-spool-$(node_name "$i")"
+    # shellcheck disable=SC2016  # $1-$3 are the inner shell's arguments
+    nsenter --net="/run/netns/$(node_ns "$i")" -- unshare --mount --uts -- \
+        sh -c 'mount --bind "$3" /etc/hosts && hostname "$1" && exec slurmd -f "$2" -N "$1"' \
+        sh "$(node_name "$i")" "$CONF" "$HOSTS_FILE" \
+        || die "slurmd $(node_name "$i") failed to start; see $(node_log "$i")"
+}
+
+wait_for_nodes() {
+    local nodes="$1" state="" i up started=$SECONDS deadline=$(( SECONDS + START_TIMEOUT_S ))
     while (( SECONDS < deadline )); do
         # the daemons write their pid files right after they daemonize: missing after 10 s means they died
         if (( SECONDS - started >= 10 )); then
             alive slurmctld "$CTLD_PID" || die "slurmctld exited; see $CTLD_LOG"
-            alive slurmd "$SLURMD_PID" || die "slurmd exited; see $SLURMD_LOG"
+            for (( i = 1; i <= nodes; i++ )); do
+                alive slurmd "$(slurmd_pidfile "$nodes" "$i")" || die "slurmd exited; see $(slurmd_log "$nodes" "$i")"
+            done
         fi
-        state="$(sinfo -h -N -n "$nodename" -o '%T' 2>/dev/null | head -n1)" || state=""
-        case "$state" in
-            idle|mixed|allocated|completing) log "node $nodename is $state"; return 0 ;;
-        esac
+        up=0
+        while read -r state; do
+            case "$state" in
+                idle|mixed|allocated|completing) up=$(( up + 1 )) ;;
+            esac
+        done < <(sinfo -h -N -o '%N %T' 2>/dev/null | sort -u | awk '{print $2}' || true)
+        if (( up >= nodes )); then
+            log "$nodes node(s) up: $(sinfo -h -N -o '%N=%T' 2>/dev/null | sort -u | tr '\n' ' ')"
+            return 0
+        fi
         sleep 0.5
     done
-    die "node $nodename not idle after ${START_TIMEOUT_S} s (state: ${state:-no answer}); see $CTLD_LOG and $SLURMD_LOG"
+    die "not all $nodes node(s) idle after ${START_TIMEOUT_S} s ($(sinfo -h -N -o '%N=%T' 2>/dev/null | sort -u | tr '\n' ' ')); see $CTLD_LOG and $LOG_DIR/slurmd*.log"
 }
 
 # --- commands -------------------------------------------------------------------------------------
 cmd_start() {
-    local ctld_up=0 slurmd_up=0 munge_up=0 nodename
+    local nodes="$1" ctld_up=0 munge_up=0 running i
     [[ "$(id -u)" == 0 ]] || die "start must run as root"
     export SLURM_CONF="$CONF"
+    running="$(nodes_of_state)"
     alive munged "$MUNGE_PID" && munge_up=1
     alive slurmctld "$CTLD_PID" && ctld_up=1
-    alive slurmd "$SLURMD_PID" && slurmd_up=1
-    if (( munge_up && ctld_up && slurmd_up )) && clients_answer; then
+    if (( running != nodes )) && { (( ctld_up )) || any_slurmd_alive "$running"; }; then
+        die "the cluster in $STATE_DIR runs with $running node(s); stop it before starting it with $nodes"
+    fi
+    if (( munge_up && ctld_up )) && all_slurmd_alive "$nodes" && clients_answer; then
         log "already running (state in $STATE_DIR)"
         print_export
         return 0
     fi
 
-    ensure_installed
+    ensure_installed "$nodes"
     install -d -m 0755 -- "$STATE_DIR"
     install -d -m 0755 -- "$RUN_DIR" "$LOG_DIR" "$CTLD_STATE" "$SLURMD_SPOOL"
 
     start_munge
 
     # a fresh slurm.conf only when no slurm daemon runs (they must agree on it)
-    if (( ! ctld_up && ! slurmd_up )) || [[ ! -s "$CONF" ]]; then
-        write_conf
+    if (( ! ctld_up )) && ! any_slurmd_alive "$nodes" || [[ ! -s "$CONF" ]]; then
+        write_conf "$nodes"
     fi
-    nodename="$(cat "$STATE_DIR/nodename")"
+    (( nodes == 1 )) || setup_network "$nodes"
 
     if (( ! ctld_up )); then
         log "slurmctld: starting"
@@ -312,17 +484,17 @@ cmd_start() {
     else
         log "slurmctld: already running"
     fi
-    if (( ! slurmd_up )); then
-        log "slurmd: starting"
-        rm -f -- "$SLURMD_PID"
-        slurmd -f "$CONF" || die "slurmd failed to start; see $SLURMD_LOG"
-    else
-        log "slurmd: already running"
-    fi
+    for (( i = 1; i <= nodes; i++ )); do
+        if alive slurmd "$(slurmd_pidfile "$nodes" "$i")"; then
+            log "slurmd $i: already running"
+        else
+            start_slurmd "$nodes" "$i"
+        fi
+    done
 
-    wait_for_node "$nodename"
+    wait_for_nodes "$nodes"
     alive slurmctld "$CTLD_PID" || die "slurmctld is not running; see $CTLD_LOG"
-    alive slurmd "$SLURMD_PID" || die "slurmd is not running; see $SLURMD_LOG"
+    all_slurmd_alive "$nodes" || die "a slurmd is not running; see $LOG_DIR"
 
     print_export >"$ENV_FILE"
     log "started; clients need: $(print_export)  (also in $ENV_FILE)"
@@ -330,11 +502,12 @@ cmd_start() {
 }
 
 cmd_stop() {
-    local ids=() i
+    local ids=() i nodes
     if [[ ! -d "$STATE_DIR" ]]; then
         log "not running (no $STATE_DIR)"
         return 0
     fi
+    nodes="$(nodes_of_state)"
     export SLURM_CONF="$CONF"
     # end this cluster's jobs first, so that no job step outlives slurmd
     if alive slurmctld "$CTLD_PID" && [[ -s "$CONF" ]] && clients_answer; then
@@ -348,23 +521,36 @@ cmd_stop() {
             done
         fi
     fi
-    stop_daemon slurmd "$SLURMD_PID"
+    for (( i = 1; i <= nodes; i++ )); do
+        stop_daemon slurmd "$(slurmd_pidfile "$nodes" "$i")"
+    done
     stop_daemon slurmctld "$CTLD_PID"
     stop_daemon munged "$MUNGE_PID"
     rm -f -- "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+    (( nodes == 1 )) || teardown_network
     log "stopped"
 }
 
 cmd_status() {
-    local ok=0 name pidfile pid
+    local ok=0 nodes name pidfile pid i
     export SLURM_CONF="$CONF"
-    for name in munged slurmctld slurmd; do
+    nodes="$(nodes_of_state)"
+    for name in munged slurmctld; do
         case "$name" in
             munged) pidfile="$MUNGE_PID" ;;
             slurmctld) pidfile="$CTLD_PID" ;;
-            slurmd) pidfile="$SLURMD_PID" ;;
         esac
         if pid="$(pid_of "$name" "$pidfile")"; then
+            printf '%-10s running (pid %s)\n' "$name:" "$pid"
+        else
+            printf '%-10s not running\n' "$name:"
+            ok=1
+        fi
+    done
+    for (( i = 1; i <= nodes; i++ )); do
+        name=slurmd
+        (( nodes == 1 )) || name="slurmd $(node_name "$i") (namespace $(node_ns "$i"))"
+        if pid="$(pid_of slurmd "$(slurmd_pidfile "$nodes" "$i")")"; then
             printf '%-10s running (pid %s)\n' "$name:" "$pid"
         else
             printf '%-10s not running\n' "$name:"
@@ -384,10 +570,26 @@ cmd_status() {
     return "$ok"
 }
 
-(( $# == 1 )) || usage
-case "$1" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
+NODES=1
+case "${1:-}" in
+    start)
+        shift
+        while (( $# > 0 )); do
+            case "$1" in
+                --nodes)
+                    (( $# >= 2 )) || usage
+                    NODES="$2"
+                    shift 2
+                    ;;
+                --nodes=*) NODES="${1#--nodes=}"; shift ;;
+                *) usage ;;
+            esac
+        done
+        [[ "$NODES" =~ ^[1-9][0-9]*$ ]] && (( NODES <= MAX_NODES )) \
+            || die "--nodes must be a number from 1 to $MAX_NODES (got: $NODES)"
+        cmd_start "$NODES"
+        ;;
+    stop) (( $# == 1 )) || usage; cmd_stop ;;
+    status) (( $# == 1 )) || usage; cmd_status ;;
     *) usage ;;
 esac
