@@ -37,17 +37,53 @@ def _die_with_launcher() -> None:
     die_with_parent(signal.SIGTERM)
 
 
+RDZV_PORT_BASE, RDZV_PORT_SPAN = 29500, 20000
+"""A multi-node task's c10d rendezvous port on its first node: ``RDZV_PORT_BASE + job id % RDZV_PORT_SPAN``."""
+
+
+class LaunchError(RuntimeError):
+    """This node cannot start its part of the task; ``str()`` is the one-line reason."""
+
+
+def rendezvous(env: JobEnv) -> tuple[str, int]:
+    """The rendezvous host (the allocation's first node) and port of a multi-node task."""
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", env.nodelist], check=True, capture_output=True,
+                               text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LaunchError(f"cannot expand SLURM_JOB_NODELIST={env.nodelist!r} with scontrol: {exc}") from None
+    if not hosts:
+        raise LaunchError(f"SLURM_JOB_NODELIST={env.nodelist!r} names no node")
+    return hosts[0], RDZV_PORT_BASE + int(env.job_id or "0") % RDZV_PORT_SPAN
+
+
+def check_rendezvous(host: str, port: int, serve: bool) -> None:
+    """Fail at once, saying why, where torchrun would fail late and vaguely: ``host`` must resolve on this
+    node, and on the node that serves the rendezvous (``serve``) ``port`` must be free."""
+    here = socket.gethostname()
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise LaunchError(f"rendezvous host {host!r} does not resolve on {here} ({exc.strerror or exc}); "
+                          "every node of the allocation must resolve the others' names") from None
+    if serve:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", port))
+            except OSError as exc:
+                raise LaunchError(f"rendezvous port {port} on {here} is in use ({exc.strerror or exc}): another "
+                                  "task or process on the node holds it") from None
+
+
 def torchrun_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv) -> list[str]:
     """The torchrun argument list (no shell involved) for this node of the task."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs_per_node}",
            f"--signals-to-handle={TRAINER_SIGNALS}", "--shutdown-timeout=60", "--max-restarts=0"]
     if nodes > 1:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", env.nodelist],
-                               check=True, capture_output=True, text=True).stdout.split()
-        job = env.job_id or "0"
-        port = 29500 + int(job) % 20000
+        host, port = rendezvous(env)
         cmd += [f"--nnodes={nodes}", f"--node-rank={env.node_rank}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={hosts[0]}:{port}", f"--rdzv-id=hpcvit-{job}"]
+                f"--rdzv-endpoint={host}:{port}", f"--rdzv-id=hpcvit-{env.job_id or '0'}"]
     else:
         cmd.append("--standalone")
     return cmd + ["-m", "hpcvit.train", str(task.path)]
@@ -117,10 +153,18 @@ class TaskLauncher(submitit.helpers.Checkpointable):
 
 
     def _run(self, task: TaskDir, spec: JobSpec, env: JobEnv) -> dict[str, Any]:
-        task.clear_outcome()
-        task.keep_reserve()
-        starts = int(task.state().get("starts", 0)) + 1
+        nodes, first = spec.resources.nodes, env.node_rank == 0
+        # one launcher per node: the first node's keeps the task's record, the others only run their torchrun
+        if first:
+            task.clear_outcome()
+            task.keep_reserve()
+        starts = int(task.state().get("starts", 0)) + int(first)
         restarts = starts - 1
+        if nodes > 1:
+            try:
+                check_rendezvous(*rendezvous(env), serve=first)
+            except LaunchError as exc:
+                self._launch_failed(task, env, str(exc), first)
         procs = spec.resources.procs_per_node
         child_env = dict(os.environ)
         child_env["OMP_NUM_THREADS"] = str(max(1, spec.resources.cpus_per_task // procs))
@@ -129,18 +173,34 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         cmd = torchrun_command(task, spec.resources.nodes, procs, env)
         job_id = submitit.JobEnvironment().job_id
         with open(task.log, "ab") as log:
-            log.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} "
+            where = socket.gethostname() + (f", node {env.node_rank} of {nodes}" if nodes > 1 else "")
+            log.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} on {where} "
                       f"(restart {restarts}): {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
                                           start_new_session=True, preexec_fn=_die_with_launcher)
-        task.write_state(state=TaskState.RUNNING, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
-                         trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
-                         executor=env.executor, restarts=restarts, starts=starts, started=time.time())
+        if first:
+            task.write_state(state=TaskState.RUNNING, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
+                             trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
+                             executor=env.executor, restarts=restarts, starts=starts, started=time.time())
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
+        if not first:  # the first node's launcher records the outcome (its rank 0 writes it)
+            with open(task.log, "ab") as log:
+                log.write(f"=== node {env.node_rank} ({socket.gethostname()}): torchrun exited with {rc}\n".encode())
+            return {"node": env.node_rank, "returncode": rc}
         self._wait_for_trainer(task)
         return self._outcome(task, rc)
+
+    @staticmethod
+    def _launch_failed(task: TaskDir, env: JobEnv, reason: str, first: bool) -> None:
+        """This node cannot start its part: the first node records FAILED. Either raises, and the non-zero exit
+        ends the whole step (srun ``--kill-on-bad-exit``), so no node waits in a rendezvous that cannot form."""
+        with open(task.log, "ab") as log:
+            log.write(f"\n=== node {env.node_rank} ({socket.gethostname()}): {reason}\n".encode())
+        if first:
+            task.write_state(state=TaskState.FAILED, message=reason, ended=time.time())
+        raise RuntimeError(f"task {task.key} failed: {reason}")
 
     @staticmethod
     def _wait_for_trainer(task: TaskDir) -> None:

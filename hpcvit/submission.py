@@ -30,6 +30,10 @@ def slurm_parameters(spec: JobSpec) -> dict[str, Any]:
         # --requeue: a site default of JobRequeue=0 must not turn a preemption into a failure.
         "additional_parameters": {"requeue": True, **r.sbatch_extra},
     }
+    if r.nodes > 1:
+        # one launcher per node: one that exits with an error (it cannot start, or the task failed) ends the
+        # others, so that no node trains on, or waits in the rendezvous, alone
+        params["srun_args"] = ["--kill-on-bad-exit=1"]
     if r.gpus_per_node:
         params["gpus_per_node"] = r.gpus_per_node
     if r.mem_gb is not None:
