@@ -114,3 +114,29 @@ def test_named_files_and_specs_exist() -> None:
         assert (REPO / name).exists(), f"the README names {name}, which does not exist"
     for name in re.findall(r"\]\(((?:docs)/[^)]+)\)", README):
         assert (REPO / name).exists(), f"the README shows {name}, which does not exist"
+
+
+_ON_A_SWEEP = ("status", "compare", "logs")
+"""Sub-commands that read a finished sweep: the README's lines of them are run on one."""
+
+
+@pytest.mark.slow
+def test_the_commands_on_a_sweep_run_as_written_on_a_finished_one(tmp_path: Path) -> None:
+    from tests.conftest import SPEC, TWO_MODELS, write_spec
+
+    spec = write_spec(tmp_path, SPEC.format(name="readme", n=96, size=16, epochs=1) + TWO_MODELS + "executor: local\n")
+    submitted = hpcvit("submit", str(spec), "--wait", cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    sweep_id = next(p.parent.name for p in (tmp_path / "runs").glob("*/manifest.json"))
+    ran = 0
+    for command in sorted(set(_commands())):
+        for words in _concrete(command):
+            if not words or words[0] not in _ON_A_SWEEP or {"-f", "--follow"} & set(words):
+                continue
+            words = [sweep_id if w == "some-sweep" else str(tmp_path / w) if w == "job.sh" else w for w in words]
+            if words[0] == "logs" and len(words) == 1:
+                words += [sweep_id, "0"]
+            proc = hpcvit(*words, cwd=tmp_path)
+            assert proc.returncode == 0 and proc.stdout.strip(), f"README: `{command}` as {words}: {proc.stderr}"
+            ran += 1
+    assert ran >= 3, f"only {ran} README command(s) read a sweep"
