@@ -101,6 +101,20 @@ def _decide_rung(task: TaskDir) -> None:
         logging.getLogger(__name__).exception("task %s: deciding the search rung failed", task.key)
 
 
+def trainer_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv) -> tuple[list[str], dict[str, str]]:
+    """The trainer's argument list for this node, and the environment variables it adds.
+
+    One rank on one node needs no torchrun: the trainer runs as the launcher's child itself, which saves
+    starting a second Python and importing torch in it first. It gets the stop signals directly (Slurm sends
+    them to every process of the step; locally the launcher signals its process group) and reads the same
+    rank variables as under torchrun; with no ``MASTER_ADDR`` it forms no process group.
+    """
+    if nodes == 1 and procs_per_node == 1:
+        rank_env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0"}
+        return [sys.executable, "-m", "hpcvit.train", str(task.path)], rank_env
+    return torchrun_command(task, nodes, procs_per_node, env), {}
+
+
 class _Slot:
     """One of ``limit`` lock files: the local executor's stand-in for ``--array=...%K``."""
 
@@ -170,7 +184,11 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         child_env["OMP_NUM_THREADS"] = str(max(1, spec.resources.cpus_per_task // procs))
         child_env[RESTARTS_VAR] = str(restarts)
         child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "60")
-        cmd = torchrun_command(task, spec.resources.nodes, procs, env)
+        cmd, rank_env = trainer_command(task, spec.resources.nodes, procs, env)
+        if rank_env:
+            for name in ("MASTER_ADDR", "MASTER_PORT"):
+                child_env.pop(name, None)
+            child_env.update(rank_env)
         job_id = submitit.JobEnvironment().job_id
         with open(task.log, "ab") as log:
             where = socket.gethostname() + (f", node {env.node_rank} of {nodes}" if nodes > 1 else "")

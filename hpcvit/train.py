@@ -16,11 +16,12 @@ from hpcvit.jobenv import JobEnv
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.logs import configure_task
 from hpcvit.procs import die_with_parent
-from hpcvit.training import stop
+from hpcvit.training import startup, stop
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    startup.mark("python")
     if len(argv) != 1:
         print("usage: torchrun ... -m hpcvit.train TASK_DIR", file=sys.stderr)
         return 2
@@ -36,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    startup.mark("torch")
     from hpcvit.training import distributed
     from hpcvit.training.loop import Trainer
+
+    startup.mark("hpcvit")
 
     torch.set_num_threads(env.omp_threads)
     trainer = None

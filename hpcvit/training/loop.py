@@ -29,7 +29,7 @@ from hpcvit.ledger import TaskDir
 from hpcvit.metrics import evaluate_predictions, is_better, primary_metric
 from hpcvit.models import build_model
 from hpcvit.states import TaskState
-from hpcvit.training import distributed, optim, stop
+from hpcvit.training import distributed, optim, startup, stop
 from hpcvit.training.distributed import Dist
 from hpcvit.training.guard import NonFiniteGuard
 from hpcvit.training.meter import EpochMeter
@@ -64,6 +64,7 @@ class Trainer:
         # One live trainer per task: rank 0 holds the task's lock; every rank reads checkpoints only after it.
         self.run_lock = task.acquire_trainer_lock(RUN_LOCK_WAIT_S) if self.d.main else None
         distributed.barrier()
+        startup.mark("process group")
         distributed.seed_everything(o.seed)
         self.report = TaskReport(task, self.spec, self.d.main, self.env)
         self.ckpt = CheckpointManager(task.checkpoints, self.spec.checkpoint.keep, self.spec.checkpoint.keep_best)
@@ -75,9 +76,11 @@ class Trainer:
                                f"({len(self.ckpt.skipped)} refused; the newest: {self.ckpt.skipped[0]}); "
                                "move them away to train this task from scratch")
         saved, self.ckpt_meta = loaded if loaded else (None, None)
+        startup.mark("checkpoint read")
         self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None,
                                    target_scale=saved.get("target_scale") if saved else None,
                                    scalar_scale=saved.get("scalar_scale") if saved else None)
+        startup.mark("data")
         self.metric_name, self.metric_mode = primary_metric(self.spec.data.task, self.spec.checkpoint.best_metric)
         self.scale = self.data.target_scale
         model = self._build_model()
@@ -116,8 +119,10 @@ class Trainer:
             "ema": self.ema.module if self.ema is not None else None,
         }, optional={"ema": "model", "scaler": None})
         self.last_save = time.monotonic()
+        startup.mark("model")
         if saved:
             self._restore(saved)
+        self._first_step_done = False
 
     # -- the progress counters, as attributes -----------------------------------------------------------------
     epoch = property(lambda self: self.progress.epoch, lambda self, v: setattr(self.progress, "epoch", v))
@@ -322,6 +327,10 @@ class Trainer:
                 if o.nonfinite == "stop" or torch.isfinite(loss):  # skip_batch: skipped steps add no loss
                     meter.add(loss, len(y))
             self._optimizer_step()
+            if not self._first_step_done:
+                self._first_step_done = True
+                startup.mark("first step")
+                self.report.log(f"first step after {startup.summary()}")
             if ck.every_steps and self.global_step % ck.every_steps == 0:
                 self.save()
         elapsed = meter.seconds
@@ -370,6 +379,7 @@ class Trainer:
 
     def run(self) -> int:
         self.last_save = time.monotonic()
+        startup.mark("restore")
         self.report.open_tracking(self._facts)
         o = self.spec.optim
         extras = [f"{self.accum} micro-batches per step" if self.accum > 1 else "",
