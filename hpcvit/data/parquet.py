@@ -2,10 +2,9 @@
 
 Images are a nested ``list<list<list<double>>>`` column (C x 125 x 125: ``X_jets`` for quark/gluon and top,
 ``X_jet`` for the mass-regression files) next to scalar columns (``y``, ``pt``, ``m0``, ``m``, ...). The CMS
-converter writes one jet per row group, so files may hold tens of thousands of one-row groups: bulk reads take
-each row group with one ``read_row_group`` (``iter_batches`` only inside a group larger than the block), and
-the three list levels are flattened (after checking every list's length from its offsets) into a reused
-float32 buffer. Errors name the file and row group.
+converter writes one jet per row group, so files may hold tens of thousands of one-row groups: bulk reads go
+through ``ParquetFile.iter_batches`` over runs of row groups, and the three list levels are flattened (after
+checking every list has the expected length) into a reused float32 buffer. Errors name the file and row group.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hpcvit.data.store import DataError, Store, select_channels
@@ -35,25 +35,18 @@ class _RowError(ValueError):
         self.row = row
 
 
-def _level(arr: pa.Array, want: int | None, level: str, group: int) -> tuple[int, pa.Array]:
-    """Check every list in ``arr`` has one length (``want`` if given); return it and the flattened values.
-    ``group`` = lists per row. Lengths come from the offsets buffer (no compute kernel: on the one-row groups
-    of the published files a kernel call costs more than decoding the row's pixels)."""
+def _list_lengths(arr: pa.Array, want: int | None, level: str, group: int) -> int:
+    """Check every list in ``arr`` has one length (``want`` if given); return it. ``group`` = lists per row."""
     if arr.null_count:
         first = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise _RowError(first // group, f"null {level} list")
-    if pa.types.is_fixed_size_list(arr.type):
-        got = arr.type.list_size
-        if want is not None and got != want:
-            raise _RowError(0, f"{level} list of length {got}, expected {want}")
-        return got, arr.flatten()
-    lengths = np.diff(arr.offsets.to_numpy())  # the offsets of this (possibly sliced) array
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
     if want is None:
         want = int(lengths[0]) if len(lengths) else 0
     bad = np.flatnonzero(lengths != want)
     if len(bad):
         raise _RowError(int(bad[0]) // group, f"{level} list of length {int(lengths[bad[0]])}, expected {want}")
-    return want, arr.flatten()
+    return want
 
 
 def _check_type(t: pa.DataType) -> None:
@@ -71,9 +64,11 @@ def image_shape(arr: pa.Array) -> tuple[int, int, int]:
     _check_type(arr.type)
     if len(arr) == 0:
         raise ValueError("no rows")
-    c, a2 = _level(arr.slice(0, 1), None, "channel", 1)
-    h, a3 = _level(a2, None, "row", c)
-    w, _ = _level(a3, None, "pixel", c * h)
+    one = arr.slice(0, 1)
+    c = _list_lengths(one, None, "channel", 1)
+    a2 = one.flatten()
+    h = _list_lengths(a2, None, "row", c)
+    w = _list_lengths(a2.flatten(), None, "pixel", c * h)
     return c, h, w
 
 
@@ -93,9 +88,12 @@ def nested_to_dense(arr: pa.Array | pa.ChunkedArray, shape: tuple[int, int, int]
     c, h, w = shape
     n = len(arr)
     _check_type(arr.type)
-    _, a2 = _level(arr, c, "channel", 1)
-    _, a3 = _level(a2, h, "row", c)
-    _, vals = _level(a3, w, "pixel", c * h)
+    _list_lengths(arr, c, "channel", 1)
+    a2 = arr.flatten()
+    _list_lengths(a2, h, "row", c)
+    a3 = a2.flatten()
+    _list_lengths(a3, w, "pixel", c * h)
+    vals = a3.flatten()
     src = vals.to_numpy(zero_copy_only=False).reshape(n, c, h, w)  # zero-copy unless there are nulls (-> NaN)
     dst = out[:n]
     if channels is None or channels == list(range(c)):
@@ -106,10 +104,8 @@ def nested_to_dense(arr: pa.Array | pa.ChunkedArray, shape: tuple[int, int, int]
     return dst
 
 
-def dense_to_nested(x: np.ndarray, value_type: pa.DataType | None = None) -> pa.ListArray:
-    """(n, C, H, W) array -> ``list<list<list<value_type>>>`` array (the published layout, float64 by
-    default), without loops."""
-    value_type = pa.float64() if value_type is None else value_type
+def dense_to_nested(x: np.ndarray, value_type: pa.DataType = pa.float64()) -> pa.ListArray:
+    """(n, C, H, W) array -> ``list<list<list<value_type>>>`` array (the published layout), without loops."""
     n, c, h, w = x.shape
     values = pa.array(np.ascontiguousarray(x, dtype=value_type.to_pandas_dtype()).reshape(-1), type=value_type)
     inner = pa.ListArray.from_arrays(pa.array(np.arange(0, n * c * h * w + 1, w, dtype=np.int32)), values)
@@ -233,7 +229,7 @@ class ParquetStore(Store):
         pf = self._handle(k)
         for g in groups:
             try:
-                arr = pf.read_row_group(g, columns=[key], use_threads=False).column(0)
+                arr = pf.read_row_group(g, columns=[key]).column(0)
                 nested_to_dense(arr, self._file_shape, None,
                                 np.empty((len(arr), *self._file_shape), dtype=np.float32))
             except (_RowError, *_DECODE_ERRORS) as inner:
@@ -241,16 +237,12 @@ class ParquetStore(Store):
                 return DataError(f"{path}: row group {g}: {key}: {text}")
         return DataError(f"{path}: row groups {groups[0]}-{groups[-1]}: {key}: {msg}")
 
-    def _read_group(self, k: int, g: int) -> pa.ChunkedArray:
-        """The image column of one row group. One column is one decode task: pyarrow's thread pool only adds
-        dispatch (it halved the rate on one-row groups)."""
+    def _decode_group(self, k: int, g: int, out: np.ndarray | None = None) -> np.ndarray:
+        pf = self._handle(k)
         try:
-            return self._handle(k).read_row_group(g, columns=[self._keys[k]], use_threads=False).column(0)
+            arr = pf.read_row_group(g, columns=[self._keys[k]]).column(0)
         except _DECODE_ERRORS as exc:
             raise self._fail(k, [g], exc) from None
-
-    def _decode_group(self, k: int, g: int, out: np.ndarray | None = None) -> np.ndarray:
-        arr = self._read_group(k, g)
         if out is None:
             out = np.empty((len(arr), *self.shape), dtype=np.float32)
         try:
@@ -281,66 +273,47 @@ class ParquetStore(Store):
             a = b
 
     def _iter_file(self, k: int, local: np.ndarray, block: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        # Row groups of at most ``block`` rows are read whole (``read_row_group``, one per group: the fastest
-        # path on one-row groups) and decoded side by side into one reused buffer of ``block`` rows, yielded
-        # when full; a larger group streams through ``iter_batches`` of ``block`` rows. Memory stays at one
-        # buffer and one batch whatever the number of rows.
-        start, rg_rows = self._rg_start[k], self._rg_rows[k]
-        cap = max(1, min(block, len(local)))
-        buf = np.empty((cap, *self.shape), dtype=np.float32)
-        bounds = np.searchsorted(local, start)
-        fill, got = 0, []
-        for g in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            want = local[bounds[g]:bounds[g + 1]] - start[g]  # rows wanted, within the group
-            m = int(rg_rows[g])
-            if m > cap:
-                if fill:
-                    yield np.concatenate(got), buf[:fill]
-                    fill, got = 0, []
-                yield from self._stream_group(k, g, want, buf)
-                continue
-            if fill + len(want) > cap:
-                yield np.concatenate(got), buf[:fill]
-                fill, got = 0, []
-            lo, hi = int(want[0]), int(want[-1]) + 1
-            arr = self._read_group(k, g)
-            if lo or hi < m:
-                arr = arr.slice(lo, hi - lo)
+        start, rg_rows, key = self._rg_start[k], self._rg_rows[k], self._keys[k]
+        pf = self._handle(k)
+        groups = np.unique(np.searchsorted(start, local, side="right") - 1)
+        # runs of consecutive needed row groups holding about ``block`` rows (a large group is a run alone)
+        runs: list[list[int]] = []
+        size = 0
+        for g in groups.tolist():
+            if runs and size + rg_rows[g] <= block:
+                runs[-1].append(g)
+                size += int(rg_rows[g])
+            else:
+                runs.append([g])
+                size = int(rg_rows[g])
+        longest = max((int(rg_rows[run].sum()) for run in runs), default=1)
+        buf = np.empty((max(1, min(block, longest)), *self.shape), dtype=np.float32)
+        for run in runs:
+            covered = np.concatenate([np.arange(start[g], start[g + 1]) for g in run])
+            wanted = np.isin(covered, local, assume_unique=True)
+            if wanted.all():
+                wanted = None
+            pos = 0
             try:
-                x = nested_to_dense(arr, self._file_shape, self._chan_arg, buf[fill:fill + hi - lo])
-            except _RowError as exc:
-                raise self._fail(k, [g], exc, lo + exc.row) from None
-            if len(want) < hi - lo:
-                buf[fill:fill + len(want)] = x[want - lo]
-            fill += len(want)
-            got.append(want + start[g])
-        if fill:
-            yield np.concatenate(got), buf[:fill]
-
-    def _stream_group(self, k: int, g: int, want: np.ndarray, buf: np.ndarray
-                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Rows ``want`` (within the group) of a row group larger than ``buf``, in batches of ``len(buf)``."""
-        m, first = int(self._rg_rows[k][g]), int(self._rg_start[k][g])
-        sel = np.zeros(m, dtype=bool)
-        sel[want] = True
-        pos = 0
-        try:
-            for batch in self._handle(k).iter_batches(batch_size=len(buf), row_groups=[g], columns=[self._keys[k]],
-                                                      use_threads=False):
-                n = batch.num_rows
-                s = sel[pos:pos + n]
-                if s.any():
-                    try:
-                        x = nested_to_dense(batch.column(0), self._file_shape, self._chan_arg, buf[:n])
-                    except _RowError as exc:
-                        raise self._fail(k, [g], exc, pos + exc.row) from None
-                    rows = np.arange(first + pos, first + pos + n)
-                    yield (rows, x) if s.all() else (rows[s], x[s])
-                pos += n
-        except _DECODE_ERRORS as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise self._fail(k, [g], exc) from None
+                batches = pf.iter_batches(batch_size=block, row_groups=run, columns=[key])
+                for batch in batches:
+                    m = batch.num_rows
+                    sel = None if wanted is None else wanted[pos:pos + m]
+                    if sel is None or sel.any():
+                        try:
+                            x = nested_to_dense(batch.column(0), self._file_shape, self._chan_arg, buf[:m])
+                        except _RowError as exc:
+                            raise self._fail(k, run, exc, pos + exc.row) from None
+                        rows = covered[pos:pos + m]
+                        if sel is None or sel.all():
+                            yield rows, x
+                        else:
+                            yield rows[sel], x[sel]
+                    pos += m
+            except _DECODE_ERRORS as exc:
+                if isinstance(exc, DataError):
+                    raise
+                raise self._fail(k, run, exc) from None
 
     # -- scalars --------------------------------------------------------------------------------------------
     def scalar_columns(self) -> list[str]:
@@ -371,7 +344,7 @@ class ParquetStore(Store):
             pf = self._handle(k)
             rg = self._rg_rows[k]
             meta = pf.schema_arrow.metadata or {}
-            d = {"path": str(path), "rows": self.file_rows[k], "row_groups": len(rg),
+            d = {"path": str(path), "rows": self.file_rows[k], "row_groups": int(len(rg)),
                  "rows_per_group": {"min": int(rg.min()), "max": int(rg.max()), "mean": round(float(rg.mean()), 2)}
                  if len(rg) else None,
                  "image_column": self._keys[k], "image_shape": list(self._file_shape),
