@@ -155,6 +155,7 @@ sweep:
         trainer = trainers[i] = Trainer(sweep.task(i))
         start[i] = weights(trainer.model)
         assert trainer.train_epoch() is not None
+        trainer.wait_for_checkpoint()  # checkpoints are written in the background: read step 1's once it is on disk
         first[i] = checkpoint(sweep, i, step=1)["model"]
         final[i] = weights(trainer.model)
     assert all(max_diff(start[0], start[i]) == 0 for i in (1, 2)), "same seed, same initial weights"
