@@ -73,11 +73,7 @@ class ImageDataset:
             view = self.store.view
             images = [torch.from_numpy(view(r)) for r in rows.tolist()]
         else:
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            x = self.store.read(uniq)
-            if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
-                x = x[inverse]
-            xt = torch.from_numpy(self._prep(x, rows))
+            xt = torch.from_numpy(self._decoded(rows))
             images = [xt[k] for k in range(len(idx))]
         if self.scalars is None:
             return [(images[k], yt[k]) for k in range(len(idx))]
@@ -95,15 +91,19 @@ class ImageDataset:
         if self.pre is None and hasattr(self.store, "take"):
             x = torch.from_numpy(self.store.take(rows))
         else:
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            raw = self.store.read(uniq)
-            if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
-                raw = raw[inverse]
-            x = torch.from_numpy(self._prep(raw, rows))
+            x = torch.from_numpy(self._decoded(rows))
         y = torch.from_numpy(self.targets[idx])
         if self.scalars is None:
             return x, y
         return (x, torch.from_numpy(self.scalars[idx])), y
+
+    def _decoded(self, rows: np.ndarray) -> np.ndarray:
+        """The preprocessed images of store ``rows`` in their order: one sorted read of the distinct rows."""
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        raw = self.store.read(uniq)
+        if len(uniq) != len(rows) or not np.array_equal(uniq, rows):
+            raw = raw[inverse]
+        return self._prep(raw, rows)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All images (preprocessed) and targets in memory; for small sets and tests."""
