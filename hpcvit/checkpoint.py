@@ -56,42 +56,40 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     fsio.fsync_dir(dst.parent, strict=False)
 
 
-def snapshot(obj: Any) -> Any:
-    """A copy of ``obj`` that later training steps cannot change: tensors copied (on their device), containers
-    rebuilt, other values shared (they are immutable: numbers, strings, None)."""
+def _map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it: dicts, lists and tuples rebuilt, other values shared
+    (they are immutable: numbers, strings, None)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        return {k: _map_tensors(fn, v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v) for v in obj)
+        return type(obj)(_map_tensors(fn, v) for v in obj)
     return obj
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` that later training steps cannot change: every tensor copied, on its device."""
+    return _map_tensors(lambda t: t.detach().clone(), obj)
 
 
 def _to_host(obj: Any, stream: Any) -> Any:
     """``obj`` with every device tensor copied into pinned host memory on ``stream`` (the writer's)."""
-    if isinstance(obj, torch.Tensor):
-        if obj.device.type == "cpu":
-            return obj
+    def host_copy(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "cpu":
+            return t
         with torch.cuda.stream(stream):
-            host = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=True)
-            host.copy_(obj, non_blocking=True)
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
         return host
-    if isinstance(obj, dict):
-        return {k: _to_host(v, stream) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_host(v, stream) for v in obj)
-    return obj
+
+    return _map_tensors(host_copy, obj)
 
 
 def _on_gpu(obj: Any) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return obj.device.type != "cpu"
-    if isinstance(obj, dict):
-        return any(_on_gpu(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(_on_gpu(v) for v in obj)
-    return False
+    found: list[bool] = []
+    _map_tensors(lambda t: found.append(t.device.type != "cpu"), obj)
+    return any(found)
 
 
 class CheckpointManager:
