@@ -234,8 +234,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             return task.write_state(state=TaskState.COMPLETED, message="", **ended)
         rung = task.rung_done()
         if rung and rc == 0:
-            metric = task.sweep.search() or {}
-            name = (metric.get("search") or {}).get("metric", "")
+            name = ((task.sweep.search() or {}).get("search") or {}).get("metric", "")
             value = (rung.get("metrics") or {}).get(name)
             shown = f": {name}={value:.4g}" if isinstance(value, (int, float)) else ""
             return task.write_state(state=TaskState.RUNG_DONE, **ended,
