@@ -1,0 +1,60 @@
+"""Adaptive search on the local Slurm cluster: the rung is decided by a Slurm job that depends on the rung's
+array (``--dependency=afterany``), with no hpcvit process waiting; the winner equals its straight twin."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcvit.ledger import find_sweep
+from tests.conftest import hpcvit, wait_for, write_spec
+from tests.test_search import search_spec
+from tests.test_search_local import check_outcome
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def job_field(job: str, field: str) -> str:
+    """One field of `scontrol show job`."""
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    for word in out.split():
+        if word.startswith(f"{field}="):
+            return word.split("=", 1)[1]
+    return ""
+
+
+def in_queue(job: str) -> bool:
+    out = subprocess.run(["squeue", "--noheader", "--format=%i", f"--jobs={job}"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def test_a_slurm_job_decides_the_rung_and_submits_the_next(workdir: Path) -> None:
+    spec = write_spec(workdir, search_spec("halve-slurm", lrs="3e-3, 1e-2, 2e-2", max_epochs=3) + "executor: slurm\n")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    rung0 = sweep.search()["rungs"][0]
+    arrays = sorted({j.split("_")[0] for j in rung0["jobs"].values()})
+    decider = rung0["decider"]
+    assert decider and len(arrays) == 1
+    assert job_field(decider, "Dependency") in (f"afterany:{arrays[0]}_*(unfulfilled)", f"afterany:{arrays[0]}(unfulfilled)"), \
+        "the decision job waits for the whole rung, whatever its tasks' outcome"
+
+    # Only files are read while the search runs: nothing here may decide the rung.
+    def searched() -> bool:
+        record = sweep.search()
+        done = len(record["rungs"]) == 2 and record["rungs"][1]["decision"] is not None
+        return done and not in_queue(record["rungs"][1]["decider"])  # the job also tags the MLflow runs
+
+    wait_for(searched, 900, "both rungs to be decided by their Slurm jobs")
+    record = sweep.search()
+    first, last = record["rungs"]
+    assert first["decision"]["by"] == f"slurm job {decider}"
+    assert last["decision"]["by"] == f"slurm job {last['decider']}"
+    assert last["jobs"] and {j.split("_")[0] for j in last["jobs"].values()}.isdisjoint(arrays), \
+        "the promoted configuration runs in a new array"
+    winner = check_outcome(workdir, sweep)
+    status = hpcvit("status", cwd=workdir, check=True).stdout
+    assert status.count("STOPPED_EARLY") == 2 and "COMPLETED" in status
+    assert sweep.task(winner).state()["state"] == "COMPLETED"
