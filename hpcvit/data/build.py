@@ -27,6 +27,7 @@ from hpcvit.data.preprocess import (
     channel_stats,
     check_finite,
     check_stats,
+    stats_block,
 )
 from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
 from hpcvit.data.store import DataError
@@ -149,9 +150,9 @@ def _balance(targets: np.ndarray, parts: dict[str, np.ndarray], task: str) -> di
 
 
 def _train_stats(store, rows: np.ndarray, spec: DataSpec) -> ChannelStats:
-    """Channel statistics over the training rows, read in bulk (batches of at most ``stats_samples``), each
-    batch checked under ``data.nonfinite``."""
-    block = max(1, min(spec.preprocessing.stats_samples, (128 << 20) // (int(np.prod(store.shape)) * 4)))
+    """Channel statistics over the training rows, read in bulk in blocks of one slice of
+    :func:`channel_stats` (at most ``stats_samples``), each block checked under ``data.nonfinite``."""
+    block = max(1, min(spec.preprocessing.stats_samples, stats_block(store.shape)))
 
     def batches():
         for got, x in store.iter_read(np.sort(rows), block=block):

@@ -34,8 +34,8 @@ import numpy as np
 
 from hpcvit import fsio
 from hpcvit.data.formats import open_store
-from hpcvit.data.memmap import MemmapStore
-from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite
+from hpcvit.data.memmap import MemmapStore, RowWriter, create_npy
+from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite, stats_block
 from hpcvit.data.selection import select
 from hpcvit.data.store import DataError, Store
 from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
@@ -193,24 +193,24 @@ def _decode_worker_init() -> None:
         pass
 
 
-def _decode_part(store: Store, rows: np.ndarray, start: int, path: Path, advance=None) -> int:
-    """Decode sorted ``rows`` of ``store`` into rows ``start...`` of the ``.npy`` at ``path``."""
-    x = np.load(path, mmap_mode="r+")
+def _decode_part(store: Store, rows: np.ndarray, start: int, path: Path, offset: int, advance=None) -> int:
+    """Decode sorted ``rows`` of ``store`` into rows ``start...`` of the ``.npy`` at ``path`` (data at
+    ``offset``), one block at a time."""
     pos = start
     block = max(1, min(256, (64 << 20) // (int(np.prod(store.shape)) * 4)))
-    for got, xb in store.iter_read(rows, block=block):
-        x[pos:pos + len(got)] = xb
-        pos += len(got)
-        if advance is not None:
-            advance(len(got))
+    with RowWriter(path, offset, store.shape) as out:
+        for got, xb in store.iter_read(rows, block=block):
+            out.write(pos, xb)
+            pos += len(got)
+            if advance is not None:
+                advance(len(got))
     if pos - start != len(rows):
         raise DataError(f"{store.paths[0]}: read {pos - start} of {len(rows)} selected samples")
-    x.flush()
     store.close()
     return len(rows)
 
 
-def _decode_part_job(args: tuple[Store, np.ndarray, int, Path]) -> int:
+def _decode_part_job(args: tuple[Store, np.ndarray, int, Path, int]) -> int:
     return _decode_part(*args)
 
 
@@ -219,19 +219,18 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
     store = open_store(spec, paths)
     names = store.scalar_columns()
     rows, cols = select(store, spec, names)
-    x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(len(rows), *store.shape))
-    del x
+    offset = create_npy(tmp / "x.npy", (len(rows), *store.shape))
     store.close()
     n_proc = decode_workers(len(rows), workers)
     with _progress(len(rows), f"decoding {len(rows)} samples ({n_proc} process{'es' if n_proc > 1 else ''})",
                    progress) as advance:
         if n_proc == 1:
-            _decode_part(store, rows, 0, tmp / "x.npy", advance)
+            _decode_part(store, rows, 0, tmp / "x.npy", offset, advance)
         else:
             import multiprocessing as mp
 
             bounds = np.linspace(0, len(rows), 4 * n_proc + 1).astype(np.int64)
-            parts = [(store, rows[a:b], int(a), tmp / "x.npy") for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            parts = [(store, rows[a:b], int(a), tmp / "x.npy", offset) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
             # spawn: the parent may hold pyarrow/torch threads that a fork would copy in a broken state
             with mp.get_context("spawn").Pool(n_proc, initializer=_decode_worker_init) as pool:
                 for got in pool.imap_unordered(_decode_part_job, parts):
@@ -311,13 +310,17 @@ def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray, nonf
 
 def _batches(store: Store, rows: np.ndarray, size: int, nonfinite: str = "zero",
              where: Callable[[int], str] | None = None) -> Iterator[np.ndarray]:
+    """Batches of ``size`` sorted rows (at most 256 MiB of images each), each read and yielded in pieces of
+    :func:`stats_block` rows: :func:`channel_stats` takes a batch in such slices, so the statistics are
+    those of whole batches while one piece is in memory."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
-    limit = max(1, (256 << 20) // (int(np.prod(store.shape)) * 4))  # at most 256 MiB per batch in memory
+    limit = max(1, (256 << 20) // (int(np.prod(store.shape)) * 4))
     size = max(1, min(size, limit))
+    step = stats_block(store.shape)
     for i in range(0, len(rows), size):
-        x = store.read(rows[i:i + size])
-        check_finite(x, rows[i:i + size], where or store.where, nonfinite)
-        yield x
+        for got, x in store.iter_read(rows[i:i + size], block=step):
+            check_finite(x, got, where or store.where, nonfinite)
+            yield x
 
 
 def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats | None, progress: bool = False,
@@ -329,17 +332,14 @@ def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats 
     def build(tmp: Path) -> None:
         t0 = time.monotonic()
         src = raw.store()
-        x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(src.n, *src.shape))
+        offset = create_npy(tmp / "x.npy", (src.n, *src.shape))
         block = max(1, (64 << 20) // (int(np.prod(src.shape)) * 4))
-        with _progress(src.n, "preprocessing", progress) as advance:
-            for i in range(0, src.n, block):
-                rows = np.arange(i, min(i + block, src.n))
-                b = src.read(rows)
+        with _progress(src.n, "preprocessing", progress) as advance, RowWriter(tmp / "x.npy", offset,
+                                                                              src.shape) as out:
+            for rows, b in src.iter_read(np.arange(src.n), block=block):
                 check_finite(b, rows, where or src.where, nonfinite)
-                x[i:i + len(b)] = apply(b, pre, stats)
+                out.write(int(rows[0]), apply(b, pre, stats))
                 advance(len(b))
-        x.flush()
-        del x
         fsio.write_json(tmp / "meta.json", {"version": CACHE_VERSION, "raw": raw.dir.name, "n": src.n,
                                         "shape": list(src.shape), "preprocessing": pre.model_dump(),
                                         "stats": stats.to_dict() if stats else None,

@@ -96,13 +96,18 @@ class ScalarScale:
         return ((values - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
 
+def stats_block(sample_shape: tuple[int, ...]) -> int:
+    """Images per slice of :func:`channel_stats`: about 32 MiB in float64 (at least one)."""
+    return max(1, (32 << 20) // max(1, int(np.prod(sample_shape)) * 8))
+
+
 def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:
     """Mean/std per channel over an iterable of NCHW batches (the training split), in float64.
 
     Pixels are taken as training sees them before the z-score: NaN/inf set to 0, then zero-suppressed. Batches
     are merged with Chan's parallel formula (per-batch mean and sum of squared deviations), so the result is
     the population mean/std over all pixels whatever the batch size; batches are processed in float64 slices
-    of at most ~32 MiB. A channel with zero spread gets std 1.
+    of :func:`stats_block` images (a batch of at most that many is one slice). A channel with zero spread gets std 1.
     """
     n_tot = 0
     mean = m2 = None
@@ -110,7 +115,7 @@ def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:
         b = np.asarray(batch)
         if b.ndim != 4:
             raise ValueError(f"channel_stats expects NCHW batches, got shape {b.shape}")
-        step = max(1, (32 << 20) // max(1, b[0].size * 8))
+        step = stats_block(b.shape[1:])
         for i in range(0, len(b), step):
             part = np.nan_to_num(b[i:i + step].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
             if spec.zero_suppress is not None:
