@@ -53,7 +53,38 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
             "run_id": run.info.run_id,
         })
     rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0) if maximise else (r["best"] or 0)))
+    _add_rungs(sweep, rows)
     return rows
+
+
+def _add_rungs(sweep: SweepDir, rows: list[dict[str, Any]]) -> None:
+    """A search's columns, from its record: the last rung each configuration reached, its outcome, and the
+    search metric at each decided rung (``rung0``, ``rung1``, ...; empty where it did not run that rung)."""
+    record = sweep.search()
+    if record is None:
+        return
+    decided = [r for r in record["rungs"] if r["decision"] is not None]
+    for row in rows:
+        i = row["task"]
+        reached = [r["rung"] for r in record["rungs"] if i in r["tasks"]]
+        row["rung"] = reached[-1] if reached else None
+        row["outcome"] = _outcome(record, i)
+        for r in decided:
+            row[f"rung{r['rung']}"] = r["decision"]["values"].get(str(i))
+
+
+def _outcome(record: dict[str, Any], index: int) -> str:
+    """promoted (to a rung still running), stopped_early, completed, lost, or running."""
+    for rung in reversed(record["rungs"]):
+        if index not in rung["tasks"]:
+            continue
+        d = rung["decision"]
+        if d is None:
+            return "running"
+        for outcome in ("stopped", "completed", "lost", "promoted"):
+            if index in d[outcome]:
+                return {"stopped": "stopped_early"}.get(outcome, outcome)
+    return "running"
 
 
 # Terminal table: (row key, header, digits); "run" is left out, task index and model name say it.
@@ -67,6 +98,8 @@ _STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RU
 
 def _cell(row: dict[str, Any], key: str, digits: int) -> str:
     if key == "status":
+        if row.get("outcome") == "stopped_early":
+            return "stopped early"  # the run is FINISHED in MLflow, by the search's decision
         return _STATUS_WORD.get(row[key], str(row[key]).lower())
     text = _fmt(row[key], digits)
     if key.startswith("rej@") and row.get(f"{key}_bound") and text:

@@ -75,6 +75,17 @@ def test_a_rung_with_a_failed_task_promotes_among_those_that_finished(workdir: P
     check_outcome(workdir, sweep)
     assert "rung 0 (1 epochs, 3 task(s))" in proc.stdout and "lost [1]" in proc.stdout
     assert "epochs trained" in proc.stdout and "vs 9 for the full grid" in proc.stdout
+    rows = {r["task"]: r for r in json.loads(hpcvit("compare", "--format", "json", cwd=workdir, check=True).stdout)}
+    decision = sweep.search()["rungs"][0]["decision"]
+    winner = decision["promoted"][0]
+    assert rows[winner]["outcome"] == "completed" and rows[winner]["rung"] == 1 and rows[winner]["rung1"] is not None
+    assert rows[1]["outcome"] == "lost" and rows[1]["rung"] == 0
+    for i in decision["stopped"]:
+        assert rows[i]["outcome"] == "stopped_early" and rows[i]["rung0"] == decision["values"][str(i)]
+        assert rows[i]["rung1"] is None
+    csv_head = hpcvit("compare", "--format", "csv", cwd=workdir, check=True).stdout.splitlines()[0].split(",")
+    assert {"rung", "outcome", "rung0", "rung1"} <= set(csv_head)
+    assert "stopped early" in hpcvit("compare", cwd=workdir, check=True).stdout
     resumed = hpcvit("resume", cwd=workdir, check=True).stdout
     assert "nothing to resume" in resumed, "a task lost in a decided rung is not resubmitted"
 
