@@ -15,9 +15,10 @@ from hpcvit.spec import PreprocessSpec
 class ImageDataset:
     """Map-style data set: ``(image float32 C x H x W, target float32 scalar)`` for rows of a store.
 
-    ``__getitems__`` (used by the DataLoader for whole batches) reads the batch's rows sorted, in one pass per
+    ``__getitems__`` (a DataLoader with the default collate) reads the batch's rows sorted, in one pass per
     file chunk/row group, and preprocesses the batch at once; over a preprocessed cache it returns views that
-    the DataLoader's collate copies once. With ``pre=None`` the images are returned as
+    the collate copies once. :meth:`batch_arrays` reads a whole batch as arrays (what
+    :mod:`hpcvit.data.batches`, the training loader, fetches). With ``pre=None`` the images are returned as
     stored (a preprocessed cache). Pickles without open files, so it works with DataLoader worker processes
     and any sampler (DistributedSampler shards the indices).
     """
@@ -85,17 +86,28 @@ class ImageDataset:
         one indexing operation over a preprocessed cache, one sorted read otherwise; no per-sample objects."""
         import torch
 
+        x, y, s = self.batch_arrays(indices)
+        y = torch.from_numpy(y)
+        if s is None:
+            return torch.from_numpy(x), y
+        return (torch.from_numpy(x), torch.from_numpy(s)), y
+
+    def batch_arrays(self, indices: list[int] | np.ndarray,
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(images, targets, scalars or None)`` of samples ``indices`` in their order, as new arrays (the
+        images written into ``out`` when given): one gather over a preprocessed cache, one sorted read otherwise."""
         idx = np.asarray(indices, dtype=np.int64)
         idx = np.where(idx < 0, idx + len(self), idx)
         rows = self.rows[idx]
         if self.pre is None and hasattr(self.store, "take"):
-            x = torch.from_numpy(self.store.take(rows))
+            x = self.store.take(rows) if out is None else gather_into(self.store.view(slice(None)), rows, out)
+        elif out is None:
+            x = self._decoded(rows)
         else:
-            x = torch.from_numpy(self._decoded(rows))
-        y = torch.from_numpy(self.targets[idx])
-        if self.scalars is None:
-            return x, y
-        return (x, torch.from_numpy(self.scalars[idx])), y
+            x = out
+            np.copyto(out, self._decoded(rows))
+        s = None if self.scalars is None else self.scalars[idx]
+        return x, self.targets[idx], s
 
     def _decoded(self, rows: np.ndarray) -> np.ndarray:
         """The preprocessed images of store ``rows`` in their order: one sorted read of the distinct rows."""
@@ -113,25 +125,12 @@ class ImageDataset:
         return self._prep(x, self.rows), self.targets.copy()
 
 
-class BatchReads:
-    """A data set whose DataLoader fetches are whole batches (:meth:`ImageDataset.read_batch`): use with
-    ``collate_fn=already_collated``."""
-
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[i]
-
-    def __getitems__(self, indices: list[int]) -> Any:
-        return self.dataset.read_batch(indices)
-
-
-def already_collated(batch: Any) -> Any:
-    return batch
+def gather_into(images: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``images[rows]`` (any order, repeats allowed) written into ``out`` by one gather."""
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(images)):
+        raise IndexError(f"rows out of range 0..{len(images) - 1}")
+    # bounds checked above: with mode="raise" numpy gathers into a temporary and copies that into ``out``
+    return np.take(images, rows, axis=0, out=out, mode="clip")
 
 
 class ArrayDataset:

@@ -217,21 +217,22 @@ class Trainer:
         self.report.progress(state, self._counters(), self.metric_name, last)
 
     # -- loops -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None) -> DataLoader:
-        from hpcvit.data.dataset import BatchReads, ImageDataset, already_collated
+    def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None) -> Any:
+        from hpcvit.data.batches import BatchLoader
+        from hpcvit.data.dataset import ImageDataset
 
         workers = self.spec.data.num_workers
-        collate = None
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        pin = self.d.device.type == "cuda"
+        init = stop.ignore_in_worker if workers else None
+        indices = None
+        if isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, ImageDataset):
+            dataset, indices = dataset.dataset, dataset.indices
         if isinstance(dataset, ImageDataset):  # whole-batch reads, no per-sample tensors to collate
-            dataset, collate = BatchReads(dataset), already_collated
-        elif isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, ImageDataset):
-            dataset = torch.utils.data.Subset(BatchReads(dataset.dataset), dataset.indices)
-            collate = already_collated
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(seed) if seed is not None else None,
-                          pin_memory=self.d.device.type == "cuda",
-                          worker_init_fn=stop.ignore_in_worker if workers else None,
-                          persistent_workers=False, drop_last=False)
+            return BatchLoader(dataset, sampler, batch_size, workers, indices=indices, pin_memory=pin,
+                               generator=generator, worker_init_fn=init)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
+                          pin_memory=pin, worker_init_fn=init, persistent_workers=False, drop_last=False)
 
     def _to_device(self, x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """The model's inputs on the device: the image batch (and the scalar inputs, when there are any)."""
