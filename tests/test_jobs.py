@@ -65,6 +65,8 @@ def _tiny(doc: dict, workdir: Path) -> dict:
                         "array_parallelism": 2}
     doc.pop("output_dir", None)
     sweep = doc.get("sweep")
+    if sweep and sweep.get("search"):  # rungs of one and two epochs
+        sweep["search"] = {**sweep["search"], "min_epochs": 1, "max_epochs": 2}
     if sweep:  # every model of the sweep, one value of everything else
         for block in ("grid", "zip"):
             for key, values in (sweep.get(block) or {}).items():
