@@ -25,6 +25,7 @@ from hpcvit.data.store import DataError, Store, select_channels
 # the image column is looked up under these names when the spec keeps the HDF5 default ``input_key: X``
 IMAGE_COLUMNS = ("X_jets", "X_jet")
 _DECODE_ERRORS = (pa.ArrowException, OSError, ValueError)
+_POOL = pa.default_memory_pool()
 
 
 class _RowError(ValueError):
@@ -295,7 +296,10 @@ class ParquetStore(Store):
                 wanted = None
             pos = 0
             try:
-                batches = pf.iter_batches(batch_size=block, row_groups=run, columns=[key])
+                # one column: threads add nothing, and decoding on this thread lets release_unused below
+                # hand its freed pages back (Arrow's allocator keeps them per thread for reuse, so a long
+                # pass would otherwise hold more than one batch)
+                batches = pf.iter_batches(batch_size=block, row_groups=run, columns=[key], use_threads=False)
                 for batch in batches:
                     m = batch.num_rows
                     sel = None if wanted is None else wanted[pos:pos + m]
@@ -310,6 +314,7 @@ class ParquetStore(Store):
                         else:
                             yield rows[sel], x[sel]
                     pos += m
+                    _POOL.release_unused()
             except _DECODE_ERRORS as exc:
                 if isinstance(exc, DataError):
                     raise

@@ -107,19 +107,28 @@ def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:
     Pixels are taken as training sees them before the z-score: NaN/inf set to 0, then zero-suppressed. Batches
     are merged with Chan's parallel formula (per-batch mean and sum of squared deviations), so the result is
     the population mean/std over all pixels whatever the batch size; batches are processed in float64 slices
-    of :func:`stats_block` images (a batch of at most that many is one slice). A channel with zero spread gets std 1.
+    of :func:`stats_block` images (a batch of at most that many is one slice) in one reused buffer. A channel
+    with zero spread gets std 1.
     """
     n_tot = 0
     mean = m2 = None
+    buf = spare = None  # one slice in float64 and its scratch space, reused: no allocation per slice
     for batch in batches:
         b = np.asarray(batch)
         if b.ndim != 4:
             raise ValueError(f"channel_stats expects NCHW batches, got shape {b.shape}")
         step = stats_block(b.shape[1:])
+        rows = min(step, len(b))
+        if buf is None or buf.shape[1:] != b.shape[1:] or len(buf) < rows:
+            buf = np.empty((rows, *b.shape[1:]), dtype=np.float64)
+            spare = np.empty_like(buf)
         for i in range(0, len(b), step):
-            part = np.nan_to_num(b[i:i + step].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            src = b[i:i + step]
+            part, scratch = buf[:len(src)], spare[:len(src)]
+            np.copyto(part, src, casting="unsafe")
+            np.nan_to_num(part, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             if spec.zero_suppress is not None:
-                part[np.abs(part) < spec.zero_suppress] = 0.0
+                part[np.abs(part, out=scratch) < spec.zero_suppress] = 0.0
             n = part.shape[0] * part.shape[2] * part.shape[3]
             if n == 0:
                 continue
