@@ -297,24 +297,27 @@ class ParquetStore(Store):
             pos = 0
             try:
                 # one column: threads add nothing, and decoding on this thread lets release_unused below
-                # hand its freed pages back (Arrow's allocator keeps them per thread for reuse, so a long
-                # pass would otherwise hold more than one batch)
+                # hand the freed batch's pages back (Arrow's allocator keeps them per thread for reuse, so
+                # a long pass would otherwise hold more than one batch)
                 batches = pf.iter_batches(batch_size=block, row_groups=run, columns=[key], use_threads=False)
                 for batch in batches:
                     m = batch.num_rows
                     sel = None if wanted is None else wanted[pos:pos + m]
+                    x = None
                     if sel is None or sel.any():
                         try:
                             x = nested_to_dense(batch.column(0), self._file_shape, self._chan_arg, buf[:m])
                         except _RowError as exc:
                             raise self._fail(k, run, exc, pos + exc.row) from None
+                    del batch  # decoded into buf: free it before the consumer runs and the next is read
+                    _POOL.release_unused()
+                    if x is not None:
                         rows = covered[pos:pos + m]
                         if sel is None or sel.all():
                             yield rows, x
                         else:
                             yield rows[sel], x[sel]
                     pos += m
-                    _POOL.release_unused()
             except _DECODE_ERRORS as exc:
                 if isinstance(exc, DataError):
                     raise
