@@ -173,7 +173,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             task.clear_outcome()
             task.keep_reserve()
         starts = int(task.state().get("starts", 0)) + int(first)
-        restarts = starts - 1
+        restarts = max(0, starts - 1)  # another node's launcher may read the record before the first one writes it
         if nodes > 1:
             try:
                 check_rendezvous(*rendezvous(env), serve=first)

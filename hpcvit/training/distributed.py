@@ -50,6 +50,22 @@ def init_distributed(env: JobEnv, want_gpu: bool) -> Dist:
     return Dist(env.rank, env.local_rank, env.world_size, device, flag_group)
 
 
+def data_parallel(model: torch.nn.Module, d: Dist) -> torch.nn.parallel.DistributedDataParallel | None:
+    """``model`` wrapped for data-parallel training (None without a process group).
+
+    With more than two ranks the sum of a gradient depends on its position in DDP's buckets (the reduction
+    runs in chunks around the ring, and floating-point addition of three or more terms depends on the order).
+    DDP lays its buckets out again after the first step, in the order the gradients became ready, so a
+    resumed task, whose first step after the restart has the initial layout, would drift from its
+    uninterrupted twin in the last bits. ``find_unused_parameters`` keeps the initial layout for the whole
+    run (at the cost of one walk over the autograd graph per step); two ranks add commutatively and keep
+    DDP's default."""
+    if not dist.is_initialized():
+        return None
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, find_unused_parameters=d.world > 2)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

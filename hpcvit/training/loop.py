@@ -91,9 +91,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The EMA copy is taken before DDP and compile wrap the model: a plain module, on the same device.
         self.ema = self._make_ema() if o.ema_decay is not None else None
-        self.ddp_module = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.d.local_rank]
-                                                              if self.d.device.type == "cuda" else None)
-                           if torch.distributed.is_initialized() else None)
+        self.ddp_module = distributed.data_parallel(self.model, self.d)
         self.ddp = self.ddp_module if self.ddp_module is not None else self.model
         self.compiled = False
         if o.compile:
