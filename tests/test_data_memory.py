@@ -1,6 +1,7 @@
 """Conversion and the channel-statistics pass hold blocks, not the data set: a real ``hpcvit data convert``
 and a real statistics pass over 4x the jets reach the same peak memory (the kernel's high-water mark of
-the process, ``ru_maxrss`` from ``wait4``: no sampling, no timing)."""
+the process, ``ru_maxrss`` from ``wait4``: no sampling, no timing); the block writer and reader of the
+cache give numpy's bytes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from hpcvit.data.memmap import MemmapStore, RowWriter, create_npy
 from hpcvit.data.parquet import jets_table
 
 SMALL, LARGE = 400, 1600
@@ -69,3 +71,19 @@ def test_convert_and_statistics_peak_does_not_grow_with_the_data_set(tmp_path):
     for phase, (small, large) in peaks.items():
         assert large - small < MARGIN_MIB, (f"{phase}: peak {small:.0f} MiB with {SMALL} jets, {large:.0f} MiB "
                                             f"with {LARGE}")
+
+
+def test_row_writer_and_bulk_reads_match_numpy(tmp_path):
+    x = np.random.default_rng(0).normal(size=(11, 2, 5, 7)).astype(np.float32)
+    np.save(tmp_path / "want.npy", x)
+    offset = create_npy(tmp_path / "x.npy", x.shape)
+    with RowWriter(tmp_path / "x.npy", offset, x.shape[1:]) as out:
+        for a in (8, 0, 3):  # blocks in any order
+            out.write(a, x[a:a + {0: 3, 3: 5, 8: 3}[a]])
+    assert (tmp_path / "x.npy").read_bytes() == (tmp_path / "want.npy").read_bytes()
+    store = MemmapStore(tmp_path / "x.npy")
+    rows = np.array([0, 1, 2, 4, 5, 9, 10])
+    got = [(r.copy(), b.copy()) for r, b in store.iter_read(rows, block=3)]
+    assert [len(r) for r, _ in got] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([r for r, _ in got]), rows)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in got]), x[rows])

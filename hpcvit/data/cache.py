@@ -230,7 +230,8 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
             import multiprocessing as mp
 
             bounds = np.linspace(0, len(rows), 4 * n_proc + 1).astype(np.int64)
-            parts = [(store, rows[a:b], int(a), tmp / "x.npy", offset) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            parts = [(store, rows[a:b], int(a), tmp / "x.npy", offset)
+                     for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
             # spawn: the parent may hold pyarrow/torch threads that a fork would copy in a broken state
             with mp.get_context("spawn").Pool(n_proc, initializer=_decode_worker_init) as pool:
                 for got in pool.imap_unordered(_decode_part_job, parts):
