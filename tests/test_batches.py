@@ -3,6 +3,9 @@ partial batch, resume mid-epoch), with and without worker processes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from hpcvit.spec import DataSpec
 from hpcvit.training.sampler import ShardSampler
 
 
-def make_file(path: Path, n: int = 61, seed: int = 0) -> Path:
+def make_file(path: Path, n: int = 151, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     x = rng.exponential(1.0, size=(n, 3, 10, 10)) * (rng.random((n, 3, 10, 10)) < 0.5)
     return write_jets(path, x, {"y": (np.arange(n) % 2).astype(float), "pt": rng.uniform(0, 100, n),
@@ -58,15 +61,20 @@ def assert_same(got: list, want: list) -> None:
             np.testing.assert_array_equal(bits(a), bits(b))
 
 
+def clone(batch) -> tuple:
+    x, y = batch
+    return (x.clone() if torch.is_tensor(x) else tuple(p.clone() for p in x)), y.clone()
+
+
 def held_copies(loader) -> list:
-    """Every batch of ``loader``, cloned only after the next one was taken (a consumer holding two at once)."""
+    """Every batch of ``loader``, copied only once the next one was taken (a consumer holding two at once)."""
     out, prev = [], None
     for batch in loader:
         if prev is not None:
-            out.append(prev)
+            out.append(clone(prev))
         prev = batch
-    out.append(prev)
-    return [((x.clone() if torch.is_tensor(x) else tuple(p.clone() for p in x)), y.clone()) for x, y in out]
+    out.append(clone(prev))
+    return out
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -114,3 +122,44 @@ def test_gather_into_any_order_and_out_of_range(tmp_path):
         np.testing.assert_array_equal(out, x[rows])
     with pytest.raises(IndexError, match="out of range"):
         gather_into(mapping, np.array([1, 7]), np.empty((2, 2, 3, 3), np.float32))
+
+
+def test_one_persistent_loader_over_epochs_and_an_abandoned_one(bundles):
+    ds = bundles["cache"].train
+    sampler = ShardSampler(len(ds), rank=0, world=1, batch_size=4, seed=9)
+    loader = BatchLoader(ds, sampler, 4, 2, persistent=True)
+    prev = last = None  # the last batch of the epoch before stays held while the next one starts
+    for epoch, start, stop_after in ((0, 0, None), (1, 2, 3), (2, 0, None), (3, 5, None)):
+        sampler.set_epoch(epoch, start)
+        want = per_sample_batches(ds, sampler, 4)
+        got, it = [], iter(loader)
+        for k, batch in enumerate(it):
+            if prev is not None:
+                got.append(clone(prev))
+            prev = batch
+            if stop_after is not None and k + 1 == stop_after:  # a stop mid-epoch: the rest never fetched
+                break
+        del it
+        got.append(clone(prev))
+        if last is not None:
+            assert_same(got[:1], [last])  # the held batch of the previous epoch is unchanged
+            got = got[1:]
+        assert_same(got, want[:stop_after] if stop_after else want)
+        last = got[-1]
+
+
+def test_a_process_holding_a_persistent_loader_exits(tmp_path):
+    # its workers ignore SIGTERM, as the trainer's do: multiprocessing's exit handler alone would wait for ever
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from hpcvit.data.batches import BatchLoader
+        from hpcvit.data.dataset import ImageDataset
+        from hpcvit.data.memmap import MemmapStore
+        from hpcvit.training.stop import ignore_in_worker
+        np.save(sys.argv[1], np.zeros((40, 1, 4, 4), np.float32))
+        ds = ImageDataset(MemmapStore(sys.argv[1]), np.arange(40), np.zeros(40, np.float32))
+        loader = BatchLoader(ds, None, 4, 2, persistent=True, worker_init_fn=ignore_in_worker)
+        assert sum(len(y) for _, y in loader) == 40
+    """)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.npy")], timeout=120, check=True)

@@ -34,7 +34,7 @@ data:
   format: synthetic
   synthetic: {{n_samples: {n}, image_size: 16, channels: 2, seed: 3}}
   val_fraction: 0.25
-model:
+{data}model:
   name: {model}
   kwargs: {kwargs}
 optim:
@@ -55,10 +55,12 @@ resources:
 
 
 def tiny(name: str, optim: str, *, n: int = 400, model: str = "cnn_small", kwargs: str = "{width: 8}",
-         lr: float = 3e-3, epochs: int = 2, batch: int = 16, every: int = 5, keep: int = 3, sweep: str = "") -> str:
+         lr: float = 3e-3, epochs: int = 2, batch: int = 16, every: int = 5, keep: int = 3, sweep: str = "",
+         data: str = "") -> str:
     lines = "\n".join(f"  {line}" for line in optim.strip().splitlines())
+    data = "".join(f"  {line}\n" for line in data.strip().splitlines())
     return TINY.format(name=name, n=n, model=model, kwargs=kwargs, lr=lr, epochs=epochs, batch=batch, optim=lines,
-                       every=every, keep=keep) + sweep
+                       every=every, keep=keep, data=data) + sweep
 
 
 def make_sweep(workdir: Path, text: str, tracking: bool = True) -> SweepDir:
@@ -183,11 +185,14 @@ def _wait_for_file(pattern_dir: Path, pattern: str, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_preempted_ema_grad_accum_task_resumes_bitwise_identical(workdir: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers-cache"])
+def test_preempted_ema_grad_accum_task_resumes_bitwise_identical(workdir: Path, workers: int) -> None:
     # 750 training samples on 2 ranks: 375 each, 47 micro-batches of 8 (the last 7), 12 steps of 4 micro-batches
     # (the last 3): resume must restart at the right micro-batch and keep EMA, BatchNorm and dropout state.
+    # With workers: the memory-mapped cache, read through the loader's shared ring by 2 worker processes.
+    data = f"num_workers: 2\ncache_dir: {workdir / 'cache'}" if workers else ""
     spec = write_spec(workdir, tiny("exact-accum", "ema_decay: 0.9\ngrad_accum_steps: 4", n=1000, epochs=3,
-                                    batch=8, every=2, sweep="""
+                                    batch=8, every=2, data=data, sweep="""
 sweep:
   zip:
     description: [uninterrupted, interrupted]

@@ -4,17 +4,21 @@ The batches are those of ``BatchSampler(sampler, batch_size, drop_last=False)``,
 partial batch) as a ``DataLoader(dataset, batch_size, sampler=sampler)``; the DataLoader runs with
 ``batch_size=None`` over them, so a fetch is a whole batch and nothing is collated.
 
-With worker processes the images travel through a *ring*: shared-memory slots allocated once per loader, in
-which a worker gathers batch ``b`` straight from the memory-mapped cache (slot ``b % slots``); the worker
-returns only the slot number and the (small) targets. That saves the copy into a new shared-memory block per
-batch, and its file-descriptor hand-over, that a tensor returned by a worker costs. The ring holds every batch
-the DataLoader can have in flight (``prefetch_factor`` per worker) plus :data:`HELD` taken by the consumer, so
-a batch's images stay valid until ``HELD - 1`` further batches have been taken; with ``pin_memory`` they are
-copied into pinned memory as they are taken (what the DataLoader's pinning would do).
+The images land in a *ring*: slots allocated once per loader (in shared memory with worker processes), into
+which batch ``b`` is gathered straight from the memory-mapped cache (slot ``b % slots``); a worker returns only
+the slot number and the (small) targets. That saves a new array per batch (pages to fault in) and, with
+workers, the copy into a new shared-memory block and its file-descriptor hand-over that a tensor returned by a
+worker costs. The ring holds every batch the DataLoader can have in flight (``prefetch_factor`` per worker)
+plus :data:`HELD` taken by the consumer, so a batch's images stay valid until ``HELD - 1`` further batches
+have been taken; with ``pin_memory`` they are copied into pinned memory as they are taken (what the
+DataLoader's pinning would do).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,45 +31,42 @@ from hpcvit.data.dataset import ImageDataset
 HELD = 2
 """Batches a consumer may hold at once (the one in use and the one before it, as a ``for`` loop does)."""
 
-PREFETCH = 2
+PREFETCH = 4
 """Batches in flight per worker (the DataLoader's default ``prefetch_factor``)."""
 
 
 class NumberedBatches(Sampler[tuple[int, list[int]]]):
-    """``(number, indices)`` of each batch of ``BatchSampler(sampler, batch_size, drop_last=False)``."""
+    """``(number, indices)`` of each batch of ``BatchSampler(sampler, batch_size, drop_last=False)``, numbered
+    from ``start``."""
 
     def __init__(self, sampler: Any, batch_size: int):
         self.batches = BatchSampler(sampler, batch_size, drop_last=False)
+        self.start = 0
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:
-        return enumerate(self.batches)
+        return enumerate(self.batches, self.start)
 
     def __len__(self) -> int:
         return len(self.batches)
 
 
 class BatchFetch:
-    """What the DataLoader indexes with ``(number, indices)``: the whole batch, or its ring slot with workers."""
+    """What the DataLoader indexes with ``(number, indices)``: the batch gathered into its slot of ``ring``."""
 
-    def __init__(self, dataset: ImageDataset, indices: np.ndarray | None = None, ring: torch.Tensor | None = None):
-        self.dataset = dataset
+    def __init__(self, dataset: ImageDataset, ring: torch.Tensor, indices: np.ndarray | None = None):
+        self.dataset, self.ring = dataset, ring
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         """Positions in ``dataset`` of this loader's samples (a subset); None for all of them."""
-        self.ring = ring
 
     def __len__(self) -> int:
         return len(self.dataset) if self.indices is None else len(self.indices)
 
-    def __getitem__(self, item: tuple[int, list[int]]) -> Any:
+    def __getitem__(self, item: tuple[int, list[int]]) -> tuple[int, int, np.ndarray, np.ndarray | None]:
         number, idx = item
         if self.indices is not None:
             idx = self.indices[np.asarray(idx, dtype=np.int64)]
-        if self.ring is None:
-            return self.dataset.read_batch(idx)
-        slot = number % len(self.ring)
-        out = self.ring[slot, :len(idx)].numpy()
-        _, y, s = self.dataset.batch_arrays(idx, out)
-        return slot, len(idx), y, s
+        _, y, s = self.dataset.batch_arrays(idx, self.ring[number % len(self.ring), :len(idx)].numpy())
+        return number, len(idx), y, s
 
 
 def already_collated(batch: Any) -> Any:
@@ -73,36 +74,60 @@ def already_collated(batch: Any) -> Any:
 
 
 class BatchLoader:
-    """Iterates ``(images, targets)`` (``((images, scalars), targets)`` with scalar inputs) batch by batch."""
+    """Iterates ``(images, targets)`` (``((images, scalars), targets)`` with scalar inputs) batch by batch.
+
+    Iterate it again for the next epoch (after the sampler's ``set_epoch``), one iteration at a time: with
+    ``persistent`` the workers and the ring stay (no new processes, nor pages for them to fault in, per
+    epoch). Batch numbers go on from the last batch taken, so the first batches of an iteration never land in
+    the slots of the last ones taken before, which the consumer may still hold.
+    """
 
     def __init__(self, dataset: ImageDataset, sampler: Any, batch_size: int, workers: int = 0,
-                 indices: np.ndarray | None = None, pin_memory: bool = False,
+                 indices: np.ndarray | None = None, pin_memory: bool = False, persistent: bool = False,
                  generator: torch.Generator | None = None, worker_init_fn: Callable[[int], None] | None = None):
         n = len(dataset) if indices is None else len(indices)
-        if sampler is None:
-            sampler = range(n)
-        self.ring = None
+        self.ring = torch.empty((PREFETCH * workers + HELD, batch_size, *dataset.store.shape), dtype=torch.float32)
         if workers:
-            slots = PREFETCH * workers + HELD
-            self.ring = torch.empty((slots, batch_size, *dataset.store.shape), dtype=torch.float32).share_memory_()
-        self.pin = pin_memory and self.ring is not None
-        self.loader = DataLoader(BatchFetch(dataset, indices, self.ring), batch_size=None,
-                                 sampler=NumberedBatches(sampler, batch_size), num_workers=workers,
-                                 collate_fn=already_collated, generator=generator,
-                                 pin_memory=pin_memory and self.ring is None,
+            self.ring.share_memory_()
+        self.pin = pin_memory
+        self.numbered = NumberedBatches(range(n) if sampler is None else sampler, batch_size)
+        self.received = -1
+        """The number of the last batch handed to the consumer."""
+        self.loader = DataLoader(BatchFetch(dataset, self.ring, indices), batch_size=None, sampler=self.numbered,
+                                 num_workers=workers, collate_fn=already_collated, generator=generator,
                                  prefetch_factor=PREFETCH if workers else None,
-                                 worker_init_fn=worker_init_fn if workers else None, persistent_workers=False)
+                                 worker_init_fn=worker_init_fn if workers else None,
+                                 persistent_workers=persistent and workers > 0)
+        # Persistent workers ignore the stop signals, so multiprocessing's exit handler (terminate, then join)
+        # would wait for them for ever: stop them first (atexit runs the handlers registered last first).
+        self._at_exit = functools.partial(_close, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    def close(self) -> None:
+        """Stop the workers now (a persistent loader keeps them between iterations until then)."""
+        atexit.unregister(self._at_exit)
+        it = self.loader._iterator  # where torch keeps a persistent loader's iterator, and so its workers
+        self.loader._iterator = None
+        if it is not None:
+            it._shutdown_workers()
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        if self.ring is None:
-            yield from self.loader
-            return
-        for slot, n, y, s in self.loader:
-            x = self.ring[slot, :n]
+        # an iteration left early may have had batches in flight past the last one taken: torch finishes (and
+        # drops) them before the next iteration's first fetch, into slots the consumer does not hold
+        self.numbered.start = self.received + 1
+        for number, n, y, s in self.loader:
+            self.received = number
+            x = self.ring[number % len(self.ring), :n]
             if self.pin:
                 x = x.pin_memory()
             yt = torch.from_numpy(y)
             yield (x, yt) if s is None else ((x, torch.from_numpy(s)), yt)
+
+
+def _close(ref: weakref.ref) -> None:
+    loader = ref()
+    if loader is not None:
+        loader.close()

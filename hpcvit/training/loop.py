@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hpcvit.checkpoint import CheckpointManager
 from hpcvit.data import build_datasets
+from hpcvit.data.batches import BatchLoader
 from hpcvit.jobenv import JobEnv
 from hpcvit.ledger import TaskDir
 from hpcvit.metrics import evaluate_predictions, is_better, primary_metric
@@ -103,6 +104,7 @@ class Trainer:
                                     max_batches=o.max_steps_per_epoch * self.accum if o.max_steps_per_epoch
                                     else None)
         self.plan = StepPlan(self.sampler, self.accum)
+        self._train_loader: BatchLoader | None = None
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.scheduler = optim.make_scheduler(o, self.optimizer, self.steps_per_epoch)
         self.amp_dtype = optim.amp_dtype(o, self.d.device)
@@ -215,8 +217,8 @@ class Trainer:
         self.report.progress(state, self._counters(), self.metric_name, last)
 
     # -- loops -------------------------------------------------------------------------------------
-    def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None) -> Any:
-        from hpcvit.data.batches import BatchLoader
+    def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None,
+                persistent: bool = False) -> Any:
         from hpcvit.data.dataset import ImageDataset
 
         workers = self.spec.data.num_workers
@@ -228,7 +230,7 @@ class Trainer:
             dataset, indices = dataset.dataset, dataset.indices
         if isinstance(dataset, ImageDataset):  # whole-batch reads, no per-sample tensors to collate
             return BatchLoader(dataset, sampler, batch_size, workers, indices=indices, pin_memory=pin,
-                               generator=generator, worker_init_fn=init)
+                               persistent=persistent, generator=generator, worker_init_fn=init)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
                           pin_memory=pin, worker_init_fn=init, persistent_workers=False, drop_last=False)
 
@@ -286,8 +288,12 @@ class Trainer:
         """Train from ``step_in_epoch`` to the end of the epoch; None if stopped by a signal."""
         ck, o = self.spec.checkpoint, self.spec.optim
         self.sampler.set_epoch(self.epoch, self.plan.first_batch(self.step_in_epoch))
-        loader = self._loader(self.data.train, self.sampler, self.spec.optim.batch_size,
-                              self.spec.optim.seed * 7919 + self.epoch)
+        loader = self._train_loader
+        if loader is None:
+            loader = self._loader(self.data.train, self.sampler, self.spec.optim.batch_size,
+                                  self.spec.optim.seed * 7919 + self.epoch, persistent=True)
+            if isinstance(loader, BatchLoader):  # iterated again each epoch: its workers and ring stay
+                self._train_loader = loader
         it = iter(loader)
         self.ddp.train()
         meter = self.meter
@@ -377,6 +383,13 @@ class Trainer:
                 "data.positive_fraction_train": info.get("positive_fraction_train")}
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self._train_loader is not None:
+                self._train_loader.close()
+
+    def _run(self) -> int:
         self.last_save = time.monotonic()
         startup.mark("restore")
         self.report.open_tracking(self._facts)
