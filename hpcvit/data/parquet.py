@@ -342,8 +342,9 @@ class ParquetStore(Store):
                     except _DECODE_ERRORS as inner:
                         raise DataError(f"{path}: row group {g}: column {name!r}: {str(inner).splitlines()[0]}") from None
                 raise DataError(f"{path}: column {name!r}: {str(exc).splitlines()[0]}") from None
-            v = col.to_numpy()
-            parts.append(np.asarray(v, dtype=np.float64))
+            parts.append(np.asarray(col.to_numpy(), dtype=np.float64))
+            del col  # one chunk per row group: return their pages (see _iter_file)
+            _POOL.release_unused()
         return np.concatenate(parts)
 
     def describe(self) -> list[dict[str, Any]]:
