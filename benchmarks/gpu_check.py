@@ -33,6 +33,7 @@ Writes DIR/results.json, DIR/results.md and DIR/logs/ (one log per process).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -43,8 +44,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NoReturn
 
 DEFAULT_MODELS = "vit_tiny,swin_tiny,coatnet_0"
 LR, WEIGHT_DECAY, SEED = 1e-3, 0.05, 0
@@ -52,6 +54,9 @@ VAL_FRACTION = 0.05
 KILL_GRACE_S = 10.0
 MIN_LAUNCH_S = 20.0
 """A process is not started with less than this left of the budget (it is recorded as skipped)."""
+NOTE = ("Data wait: share of the timed wall time the training thread waited for its next batch (worst rank). "
+        "Checkpoint stall: until training can go on (hpcvit: snapshot, background write; plain: torch.save + "
+        "fsync), over the median step.")
 THROUGHPUT_KEYS = ("img_s", "step_s", "data_wait_frac", "ckpt_stall_s", "ckpt_stall_frac")
 
 # -- configuration --------------------------------------------------------------------------------------------
@@ -66,10 +71,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     world = args.world or (2 if (gpus >= 2 or args.smoke) else 1)
     if cuda and world > gpus:
         raise SystemExit(f"--world {world}: only {gpus} GPU(s) here")
-    gpu = dict(img_size=125, batch=128, warmup=5, steps=20, saves=3, workers=4, compile=True,
-               twin_model="vit_tiny", twin_batch=32, twin_steps=8)
-    smoke = dict(img_size=32, batch=4, warmup=1, steps=3, saves=1, workers=1, compile=False,
-                 twin_model="vit_tiny", twin_batch=4, twin_steps=4)
+    gpu = {"img_size": 125, "batch": 128, "warmup": 5, "steps": 20, "saves": 3, "workers": 4, "compile": True,
+           "twin_model": "vit_tiny", "twin_batch": 32, "twin_steps": 8}
+    smoke = {"img_size": 32, "batch": 4, "warmup": 1, "steps": 3, "saves": 1, "workers": 1, "compile": False,
+             "twin_model": "vit_tiny", "twin_batch": 4, "twin_steps": 4}
     s = {**(smoke if args.smoke else gpu), "channels": 3, "amp": "bf16", "world": world,
          "device": "cuda" if cuda else "cpu", "backend": ("nccl" if cuda else "gloo") if world > 1 else "none",
          "models": [m.strip() for m in args.models.split(",") if m.strip()], "smoke": args.smoke,
@@ -158,17 +163,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:400]
 
 
-class _TimedLoader:
-    """A DataLoader whose iterators add the time spent in ``next()`` to ``owner.waited``."""
+def _timed(loader: Any, owner: Any) -> Any:
+    """``loader`` itself (its class still a subclass of its own), its iterators adding the time spent in
+    ``next()`` to ``owner.waited``."""
+    cls = type(loader)
 
-    def __init__(self, loader: Any, owner: Any):
-        self.loader, self.owner = loader, owner
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Any:
-        it = iter(self.loader)
+    def timed_iter(self: Any) -> Any:
+        it = cls.__iter__(self)
         while True:
             t = time.perf_counter()
             try:
@@ -176,8 +177,11 @@ class _TimedLoader:
             except StopIteration:
                 return
             finally:
-                self.owner.waited += time.perf_counter() - t
+                owner.waited += time.perf_counter() - t
             yield batch
+
+    loader.__class__ = type(f"Timed{cls.__name__}", (cls,), {"__iter__": timed_iter})
+    return loader
 
 
 def probe_trainer(task: Any, mark_step: int | None = None, signal_at: int | None = None) -> Any:
@@ -188,8 +192,8 @@ def probe_trainer(task: Any, mark_step: int | None = None, signal_at: int | None
     class Probe(Trainer):
         waited, wait0, t0 = 0.0, 0.0, None
 
-        def _loader(self, dataset: Any, sampler: Any, batch_size: int, seed: int | None = None) -> Any:
-            return _TimedLoader(super()._loader(dataset, sampler, batch_size, seed), self)
+        def _loader(self, *args: Any, **kwargs: Any) -> Any:
+            return _timed(super()._loader(*args, **kwargs), self)
 
         def _optimizer_step(self) -> None:
             super()._optimizer_step()
@@ -247,8 +251,6 @@ def run_hpcvit(job: dict[str, Any]) -> dict[str, Any]:
            "dynamo_graphs": _dynamo_graphs() - graphs, "amp": str(trainer.amp_dtype),
            "params_m": trainer.n_params / 1e6}
     del trainer
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -367,7 +369,7 @@ def run_twin(job: dict[str, Any]) -> dict[str, Any]:
     return {"started_at": started, "steps": trainer.global_step}
 
 
-def worker(job_file: Path) -> int:
+def worker(job_file: Path) -> NoReturn:
     """A process of one launch: run its parts, rank 0 writing the results file after each."""
     import torch
 
@@ -391,13 +393,19 @@ def worker(job_file: Path) -> int:
         except Exception as exc:  # noqa: BLE001 - recorded, the next part still runs
             traceback.print_exc()
             record = {"status": "failed", "error": _one_line(exc)}
+        # the part's trainer (a reference cycle) goes now: its loader's workers shut down before the next part
+        gc.collect()
         record["seconds"] = time.perf_counter() - t
         results[name] = record
         print(f"rank {env.rank}: {name}: {record}", flush=True)
         if env.rank == 0:
             fsio.write_json(Path(job["result"]), results)
     distributed.shutdown()
-    return 0
+    # Everything is written: end without the interpreter's exit handlers, which join the loader's persistent
+    # workers, and those ignore SIGTERM (the trainer's stop signals); they exit when they see their parent gone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the parent: launches, budget, results --------------------------------------------------------------------
@@ -565,11 +573,11 @@ def _num(v: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
 def markdown(result: dict[str, Any]) -> str:
     s, parts = result["settings"], result["parts"]
     where = (f"{s['world']} x {s['gpu_name']}" if s["device"] == "cuda" else f"CPU, {s['world']} rank(s)")
-    lines = [f"# GPU check{' (smoke, CPU)' if s['smoke'] else ''}", "",
-             f"{where}, backend {s['backend']}, torch {s['torch']}, {s['amp']} autocast, compile "
-             f"{'on' if s['compile'] else 'off'}, {s['channels']}x{s['img_size']}x{s['img_size']}, batch "
-             f"{s['batch']} per rank, {s['steps']} timed steps after {s['warmup']} warm-up; "
-             f"{result['elapsed_s']:.0f} s in all (setup {result['setup_s']:.0f} s).", "",
+    head = (f"{where}, backend {s['backend']}, torch {s['torch']}, {s['amp']} autocast, compile "
+            f"{'on' if s['compile'] else 'off'}, {s['channels']}x{s['img_size']}x{s['img_size']}, batch "
+            f"{s['batch']} per rank, {s['steps']} timed steps after {s['warmup']} warm-up; "
+            f"{result['elapsed_s']:.0f} s in all (setup {result['setup_s']:.0f} s).")
+    lines = [f"# GPU check{' (smoke, CPU)' if s['smoke'] else ''}", "", head, "",
              "| model | loop | img/s | vs plain | data wait | checkpoint stall | stall / step | durable write | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model in s["models"]:
@@ -594,9 +602,7 @@ def markdown(result: dict[str, Any]) -> str:
                         f"tensors, max |diff| {t['max_abs_diff']})") + f" ({t['tensors']} tensors).")
     else:
         lines.append(f"Exact resume: FAILED: {t.get('error')}")
-    lines += ["", "Data wait: share of the timed wall time the training thread waited for its next batch (worst "
-              "rank). Checkpoint stall: until training can go on (hpcvit: snapshot, background write; plain: "
-              "torch.save + fsync), over the median step."]
+    lines += ["", NOTE]
     return "\n".join(lines) + "\n"
 
 
