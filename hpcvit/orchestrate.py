@@ -201,7 +201,11 @@ def reconcile(sweep_dir: SweepDir, current: list[TaskStatus]) -> int:
     into state.json and onto the MLflow run (closed KILLED), so that status, state.json and MLflow agree."""
     fixed = 0
     for s in current:
-        if s.state in RECONCILED and s.recorded != s.state:
+        if s.state == TaskState.COMPLETED and s.recorded != s.state:
+            # the trainer's result is written; its launcher records the same in a moment, unless it is gone
+            sweep_dir.task(s.index).write_state(state=s.state, message="")
+            fixed += 1
+        elif s.state in RECONCILED and s.recorded != s.state:
             sweep_dir.task(s.index).write_state(state=s.state, message=s.message)
             _close_stale_run(sweep_dir, s.index, s.state)
             fixed += 1
