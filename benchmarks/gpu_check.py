@@ -438,6 +438,7 @@ def launch(job: dict[str, Any], name: str, s: dict[str, Any], work: Path, logs: 
         cmd = [sys.executable, *script]
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
     log = logs / f"{name}.log"
+    started = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     why = None
@@ -455,6 +456,8 @@ def launch(job: dict[str, Any], name: str, s: dict[str, Any], work: Path, logs: 
         why = f"stopped after {timeout:.0f} s (its share of the time budget); log: {_log_error(log)}"
     result_file = Path(job["result"])
     results = json.loads(result_file.read_text()) if result_file.exists() else {}
+    for record in results.values():  # the process's whole wall time: start-up and compilation included
+        record["process_s"] = time.perf_counter() - started
     return results, why
 
 
