@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -381,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, DamagedFileError) as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return 1
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # the environment, not hpcvit: one line, no traceback
         err.print(f"[red]error[/]: {escape(describe_os_error(exc))}", highlight=False)
         return 1

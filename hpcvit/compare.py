@@ -99,7 +99,7 @@ _STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RU
 def _cell(row: dict[str, Any], key: str, digits: int) -> str:
     if key == "status":
         if row.get("outcome") == "stopped_early":
-            return "stopped early"  # the run is FINISHED in MLflow, by the search's decision
+            return "pruned"  # STOPPED_EARLY: FINISHED in MLflow, by the search's decision
         return _STATUS_WORD.get(row[key], str(row[key]).lower())
     text = _fmt(row[key], digits)
     if key.startswith("rej@") and row.get(f"{key}_bound") and text:

@@ -85,7 +85,7 @@ def test_a_rung_with_a_failed_task_promotes_among_those_that_finished(workdir: P
         assert rows[i]["rung1"] is None
     csv_head = hpcvit("compare", "--format", "csv", cwd=workdir, check=True).stdout.splitlines()[0].split(",")
     assert {"rung", "outcome", "rung0", "rung1"} <= set(csv_head)
-    assert "stopped early" in hpcvit("compare", cwd=workdir, check=True).stdout
+    assert "pruned" in hpcvit("compare", cwd=workdir, check=True).stdout
     resumed = hpcvit("resume", cwd=workdir, check=True).stdout
     assert "nothing to resume" in resumed, "a task lost in a decided rung is not resubmitted"
 
