@@ -9,12 +9,18 @@ Parquet (published layout: 3 x 125 x 125 nested lists, one jet per row group):
   cache      the memory-mapped float32 cache (preprocessed copy), shuffled DataLoader with workers, and
              with 0 workers (batches stacked in the main process: no shared-memory pages per batch)
   cache-raw  the decoded cache with preprocessing in the workers (``cache_preprocessed: false``)
+  input      the training loader over the preprocessed cache (:mod:`hpcvit.data.batches`: whole batches, one
+             gather each, through a shared ring with workers), one loader over the epochs as training uses
+             it, against a float32 memcpy of the same bytes (batch by batch from the mapping into one
+             buffer, in this process) and against the per-sample DataLoader and the DataLoader's own batching
+             of whole-batch reads; 0 and ``--workers`` workers
 HDF5 (electron/photon layout: N x 32 x 32 x 2, lzf chunks of 1,024 samples as h5py writes by default):
   naive      h5py per-sample indexing in shuffled order with h5py's default chunk cache
   reader     hpcvit's HDF5 reader, shuffled DataLoader with workers (batched, chunk-aware reads)
   cache      the memory-mapped cache
 
 Usage: python benchmarks/data_throughput.py [--jets 3000] [--photons 20000] [--workers 2] [--parquet FILE]
+       [--input-only]
 """
 
 from __future__ import annotations
@@ -138,6 +144,86 @@ def loader_rate(dataset, workers: int, batch_size: int = 64, repeats: int = 3, m
     return float(np.median(rates))
 
 
+def memcpy_pass(mapping, rows: np.ndarray, buf: np.ndarray) -> float:
+    """The ceiling of cached input: ``rows``' bytes copied batch by batch (contiguous rows of the mapping, in
+    the page cache) into one preallocated float32 buffer; samples/s."""
+    bs = len(buf)
+    lo, n = int(rows.min()), len(rows) - len(rows) % bs
+    t0 = time.perf_counter()
+    for i in range(0, n, bs):
+        np.copyto(buf, mapping[lo + i:lo + i + bs])
+    return rate(n, time.perf_counter() - t0)
+
+
+class _GetitemsBatches:
+    """The whole-batch read behind the DataLoader's own batching (``batch_size=64``, ``__getitems__``): the
+    tensors a worker returns are copied into new shared memory and handed over per batch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]):
+        return self.dataset.read_batch(indices)
+
+
+def cached_input(dataset, workers: int, batch_size: int = 64, epochs: int = 5) -> dict[str, float]:
+    """Samples/s of the ways to feed training from ``dataset`` (the preprocessed cache) over the training
+    sampler (shuffled), with 0 and ``workers`` workers, each epoch timed from its first batch and divided by a
+    memcpy pass of the same bytes measured just before it (the machine's load changes), the ways taking turns
+    epoch by epoch; medians over epochs.
+    The training loader is one loader iterated each epoch, as the trainer does; the DataLoaders are fresh ones
+    per epoch, as it made them before."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from hpcvit.data.batches import BatchLoader, already_collated
+    from hpcvit.training.sampler import ShardSampler
+
+    mapping = dataset.store.view(slice(None))
+    buf = np.empty((batch_size, *dataset.store.shape), dtype=np.float32)
+    memcpy_pass(mapping, dataset.rows, buf)  # maps the pages into this process
+    sampler = ShardSampler(len(dataset), 0, 1, batch_size, seed=0)
+    res: dict[str, float] = {}
+    for w in sorted({0, workers}):
+        persistent = BatchLoader(dataset, sampler, batch_size, w, persistent=True)
+        makers = {
+            "batches": lambda p=persistent: p,
+            "getitems": lambda w=w: DataLoader(_GetitemsBatches(dataset), batch_size=batch_size, sampler=sampler,
+                                               num_workers=w, collate_fn=already_collated),
+            "per_sample": lambda w=w: DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in makers}
+        ceilings: dict[str, list[float]] = {name: [] for name in makers}
+        for epoch in range(epochs):  # the ways interleaved epoch by epoch: each sees the same load
+            for name, make in makers.items():
+                sampler.set_epoch(epoch)
+                ceilings[name].append(memcpy_pass(mapping, dataset.rows, buf))
+                it = iter(make())
+                next(it)
+                t0 = time.perf_counter()
+                got = 0
+                for xb, _ in it:
+                    assert xb.dtype == torch.float32
+                    got += len(xb)
+                rates[name].append(rate(got, time.perf_counter() - t0))
+                del it
+        persistent.close()
+        for name in makers:
+            res[f"{name}_w{w}"] = float(np.median(rates[name]))
+            res[f"{name}_w{w}_memcpy"] = float(np.median(ceilings[name]))
+            res[f"{name}_w{w}_ratio"] = float(np.median(np.array(rates[name]) / np.array(ceilings[name])))
+        print(f"cached input, {w} workers: training loader {res[f'batches_w{w}']:7.0f} samples/s = "
+              f"{res[f'batches_w{w}_ratio']:.2f} of memcpy ({res[f'batches_w{w}_memcpy']:.0f} samples/s); "
+              f"DataLoader batching of whole-batch reads {res[f'getitems_w{w}_ratio']:.2f}; "
+              f"per-sample + collate {res[f'per_sample_w{w}_ratio']:.2f}", flush=True)
+    worst = min(res[f"batches_w{w}_ratio"] for w in sorted({0, workers}))
+    print(f"target (cached input >= 0.7 of memcpy with 0 and {workers} workers): worst {worst:.2f}", flush=True)
+    return res
+
+
 def bulk_rate(store, rows: np.ndarray) -> float:
     t0 = time.perf_counter()
     got = 0
@@ -155,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parquet", type=Path, help="use this Parquet file instead of writing one")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--input-only", action="store_true",
+                    help="only the cached training input against memcpy (Parquet cache of --jets jets)")
     args = ap.parse_args(argv)
 
     import torch
@@ -172,20 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         pq_path = args.parquet or make_parquet(tmp / "jets.parquet", args.jets)
-        h5_path = make_hdf5(tmp / "photons.h5", args.photons)
+        h5_path = None if args.input_only else make_hdf5(tmp / "photons.h5", args.photons)
         res["setup"] = {"write_s": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count(),
                         "workers": args.workers, "parquet_mb": round(pq_path.stat().st_size / 1e6, 1)}
         print(f"data written in {res['setup']['write_s']} s ({pq_path}, {res['setup']['parquet_mb']} MB)", flush=True)
 
         # -- Parquet -----------------------------------------------------------------------------------------
         p = res["parquet"]
+        spec = DataSpec(format="parquet", paths=[str(pq_path)], val_fraction=0.1)
+        cached_spec = spec.model_copy(update={"cache_dir": str(tmp / "cache")})
+        if args.input_only:
+            res["input"] = cached_input(build_datasets(cached_spec, tmp).train, args.workers)
+            if args.json:
+                args.json.write_text(json.dumps(res, indent=1))
+            return 0
         p["naive"] = naive_parquet(pq_path, args.naive_samples)
         print(f"parquet naive per row group:  {p['naive']:9.0f} samples/s  (read_row_group + to_pylist + np.asarray)",
               flush=True)
         p["naive_batched"] = naive_parquet_batched(pq_path, args.naive_samples)
         print(f"parquet naive batched:        {p['naive_batched']:9.0f} samples/s  (iter_batches(64) + to_pylist)",
               flush=True)
-        spec = DataSpec(format="parquet", paths=[str(pq_path)], val_fraction=0.1)
         store = open_store(spec, [pq_path])
         p["bulk"] = bulk_rate(store, np.arange(store.n))
         print(f"parquet reader bulk (1 proc): {p['bulk']:9.0f} samples/s  {p['bulk'] / p['naive']:6.1f}x naive", flush=True)
@@ -195,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         p["reader"] = loader_rate(direct.train, args.workers)
         print(f"parquet reader DataLoader:    {p['reader']:9.0f} samples/s  {p['reader'] / p['naive']:6.1f}x naive "
               f"(+{p['stats_s']:.1f} s channel statistics)", flush=True)
-        cached_spec = spec.model_copy(update={"cache_dir": str(tmp / "cache")})
         t0 = time.perf_counter()
         cached = build_datasets(cached_spec, tmp)
         p["convert_s"] = time.perf_counter() - t0
@@ -207,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         p["cache_in_process"] = loader_rate(cached.train, 0)
         print(f"parquet cache, 0 workers:     {p['cache_in_process']:9.0f} samples/s  "
               f"{p['cache_in_process'] / p['naive']:6.1f}x naive", flush=True)
+        res["input"] = cached_input(cached.train, args.workers)
         raw = build_datasets(cached_spec.model_copy(update={"cache_preprocessed": False}), tmp)
         p["cache_raw"] = loader_rate(raw.train, args.workers)
         print(f"parquet raw cache + preproc:  {p['cache_raw']:9.0f} samples/s  {p['cache_raw'] / p['naive']:6.1f}x naive",
