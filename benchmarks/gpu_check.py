@@ -549,7 +549,8 @@ def run_all(s: dict[str, Any], out: Path, work: Path, budget_s: float) -> dict[s
         parts["resume_twin"] = {"status": "ok", "model": s["twin_model"], "batch": s["twin_batch"],
                                 "steps": legs["straight"]["steps"], "stopped_at": legs["half"]["stopped_at"],
                                 "resumed_at": legs["resume"]["started_at"], **cmp,
-                                "seconds": sum(leg["seconds"] for leg in legs.values())}
+                                "seconds": sum(leg["seconds"] for leg in legs.values()),
+                                "process_s": sum(leg["process_s"] for leg in legs.values())}
 
     for i, model in enumerate(s["models"]):
         names = (f"{model}/hpcvit", f"{model}/plain")
