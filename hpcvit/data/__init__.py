@@ -3,7 +3,8 @@
 ``build_datasets`` (:mod:`hpcvit.data.build`) is what training calls; ``prepare`` what submission calls. The
 modules, each with one job: ``store`` (the reader interface), ``hdf5``/``parquet``/``memmap`` (one format
 each), ``formats`` (detect and open), ``selection`` (cuts and targets), ``preprocess`` (GSoC steps),
-``dataset`` (what the DataLoader iterates), ``cache`` (the memory-mapped training cache), ``synthetic`` and
+``dataset`` (what the DataLoader iterates), ``batches`` (the training loader: whole batches through a
+ring of slots), ``cache`` (the memory-mapped training cache), ``synthetic`` and
 ``generate`` (data made here), ``commands`` (``hpcvit data``).
 """
 

@@ -6,7 +6,7 @@ partial batch) as a ``DataLoader(dataset, batch_size, sampler=sampler)``; the Da
 
 The images land in a *ring*: slots allocated once per loader (in shared memory with worker processes), into
 which batch ``b`` is gathered straight from the memory-mapped cache (slot ``b % slots``); a worker returns only
-the slot number and the (small) targets. That saves a new array per batch (pages to fault in) and, with
+``b`` and the (small) targets. That saves a new array per batch (pages to fault in) and, with
 workers, the copy into a new shared-memory block and its file-descriptor hand-over that a tensor returned by a
 worker costs. The ring holds every batch the DataLoader can have in flight (``prefetch_factor`` per worker)
 plus :data:`HELD` taken by the consumer, so a batch's images stay valid until ``HELD - 1`` further batches
@@ -32,7 +32,8 @@ HELD = 2
 """Batches a consumer may hold at once (the one in use and the one before it, as a ``for`` loop does)."""
 
 PREFETCH = 4
-"""Batches in flight per worker (the DataLoader's default ``prefetch_factor``)."""
+"""Batches in flight per worker (``prefetch_factor``): with the DataLoader's default of 2, workers on a busy
+machine sat idle waiting for the main process to hand out the next batch."""
 
 
 class NumberedBatches(Sampler[tuple[int, list[int]]]):
