@@ -101,12 +101,14 @@ class BatchLoader:
                                  persistent_workers=persistent and workers > 0)
         # Persistent workers ignore the stop signals, so multiprocessing's exit handler (terminate, then join)
         # would wait for them for ever: stop them first (atexit runs the handlers registered last first).
-        self._at_exit = functools.partial(_close, weakref.ref(self))
-        atexit.register(self._at_exit)
+        self._at_exit = functools.partial(_close, weakref.ref(self)) if persistent and workers else None
+        if self._at_exit is not None:
+            atexit.register(self._at_exit)
 
     def close(self) -> None:
         """Stop the workers now (a persistent loader keeps them between iterations until then)."""
-        atexit.unregister(self._at_exit)
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
         it = self.loader._iterator  # where torch keeps a persistent loader's iterator, and so its workers
         self.loader._iterator = None
         if it is not None:
