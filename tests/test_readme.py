@@ -79,7 +79,7 @@ def test_every_documented_command_parses(command: str) -> None:
 
 
 def test_the_yaml_spec_validates_on_files_in_its_layout(tmp_path: Path) -> None:
-    (spec_text,) = [body for lang, body in BLOCKS if lang == "yaml"]
+    spec_text = next(body for lang, body in BLOCKS if lang == "yaml")  # the first: a whole job spec
     doc = yaml.safe_load(spec_text)
     for p in doc["data"]["paths"]:
         path = tmp_path / p
@@ -99,6 +99,15 @@ def test_the_yaml_spec_validates_on_files_in_its_layout(tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     assert len(sweep.runs) == 4 * 2 * 3 and "parquet file(s) readable" in checked[0]
+
+
+def test_the_search_example_is_the_search_job_and_validate_prints_its_rungs() -> None:
+    (block,) = [yaml.safe_load(body) for lang, body in BLOCKS if lang == "yaml" and "search:" in body]
+    job = yaml.safe_load((REPO / "jobs" / "search_top.yaml").read_text())
+    assert block["sweep"] == job["sweep"], "the README's search block must be jobs/search_top.yaml's"
+    quoted = re.search(r"`(rung 0: [^`]+)`", README).group(1)
+    proc = hpcvit("validate", "jobs/search_top.yaml", "--no-data", cwd=REPO)
+    assert proc.returncode == 0 and quoted in proc.stderr + proc.stdout, proc.stderr
 
 
 def test_the_error_example_is_what_validate_prints(tmp_path: Path) -> None:
