@@ -174,3 +174,49 @@ def test_truncated_and_wrong_files(tmp_path):
     spec = DataSpec(format="parquet", paths=[str(p)], cuts={"eta": [-1, 1]})
     with pytest.raises(DataError, match=r"ok\.parquet: no scalar column 'eta'"):
         build_datasets(spec, tmp_path)
+
+
+def test_bulk_read_of_small_and_large_row_groups_with_gaps(tmp_path):
+    """Groups below and above the block, one-row groups between them, rows skipped inside and across groups:
+    the bulk path yields the rows asked for, in order, never more than a block at once."""
+    sizes = [1, 1, 40, 30, 1, 25, 2]
+    x, s = jets(sum(sizes), size=8, seed=5)
+    p = write_ragged(tmp_path / "mixed.parquet", x, s, sizes)
+    store = ParquetStore([p], "X_jets")
+    want = x.astype(np.float32)
+    rng = np.random.default_rng(0)
+    for rows in (np.arange(len(x)), np.sort(rng.choice(len(x), 37, replace=False)), np.array([2, 41, 42, 71, 99])):
+        for block in (1, 8, 32, 256):
+            got_rows, got = [], []
+            for r, xb in store.iter_read(rows, block=block):
+                assert len(r) == len(xb) <= block
+                got_rows.append(r.copy())
+                got.append(xb.copy())
+            np.testing.assert_array_equal(np.concatenate(got_rows), rows)
+            np.testing.assert_array_equal(np.concatenate(got), want[rows])
+            np.testing.assert_array_equal(store.read(rows), want[rows])
+    sub = ParquetStore([p], "X_jets", channels=[2, 0])
+    got = np.concatenate([xb.copy() for _, xb in sub.iter_read(np.arange(len(x)), block=16)])
+    np.testing.assert_array_equal(got, want[:, [2, 0]])
+
+
+def test_bad_row_inside_a_large_row_group_is_named(tmp_path):
+    x, s = jets(19, size=16)
+    good = jets_table(x, s)
+    bad = jets_table(np.zeros((1, 3, 16, 15)), {k: v[:1] for k, v in s.items()})  # 15 pixels instead of 16
+    p = tmp_path / "big.parquet"
+    with pq.ParquetWriter(p, good.schema) as w:
+        w.write_table(good.slice(0, 2), row_group_size=2)  # row group 0
+        w.write_table(pa.concat_tables([good.slice(2, 7), bad, good.slice(9, 10)]), row_group_size=18)
+    store = ParquetStore([p])
+    assert store.n == 20
+    np.testing.assert_array_equal(store.read(np.array([0, 1])), x[[0, 1]].astype(np.float32))
+    for block in (4, 256):
+        with pytest.raises(DataError, match=r"big\.parquet: row group 1: X_jets \(row 7 of the group, row 9 of "
+                                            r"the file\): pixel list of length 15, expected 16"):
+            list(store.iter_read(np.arange(20), block=block))
+    with pytest.raises(DataError, match=r"row group 1: X_jets \(row 7 of the group"):
+        list(store.iter_read(np.array([0, 3, 8, 19]), block=4))  # row 8 shares a batch with the bad row
+    rows = np.array([0, 3, 15, 19])  # no batch of 4 holding one of these holds the bad row
+    got = np.concatenate([xb.copy() for _, xb in store.iter_read(rows, block=4)])
+    np.testing.assert_array_equal(got, x[[0, 3, 14, 18]].astype(np.float32))

@@ -1,0 +1,185 @@
+"""Bulk decode of the readers (what ``hpcvit data convert`` and the raw cache build use) against direct readers.
+
+Files are written in a temporary folder:
+
+parquet-rg1     jets of 3 x 125 x 125 doubles in the published layout, one jet per row group
+parquet-rg500   the same jets in row groups of 500
+hdf5-32x32x2    electron/photon layout: ``X`` N x 32 x 32 x 2 float32 (contiguous), ``y``
+hdf5-125x125x8  ``X`` N x 125 x 125 x 8 float32 in chunks of 64 images
+
+For each, the hpcvit path is ``store.iter_read(all rows, block)`` with the block the raw cache build uses,
+each block copied into one preallocated (N, C, H, W) float32 array. The baselines, in the same process:
+
+Parquet   per row group ``ParquetFile.read_row_group(g, columns=[key], use_threads=False)``, the three list
+          levels flattened, the values copied into the preallocated array (no checks of list lengths)
+HDF5      ``Dataset.read_direct`` of the same slabs (the chunk-aligned slabs hpcvit reads) into a preallocated
+          array in the file's own layout (N, H, W, C): no reorder to channels-first
+
+The two take turns ``--repeats`` times; medians; ratio = baseline seconds / hpcvit seconds (1.0: as fast
+as the baseline). Target: ratio >= 0.9 for every file.
+
+Usage: python benchmarks/decode.py [--jets 600] [--repeats 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGET = 0.9
+
+
+def sparse_jets(n: int, seed: int = 0, shape: tuple[int, int, int] = (3, 125, 125)) -> np.ndarray:
+    """Sparse calorimeter-like images: ~5 % of the pixels non-zero."""
+    rng = np.random.default_rng(seed)
+    return rng.exponential(1.0, (n, *shape)) * (rng.random((n, *shape)) < 0.05)
+
+
+def write_parquet(path: Path, x: np.ndarray, row_group_size: int) -> Path:
+    import pyarrow.parquet as pq
+
+    from hpcvit.data.parquet import jets_table
+
+    writer = None
+    step = max(100, row_group_size)
+    try:
+        for i in range(0, len(x), step):
+            table = jets_table(x[i:i + step], {"y": (np.arange(i, i + len(x[i:i + step])) % 2).astype(np.float64)})
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="snappy")
+            writer.write_table(table, row_group_size=row_group_size)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def write_hdf5(path: Path, x_nhwc: np.ndarray, chunks: tuple[int, ...] | None) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=x_nhwc, chunks=chunks)
+        f.create_dataset("y", data=(np.arange(len(x_nhwc)) % 2).astype(np.float32))
+    return path
+
+
+def direct_parquet(path: Path, out: np.ndarray) -> None:
+    """The 30-line reader: one row group at a time, flattened, copied into ``out``."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    key = pf.schema_arrow.names[0]
+    pos = 0
+    for g in range(pf.metadata.num_row_groups):
+        col = pf.read_row_group(g, columns=[key], use_threads=False).column(0)
+        for chunk in col.chunks:
+            vals = chunk.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+            n = len(chunk)
+            out[pos:pos + n] = vals.reshape(n, *out.shape[1:])
+            pos += n
+
+
+def direct_hdf5(path: Path, out_nhwc: np.ndarray, step: int) -> None:
+    """``read_direct`` of ``step``-row slabs into ``out_nhwc``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        d = f["X"]
+        for lo in range(0, d.shape[0], step):
+            hi = min(lo + step, d.shape[0])
+            d.read_direct(out_nhwc, np.s_[lo:hi], np.s_[lo:hi])
+
+
+def hpcvit_bulk(store: Any, out: np.ndarray, block: int) -> None:
+    for rows, x in store.iter_read(np.arange(store.n), block=block):
+        out[rows[0]:rows[0] + len(rows)] = x
+    store.close()
+
+
+def cache_block(shape: tuple[int, ...]) -> int:
+    """The block of the raw cache build (``hpcvit.data.cache._decode_part``)."""
+    return max(1, min(256, (64 << 20) // (int(np.prod(shape)) * 4)))
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def compare(name: str, ours: Callable[[], None], base: Callable[[], None], repeats: int,
+            check: Callable[[], bool]) -> dict[str, Any]:
+    ours()
+    base()  # warm the page cache and both code paths
+    if not check():
+        raise RuntimeError(f"{name}: hpcvit and the baseline read different images")
+    t_ours, t_base = [], []
+    for _ in range(repeats):
+        t_ours.append(timed(ours))
+        t_base.append(timed(base))
+    a, b = statistics.median(t_ours), statistics.median(t_base)
+    ratio = b / a
+    print(f"{name:<16}hpcvit {a * 1e3:8.1f} ms  baseline {b * 1e3:8.1f} ms  ratio {ratio:.2f}  "
+          f"(range {min(t_base) / max(t_ours):.2f}-{max(t_base) / min(t_ours):.2f})", flush=True)
+    return {"hpcvit_s": a, "baseline_s": b, "ratio": ratio, "hpcvit_all_s": t_ours, "baseline_all_s": t_base}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jets", type=int, default=600, help="jets of 3 x 125 x 125 per Parquet file")
+    ap.add_argument("--egamma", type=int, default=20000, help="images of 32 x 32 x 2 in the HDF5 file")
+    ap.add_argument("--wide", type=int, default=256, help="images of 125 x 125 x 8 in the chunked HDF5 file")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+
+    from hpcvit.data.hdf5 import HDF5Store
+    from hpcvit.data.parquet import ParquetStore
+
+    result: dict[str, Any] = {"target": TARGET, "repeats": args.repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        x = sparse_jets(args.jets)
+        for name, rg in (("parquet-rg1", 1), ("parquet-rg500", 500)):
+            path = write_parquet(root / f"{name}.parquet", x, rg)
+            store = ParquetStore([path], "X")
+            mine = np.empty((store.n, *store.shape), dtype=np.float32)
+            theirs = np.empty_like(mine)
+            block = cache_block(store.shape)
+            result[name] = compare(name, lambda: hpcvit_bulk(store, mine, block),
+                                   lambda: direct_parquet(path, theirs), args.repeats,
+                                   lambda: np.array_equal(mine, theirs))
+        del x
+        for name, n, shape, chunks in (("hdf5-32x32x2", args.egamma, (2, 32, 32), None),
+                                       ("hdf5-125x125x8", args.wide, (8, 125, 125), (64, 125, 125, 8))):
+            x = np.ascontiguousarray(np.moveaxis(sparse_jets(n, 1, shape).astype(np.float32), 1, 3))
+            path = write_hdf5(root / f"{name}.h5", x, chunks)
+            store = HDF5Store([path], "X")
+            mine = np.empty((store.n, *store.shape), dtype=np.float32)
+            theirs = np.empty_like(x)
+            block = cache_block(store.shape)
+            step = store._block_rows(0)
+            step = max(step, (block // step) * step)  # the slabs hpcvit's bulk path reads
+            result[name] = compare(name, lambda: hpcvit_bulk(store, mine, block),
+                                   lambda: direct_hdf5(path, theirs, step), args.repeats,
+                                   lambda: np.array_equal(mine, np.moveaxis(theirs, 3, 1)))
+            result[name]["slab_rows"] = step
+            del x
+    ok = all(result[k]["ratio"] >= TARGET for k in result if isinstance(result[k], dict))
+    print(f"target: ratio >= {TARGET} for every file: {'PASS' if ok else 'FAIL'}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
