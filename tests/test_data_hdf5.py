@@ -120,7 +120,8 @@ def test_chunk_cache_holds_several_chunks(tmp_path):
     x = np.random.default_rng(3).normal(size=(1024, 32, 32, 2)).astype(np.float32)
     p = write_h5(tmp_path / "big.h5", x, np.zeros(1024, np.float32), chunks=(256, 32, 32, 2), compression="lzf")
     store = HDF5Store([p], chunk_cache_mb=1)
-    f, d = store._handle(0)
+    f = store._handle(0).file
+    assert store._handle(0).mapped is None  # compressed: read through h5py and its chunk cache
     assert f.id.get_access_plist().get_cache()[2] >= 4 * 256 * 32 * 32 * 2 * 4
     for r in np.random.default_rng(0).permutation(1024)[:300]:
         np.testing.assert_array_equal(store.read(np.array([r]))[0], np.moveaxis(x[r], -1, 0))
@@ -157,3 +158,47 @@ def test_cuts_and_open_store_on_hdf5(tmp_path):
     got = np.sort(np.concatenate([b.train.rows, b.val.rows]))
     np.testing.assert_array_equal(got, keep)
     assert isinstance(b.train, ImageDataset)
+
+
+@pytest.mark.parametrize("kw, mapped", [
+    ({}, True),                                                     # contiguous
+    ({"chunks": (16, 32, 32, 2)}, True),                            # chunks of whole rows, uncompressed
+    ({"chunks": (16, 32, 32, 2), "compression": "gzip"}, False),    # filtered: through h5py
+    ({"chunks": (16, 16, 32, 2)}, False),                           # chunks that split rows
+    ({"dtype": ">f4"}, False),                                      # not the machine's byte order
+    ({"chunks": (16, 32, 32, 2), "shuffle": True}, False),
+], ids=["contiguous", "row-chunks", "gzip", "split-rows", "big-endian", "shuffle"])
+def test_rows_stored_as_is_are_read_through_a_map_and_others_through_h5py(tmp_path, kw, mapped):
+    """Both ways give h5py's values for random, bulk (with gaps) and channel-selected reads."""
+    x = np.random.default_rng(4).normal(size=(70, 32, 32, 2)).astype(np.float32)
+    x[5, 3, 4, 1] = np.nan
+    p = write_h5(tmp_path / "x.h5", x, np.zeros(70, np.float32), **kw)
+    want = np.moveaxis(x, -1, 1)
+    store = HDF5Store([p])
+    assert (store._handle(0).mapped is not None) == mapped
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(70, 23, replace=False))
+    np.testing.assert_array_equal(store.read(rows), want[rows])
+    np.testing.assert_array_equal(store.read(np.array([69])), want[[69]])
+    for block in (1, 16, 40, 256):
+        got = np.concatenate([xb.copy() for _, xb in store.iter_read(rows, block=block)])
+        np.testing.assert_array_equal(got, want[rows])
+        got = np.concatenate([xb.copy() for _, xb in store.iter_read(np.arange(70), block=block)])
+        np.testing.assert_array_equal(got, want)
+    store.close()
+    assert store.read(np.array([0, 1]), np.empty((2, 2, 32, 32), np.float32)).shape == (2, 2, 32, 32)
+    sub = HDF5Store([p], channels=[1])
+    np.testing.assert_array_equal(sub.read(rows), want[rows][:, [1]])
+    again = pickle.loads(pickle.dumps(store))  # a worker maps the file itself
+    np.testing.assert_array_equal(again.read(rows), want[rows])
+
+
+def test_a_user_block_is_read_through_h5py(tmp_path):
+    x = np.arange(6 * 8 * 8 * 2, dtype=np.float32).reshape(6, 8, 8, 2)
+    p = tmp_path / "ub.h5"
+    with h5py.File(p, "w", userblock_size=512) as f:
+        f.create_dataset("X", data=x)
+        f.create_dataset("y", data=np.zeros(6, np.float32))
+    store = HDF5Store([p])
+    assert store._handle(0).mapped is None
+    np.testing.assert_array_equal(store.read(np.arange(6)), np.moveaxis(x, -1, 1))

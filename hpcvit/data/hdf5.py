@@ -2,7 +2,9 @@
 class; several files form one data set.
 
 Reads are chunk-aware and never load a whole file: rows are grouped by the dataset's chunk (or by ~1 MiB
-blocks of a contiguous dataset) and each group is one hyperslab read. Files are opened per process with a chunk
+blocks of a contiguous dataset) and each group is one hyperslab read, or, where the rows lie in the file as
+stored (uncompressed, see :mod:`hpcvit.data.h5map`), one view of a memory map reordered straight into the
+output. Files are opened per process with a chunk
 cache that holds several chunks (h5py's default of 8 MiB equals one 1,024-sample chunk of 32x32x2 float32, so
 per-sample reads of a compressed file would otherwise decompress a whole chunk per sample).
 """
@@ -16,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpcvit.data.h5map import H5Handle, MappedRows
 from hpcvit.data.store import DataError, Store, select_channels
 
 _CONTIGUOUS_BLOCK_BYTES = 1 << 20
@@ -87,7 +90,8 @@ class HDF5Store(Store):
     def _open(self, k: int) -> Any:
         nbytes = max(self._cache_bytes, 4 * self._chunk_bytes[k])
         f = _open_h5(self.paths[k], rdcc_nbytes=nbytes, rdcc_nslots=100_003, rdcc_w0=0.75)
-        return f, f[self.input_key]
+        d = f[self.input_key]
+        return H5Handle(f, d, MappedRows.open(f, d))
 
     # -- images ---------------------------------------------------------------------------------------------
     def _block_rows(self, k: int) -> int:
@@ -105,15 +109,26 @@ class HDF5Store(Store):
         else:
             np.copyto(out, slab if self._all_channels else slab[:, self._channels], casting="unsafe")
 
-    def _slab(self, k: int, lo: int, hi: int) -> np.ndarray:
-        _, d = self._handle(k)
+    def _slab(self, k: int, lo: int, hi: int, into: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``lo:hi`` in the file's layout: viewed in the file's map where the rows are stored as is,
+        else read (into ``into[:hi - lo]`` when given)."""
+        h = self._handle(k)
+        if h.mapped is not None:
+            view = h.mapped.rows(lo, hi)
+            if view is not None:
+                return view
+        d = h.data
         try:
-            return d[lo:hi]
+            if into is None:
+                return d[lo:hi]
+            d.read_direct(into, np.s_[lo:hi], np.s_[0:hi - lo])
+            return into[:hi - lo]
         except (OSError, ValueError, RuntimeError) as exc:
             raise DataError(f"{self.paths[k]}: {self.input_key} rows {lo}-{hi - 1}: cannot read "
                             f"({str(exc).splitlines()[0]})") from None
 
-    def _read_file(self, k: int, local: np.ndarray, out: np.ndarray) -> None:
+    def _read_file(self, k: int, local: np.ndarray, out: np.ndarray, slab: np.ndarray | None = None) -> None:
+        """Rows ``local`` into ``out``; dense groups go through ``slab`` (file layout, reused) when given."""
         block = self._block_rows(k)
         groups = np.flatnonzero(np.diff(local // block)) + 1
         start = 0
@@ -121,8 +136,9 @@ class HDF5Store(Store):
             g = local[start:end]
             lo, hi = int(g[0]), int(g[-1]) + 1
             if hi - lo <= 2 * len(g) + 8:  # dense enough: one hyperslab covering the group
-                slab = self._slab(k, lo, hi)
-                self._to_nchw(slab if hi - lo == len(g) else slab[g - lo], out[start:end])
+                into = slab if slab is not None and len(slab) >= hi - lo else None
+                raw = self._slab(k, lo, hi, into)
+                self._to_nchw(raw if hi - lo == len(g) else raw[g - lo], out[start:end])
             else:  # sparse rows of one chunk: the chunk cache keeps the chunk decompressed between reads
                 for j, r in enumerate(g.tolist()):
                     self._to_nchw(self._slab(k, r, r + 1), out[start + j:start + j + 1])
@@ -133,11 +149,15 @@ class HDF5Store(Store):
         step = self._block_rows(k)
         step = max(step, (block // step) * step)
         buf = np.empty((min(step, len(local)), *self.shape), dtype=np.float32)
+        h = self._handle(k)
+        slab = None  # rows read through h5py go into one reused array: a fresh one per slab costs page faults
+        if h.mapped is None:
+            slab = np.empty((min(self._block_rows(k), self.file_rows[k]), *h.data.shape[1:]), dtype=h.data.dtype)
         edges = np.searchsorted(local, np.arange(0, self.file_rows[k] + step, step))
         for a, b in zip(edges[:-1], edges[1:]):
             if b > a:
                 part = local[a:b]
-                self._read_file(k, part, buf[:len(part)])
+                self._read_file(k, part, buf[:len(part)], slab)
                 yield part, buf[:len(part)]
 
     # -- scalars --------------------------------------------------------------------------------------------
