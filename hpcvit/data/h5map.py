@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 from typing import Any
 
 import h5py
 import numpy as np
+
+# map a slab's pages in one call rather than a fault per few pages (Linux >= 5.14; 22 in its headers)
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22) if sys.platform == "linux" else None
 
 
 class MappedRows:
@@ -31,6 +35,7 @@ class MappedRows:
         self._dsid = d.id
         self._chunk_rows = int(d.chunks[0]) if d.chunks else None
         self._offset = None if d.chunks else d.id.get_offset()
+        self._populate = _MADV_POPULATE_READ is not None
         self._chunks: dict[int, int | None] = {}  # first row of a chunk -> its byte offset (None: not usable)
 
     @classmethod
@@ -84,6 +89,12 @@ class MappedRows:
             if off is None:
                 return None
             start = off + (lo - c0) * self._row_bytes
+        if self._populate and hi - lo > 1:
+            first = start - start % mmap.PAGESIZE
+            try:
+                self._mm.madvise(_MADV_POPULATE_READ, first, start + (hi - lo) * self._row_bytes - first)
+            except OSError:  # an older kernel: the pages fault in as they are read
+                self._populate = False
         flat = np.frombuffer(self._mm, self._dtype, (hi - lo) * self._row_items, start)
         return flat.reshape(hi - lo, *self._row_shape)
 
