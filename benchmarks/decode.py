@@ -159,6 +159,49 @@ def compare(name: str, ours: Callable[[], None], base: Callable[[], None], repea
     return out
 
 
+def bench_parquet(name: str, path: Path, repeats: int) -> dict[str, Any]:
+    from hpcvit.data.parquet import ParquetStore
+
+    store = ParquetStore([path], "X")
+    block = cache_block(store.shape)
+    buf = np.empty((block, *store.shape), dtype=np.float32)
+
+    def check() -> bool:
+        mine, theirs = (np.empty((store.n, *store.shape), dtype=np.float32) for _ in range(2))
+        hpcvit_bulk(store, block, mine)
+        direct_parquet(path, buf, theirs)
+        return np.array_equal(mine, theirs)
+
+    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_parquet(path, buf), repeats, check)
+    return {**out, "block": block}
+
+
+def bench_hdf5(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[str, Any]:
+    """``x``: the file's images (N, H, W, C), for the check and the reorder alone."""
+    from hpcvit.data.hdf5 import HDF5Store
+
+    store = HDF5Store([path], "X")
+    block = cache_block(store.shape)
+    step = store._block_rows(0)
+    step = max(step, (block // step) * step)  # the slabs hpcvit's bulk path reads
+    slab = np.empty((step, *x.shape[1:]), dtype=np.float32)
+    dst = np.empty((step, *store.shape), dtype=np.float32)
+
+    def check() -> bool:
+        mine, theirs = np.empty((store.n, *store.shape), dtype=np.float32), np.empty_like(x)
+        hpcvit_bulk(store, block, mine)
+        direct_hdf5(path, slab, theirs)
+        return np.array_equal(mine, np.moveaxis(theirs, 3, 1)) and np.array_equal(theirs, x)
+
+    def reorder() -> None:  # the images already in memory: what any channels-first reader must copy
+        for lo in range(0, len(x), step):
+            part = x[lo:lo + step]
+            np.copyto(dst[:len(part)], np.moveaxis(part, 3, 1))
+
+    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab), repeats, check, reorder)
+    return {**out, "slab_rows": step}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jets", type=int, default=600, help="jets of 3 x 125 x 125 per Parquet file")
@@ -168,55 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from hpcvit.data.hdf5 import HDF5Store
-    from hpcvit.data.parquet import ParquetStore
-
     result: dict[str, Any] = {"target": TARGET, "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         x = sparse_jets(args.jets)
         for name, rg in (("parquet-rg1", 1), ("parquet-rg500", 500)):
-            path = write_parquet(root / f"{name}.parquet", x, rg)
-            store = ParquetStore([path], "X")
-            block = cache_block(store.shape)
-            buf = np.empty((block, *store.shape), dtype=np.float32)
-
-            def check() -> bool:
-                mine, theirs = (np.empty((store.n, *store.shape), dtype=np.float32) for _ in range(2))
-                hpcvit_bulk(store, block, mine)
-                direct_parquet(path, buf, theirs)
-                return np.array_equal(mine, theirs)
-
-            result[name] = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_parquet(path, buf),
-                                   args.repeats, check)
-            result[name]["block"] = block
+            result[name] = bench_parquet(name, write_parquet(root / f"{name}.parquet", x, rg), args.repeats)
         del x
         for name, n, shape, chunks in (("hdf5-32x32x2", args.egamma, (2, 32, 32), None),
                                        ("hdf5-125x125x8", args.wide, (8, 125, 125), (64, 125, 125, 8))):
             x = np.ascontiguousarray(np.moveaxis(sparse_jets(n, 1, shape).astype(np.float32), 1, 3))
-            path = write_hdf5(root / f"{name}.h5", x, chunks)
-            store = HDF5Store([path], "X")
-            block = cache_block(store.shape)
-            step = store._block_rows(0)
-            step = max(step, (block // step) * step)  # the slabs hpcvit's bulk path reads
-            slab = np.empty((step, *x.shape[1:]), dtype=np.float32)
-
-            def check() -> bool:
-                mine, theirs = np.empty((store.n, *store.shape), dtype=np.float32), np.empty_like(x)
-                hpcvit_bulk(store, block, mine)
-                direct_hdf5(path, slab, theirs)
-                return np.array_equal(mine, np.moveaxis(theirs, 3, 1)) and np.array_equal(theirs, x)
-
-            out = np.empty((step, *store.shape), dtype=np.float32)
-
-            def reorder() -> None:  # the images already in memory: what any channels-first reader must copy
-                for lo in range(0, len(x), step):
-                    part = x[lo:lo + step]
-                    np.copyto(out[:len(part)], np.moveaxis(part, 3, 1))
-
-            result[name] = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab),
-                                   args.repeats, check, reorder)
-            result[name]["slab_rows"] = step
+            result[name] = bench_hdf5(name, write_hdf5(root / f"{name}.h5", x, chunks), x, args.repeats)
             del x
     ok = all(result[k]["ratio"] >= TARGET for k in result if isinstance(result[k], dict))
     print(f"target: ratio >= {TARGET} for every file: {'PASS' if ok else 'FAIL'}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,7 @@ class ParquetStore(Store):
         buf = np.empty((max(1, min(block, total)), *self.shape), dtype=np.float32)
         pos = 0  # rows of ``buf`` filled by small groups, not yet yielded
         rows: list[np.ndarray] = []
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b in pairwise(cuts):
             g = int(gidx[a])
             m = int(rg_rows[g])
             if pos and (m > block or pos + m > len(buf)):
