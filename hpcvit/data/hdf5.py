@@ -157,7 +157,13 @@ class HDF5Store(Store):
         for a, b in zip(edges[:-1], edges[1:]):
             if b > a:
                 part = local[a:b]
-                self._read_file(k, part, buf[:len(part)], slab)
+                lo, hi = int(part[0]), int(part[-1]) + 1
+                view = h.mapped.rows(lo, hi) if h.mapped is not None and hi - lo == len(part) else None
+                if view is not None:  # every row of a mapped slab: one reorder
+                    self._to_nchw(view, buf[:len(part)])
+                    del view
+                else:
+                    self._read_file(k, part, buf[:len(part)], slab)
                 yield part, buf[:len(part)]
 
     # -- scalars --------------------------------------------------------------------------------------------
