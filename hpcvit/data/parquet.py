@@ -297,15 +297,14 @@ class ParquetStore(Store):
                 yield np.concatenate(rows), buf[:pos]
                 pos, rows = 0, []
                 _POOL.release_unused()  # see _iter_large_group; per group, it would cost the next its page faults
-            offs = local[a:b] - start[g]
             if m > block:  # a large group: in batches of ``block`` rows (memory bounded by the block)
-                yield from self._iter_large_group(k, g, offs, buf)
+                yield from self._iter_large_group(k, g, local[a:b] - start[g], buf)
                 continue
             # small groups (the published layout: one row each): read whole and decoded straight into buf
             # (iter_batches costs ~1.6 x read_row_group per one-row group)
             self._decode_group(k, g, buf[pos:pos + m])
             if b - a < m:
-                buf[pos:pos + b - a] = buf[pos:pos + m][offs]
+                buf[pos:pos + b - a] = buf[pos:pos + m][local[a:b] - start[g]]
             rows.append(local[a:b])
             pos += b - a
         if pos:
