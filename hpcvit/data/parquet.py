@@ -37,23 +37,26 @@ class _RowError(ValueError):
         self.row = row
 
 
-def _list_lengths(arr: pa.Array, want: int | None, level: str, group: int) -> int:
-    """Check every list in ``arr`` has one length (``want`` if given); return it. ``group`` = lists per row."""
+def _list_lengths(arr: pa.Array, want: int | None, level: str, group: int) -> tuple[int, pa.Array]:
+    """Check every list in ``arr`` has one length (``want`` if given); return it and the lists' values (the
+    flattened array). ``group`` = lists per row."""
     if arr.null_count:
         first = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise _RowError(first // group, f"null {level} list")
     if pa.types.is_fixed_size_list(arr.type):
         lengths = np.full(len(arr), arr.type.list_size)
-    else:  # the offsets (no nulls here): cheaper than pc.list_value_length
+        values = None
+    else:  # from the offsets (no nulls here): cheaper than pc.list_value_length and pc.list_flatten
         offsets = arr.offsets.to_numpy()
         lengths = offsets[1:] - offsets[:-1]
+        values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if len(offsets) else None
     if want is None:
         want = int(lengths[0]) if len(lengths) else 0
     wrong = lengths != want
     if wrong.any():
         bad = np.flatnonzero(wrong)
         raise _RowError(int(bad[0]) // group, f"{level} list of length {int(lengths[bad[0]])}, expected {want}")
-    return want
+    return want, (arr.flatten() if values is None else values)
 
 
 def _check_type(t: pa.DataType) -> None:
@@ -71,11 +74,9 @@ def image_shape(arr: pa.Array) -> tuple[int, int, int]:
     _check_type(arr.type)
     if len(arr) == 0:
         raise ValueError("no rows")
-    one = arr.slice(0, 1)
-    c = _list_lengths(one, None, "channel", 1)
-    a2 = one.flatten()
-    h = _list_lengths(a2, None, "row", c)
-    w = _list_lengths(a2.flatten(), None, "pixel", c * h)
+    c, a2 = _list_lengths(arr.slice(0, 1), None, "channel", 1)
+    h, a3 = _list_lengths(a2, None, "row", c)
+    w, _ = _list_lengths(a3, None, "pixel", c * h)
     return c, h, w
 
 
@@ -97,12 +98,9 @@ def nested_to_dense(arr: pa.Array | pa.ChunkedArray, shape: tuple[int, int, int]
     c, h, w = shape
     n = len(arr)
     _check_type(arr.type)
-    _list_lengths(arr, c, "channel", 1)
-    a2 = arr.flatten()
-    _list_lengths(a2, h, "row", c)
-    a3 = a2.flatten()
-    _list_lengths(a3, w, "pixel", c * h)
-    vals = a3.flatten()
+    _, a2 = _list_lengths(arr, c, "channel", 1)
+    _, a3 = _list_lengths(a2, h, "row", c)
+    _, vals = _list_lengths(a3, w, "pixel", c * h)
     src = vals.to_numpy(zero_copy_only=False).reshape(n, c, h, w)  # zero-copy unless there are nulls (-> NaN)
     dst = out[:n]
     if channels is None or channels == list(range(c)):
