@@ -7,21 +7,22 @@ parquet-rg500   the same jets in row groups of 500
 hdf5-32x32x2    electron/photon layout: ``X`` N x 32 x 32 x 2 float32 (contiguous), ``y``
 hdf5-125x125x8  ``X`` N x 125 x 125 x 8 float32 in chunks of 64 images
 
-For each, the hpcvit path is ``store.iter_read(all rows, block)`` with the block the raw cache build uses,
-each block copied into one preallocated (N, C, H, W) float32 array. The baselines, in the same process:
+For each, the hpcvit path is ``store.iter_read(all rows, block)`` with the block the raw cache build uses
+(the yielded blocks are not copied). The baselines, in the same process:
 
 Parquet   per row group ``ParquetFile.read_row_group(g, columns=[key], use_threads=False)``, the three list
-          levels flattened, the values copied into the preallocated array (no checks of list lengths)
-HDF5      ``Dataset.read_direct`` of the same slabs (the chunk-aligned slabs hpcvit reads) into a preallocated
-          array in the file's own layout (N, H, W, C): no reorder to channels-first
+          levels flattened, the values copied into a reused block of the same size (no checks of list lengths)
+HDF5      ``Dataset.read_direct`` of the same slabs (the chunk-aligned slabs hpcvit reads) into one reused
+          slab in the file's own layout (N, H, W, C): no reorder to channels-first
 
-Both produce the rows a block at a time into a reused buffer (what the cache build writes out). The two
-take turns ``--repeats`` times; medians; ratio = baseline seconds / hpcvit seconds (1.0: as fast as the
-baseline). For HDF5 a third timing, the reorder alone (``np.copyto`` of the channels-last images, already in
-memory, into a channels-first block), bounds any reader with channels-first output: cap = baseline / reorder.
+So both produce the rows a block at a time in a reused buffer (what the cache build writes out); before
+timing, one pass of each is copied out and compared image for image. The two take turns ``--repeats``
+times; medians; ratio = baseline seconds / hpcvit seconds (1.0: as fast as the baseline). For HDF5 a third
+timing, the reorder alone (``np.copyto`` of the channels-last images, already in memory, into a
+channels-first block), bounds any reader with channels-first output: cap = baseline / reorder.
 Target: ratio >= 0.9 for every file.
 
-Usage: python benchmarks/decode.py [--jets 600] [--repeats 5] [--json FILE]
+Usage: python benchmarks/decode.py [--jets 600] [--egamma 20000] [--wide 256] [--repeats 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def write_hdf5(path: Path, x_nhwc: np.ndarray, chunks: tuple[int, ...] | None) -
     import h5py
 
     with h5py.File(path, "w") as f:
+        if chunks:
+            chunks = (min(chunks[0], len(x_nhwc)), *chunks[1:])
         f.create_dataset("X", data=x_nhwc, chunks=chunks)
         f.create_dataset("y", data=(np.arange(len(x_nhwc)) % 2).astype(np.float32))
     return path

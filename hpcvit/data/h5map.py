@@ -13,7 +13,6 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-from typing import Any
 
 import h5py
 import numpy as np
@@ -111,7 +110,7 @@ class H5Handle:
     def __init__(self, f: h5py.File, d: h5py.Dataset, mapped: MappedRows | None):
         self.file, self.data, self.mapped = f, d, mapped
 
-    def close(self) -> Any:
+    def close(self) -> None:
         if self.mapped is not None:
             self.mapped.close()
         self.file.close()
