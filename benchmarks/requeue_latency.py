@@ -75,7 +75,7 @@ def hpcvit_latency(workdir: Path) -> dict[str, float]:
     t0 = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True)
     saved = wait(lambda: (task / "stopped.json").exists())
-    wait(lambda: squeue_state(job) != "RUNNING")
+    ended = wait(lambda: squeue_state(job) != "RUNNING")
     running = wait(lambda: squeue_state(job) == "RUNNING")
 
     def restarted() -> bool:
@@ -86,7 +86,8 @@ def hpcvit_latency(workdir: Path) -> dict[str, float]:
     first_step = stamp(start_line)
     subprocess.run([*cli, "cancel"], cwd=workdir, capture_output=True)
     wait(lambda: squeue_state(job) in ("", "COMPLETED", "CANCELLED"), timeout=120, step=0.5)
-    return {"checkpoint saved": saved - t0, "RUNNING again": running - t0, "training again": first_step - t0}
+    return {"checkpoint saved": saved - t0, "job left RUNNING": ended - t0, "RUNNING again": running - t0,
+            "training again": first_step - t0}
 
 
 def main() -> int:

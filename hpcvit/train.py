@@ -62,5 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         distributed.shutdown()
 
 
+def leave(code: int) -> None:
+    """Exit once the trainer has returned: what it leaves is on disk, and the interpreter's teardown (freeing
+    torch's objects, about a second) would only delay the end of the job, and so a requeue or the next task."""
+    import atexit
+    import logging
+    import os
+
+    atexit._run_exitfuncs()  # the handlers a normal exit runs (a persistent loader's workers, tracking)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
