@@ -15,8 +15,7 @@ from torch.utils.data import DataLoader, Subset
 
 from hpcvit.data import build_datasets
 from hpcvit.data.batches import BatchLoader
-from hpcvit.data.dataset import gather_into
-from hpcvit.data.memmap import MemmapStore
+from hpcvit.data.memmap import MemmapStore, gather_into
 from hpcvit.data.parquet import write_jets
 from hpcvit.spec import DataSpec
 from hpcvit.training.sampler import ShardSampler

@@ -100,7 +100,7 @@ class ImageDataset:
         idx = np.where(idx < 0, idx + len(self), idx)
         rows = self.rows[idx]
         if self.pre is None and hasattr(self.store, "take"):
-            x = self.store.take(rows) if out is None else gather_into(self.store.view(slice(None)), rows, out)
+            x = self.store.take(rows, out)
         elif out is None:
             x = self._decoded(rows)
         else:
@@ -123,14 +123,6 @@ class ImageDataset:
         x = np.empty((len(self), *self.store.shape), dtype=np.float32)
         x[order] = self.store.read(self.rows[order])
         return self._prep(x, self.rows), self.targets.copy()
-
-
-def gather_into(images: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``images[rows]`` (any order, repeats allowed) written into ``out`` by one gather."""
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(images)):
-        raise IndexError(f"rows out of range 0..{len(images) - 1}")
-    # bounds checked above: with mode="raise" numpy gathers into a temporary and copies that into ``out``
-    return np.take(images, rows, axis=0, out=out, mode="clip")
 
 
 class ArrayDataset:

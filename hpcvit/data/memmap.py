@@ -43,10 +43,13 @@ class MemmapStore(Store):
         """Image ``row`` as a view into the mapping (no copy; the DataLoader's collate makes the one copy)."""
         return self._handle(0)[row]
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """Images ``rows`` (any order) as one new (len, C, H, W) array: a single gather from the mapping."""
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Images ``rows`` (any order) as one (len, C, H, W) array, new or ``out``: a single gather from the
+        mapping."""
         rows = np.asarray(rows, dtype=np.int64)
         mm = self._handle(0)
+        if out is not None:
+            return gather_into(mm, rows, out)
         if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1):
             return np.array(mm[int(rows[0]):int(rows[-1]) + 1])
         return np.take(mm, rows, axis=0)
@@ -148,3 +151,11 @@ class RowWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def gather_into(images: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``images[rows]`` (any order, repeats allowed) written into ``out`` by one gather."""
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(images)):
+        raise IndexError(f"rows out of range 0..{len(images) - 1}")
+    # bounds checked above: with mode="raise" numpy gathers into a temporary and copies that into ``out``
+    return np.take(images, rows, axis=0, out=out, mode="clip")
