@@ -37,7 +37,7 @@ from hpcvit.data.formats import open_store
 from hpcvit.data.memmap import MemmapStore, RowWriter, create_npy
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite, stats_block
 from hpcvit.data.selection import select
-from hpcvit.data.store import DataError, Store
+from hpcvit.data.store import DataError, Store, rows_per
 from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _decode_part(store: Store, rows: np.ndarray, start: int, path: Path, offset:
     """Decode sorted ``rows`` of ``store`` into rows ``start...`` of the ``.npy`` at ``path`` (data at
     ``offset``), one block at a time."""
     pos = start
-    block = max(1, min(256, (64 << 20) // (int(np.prod(store.shape)) * 4)))
+    block = min(256, rows_per(64, store.shape))
     with RowWriter(path, offset, store.shape) as out:
         for got, xb in store.iter_read(rows, block=block):
             out.write(pos, xb)
@@ -315,7 +315,7 @@ def _batches(store: Store, rows: np.ndarray, size: int, nonfinite: str = "zero",
     :func:`stats_block` rows: :func:`channel_stats` takes a batch in such slices, so the statistics are
     those of whole batches while one piece is in memory."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
-    limit = max(1, (256 << 20) // (int(np.prod(store.shape)) * 4))
+    limit = rows_per(256, store.shape)
     size = max(1, min(size, limit))
     step = stats_block(store.shape)
     for i in range(0, len(rows), size):
@@ -334,7 +334,7 @@ def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats 
         t0 = time.monotonic()
         src = raw.store()
         offset = create_npy(tmp / "x.npy", (src.n, *src.shape))
-        block = max(1, (64 << 20) // (int(np.prod(src.shape)) * 4))
+        block = rows_per(64, src.shape)
         with _progress(src.n, "preprocessing", progress) as advance, RowWriter(tmp / "x.npy", offset,
                                                                               src.shape) as out:
             for rows, b in src.iter_read(np.arange(src.n), block=block):

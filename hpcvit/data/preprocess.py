@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpcvit.data.store import DataError
+from hpcvit.data.store import DataError, rows_per
 from hpcvit.spec import PreprocessSpec
 
 ABSURD = 1e15
@@ -98,7 +98,7 @@ class ScalarScale:
 
 def stats_block(sample_shape: tuple[int, ...]) -> int:
     """Images per slice of :func:`channel_stats`: about 32 MiB in float64 (at least one)."""
-    return max(1, (32 << 20) // max(1, int(np.prod(sample_shape)) * 8))
+    return rows_per(32, sample_shape, itemsize=8)
 
 
 def channel_stats(batches, spec: PreprocessSpec) -> ChannelStats:

@@ -143,6 +143,11 @@ class Store:
         return [{"path": str(p), "rows": r} for p, r in zip(self.paths, self.file_rows)]
 
 
+def rows_per(mib: int, sample_shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """How many samples of ``sample_shape`` fit in ``mib`` MiB at ``itemsize`` bytes per value (at least one)."""
+    return max(1, (mib << 20) // max(1, int(np.prod(sample_shape)) * itemsize))
+
+
 def select_channels(channels: list[int] | None, n_file: int, where: str) -> list[int]:
     """The channel indices to keep of images with ``n_file`` channels (all when ``channels`` is None)."""
     if channels is None:
