@@ -220,12 +220,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    statuses = orchestrate.statuses(sweep_dir)
+    # first: stale records written, a search's ended rung decided, the parent run ended after the last task
+    statuses = orchestrate.finalize(sweep_dir, orchestrate.statuses(sweep_dir))
     if args.format in RECORD_FORMATS:
         sys.stdout.write(records_text(({**vars(s), "state": str(s.state)} for s in statuses), args.format))
     else:
         console.print(_status_table(sweep_dir, statuses, console))
-    orchestrate.finalize(sweep_dir, statuses)  # LOST runs closed; the parent run ended once the last task ended
     return 0
 
 

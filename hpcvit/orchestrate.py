@@ -232,24 +232,25 @@ def _decide(sweep_dir: SweepDir) -> bool:
     return True
 
 
-def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> bool:
-    """:func:`reconcile` stale records and, once every task is terminal, close the sweep's parent run (with its
-    summary table and ROC overlay). True when the parent was finalised."""
+def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> list[TaskStatus]:
+    """:func:`reconcile` stale records, decide a search's ended rung, and, once every task is terminal, close the
+    sweep's parent run (with its summary table and ROC overlay). Returns the tasks' statuses after all that (a
+    decided rung changes them: what a caller prints must be these)."""
     current = task_statuses(sweep_dir) if current is None else current
     reconcile(sweep_dir, current)
     if all_terminal(current) and _decide(sweep_dir):
         current = task_statuses(sweep_dir)
     m = sweep_dir.manifest
     if not (all_terminal(current) and m.get("parent_run_id")):
-        return False
+        return current
     outcome = "FINISHED" if all(s.state in FINAL for s in current) else "FAILED"
     if m.get("finalized") == outcome:  # done by whoever looked first (status, compare, wait, resume)
-        return True
+        return current
     from hpcvit.compare import finalize_parent
 
     finalize_parent(sweep_dir, outcome == "FINISHED")
     sweep_dir.update_manifest(finalized=outcome)
-    return True
+    return current
 
 
 def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int], dict[int, str]]:

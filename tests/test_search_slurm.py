@@ -3,6 +3,7 @@ array (``--dependency=afterany``), with no hpcvit process waiting; the winner eq
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -58,3 +59,19 @@ def test_a_slurm_job_decides_the_rung_and_submits_the_next(workdir: Path) -> Non
     status = hpcvit("status", cwd=workdir, check=True).stdout
     assert status.count("STOPPED_EARLY") == 2 and "COMPLETED" in status
     assert sweep.task(winner).state()["state"] == "COMPLETED"
+
+
+def test_status_decides_a_rung_whose_decision_job_was_cancelled_and_shows_the_outcome(workdir: Path) -> None:
+    spec = write_spec(workdir, search_spec("orphan", lrs="3e-3, 1e-2, 2e-2", max_epochs=3) + "executor: slurm\n")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    subprocess.run(["scancel", sweep.search()["rungs"][0]["decider"]], check=True)
+    wait_for(lambda: all(t.state().get("state") == "RUNG_DONE" for t in sweep.tasks()), 600, "rung 0 to end")
+    rows = json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)
+    first = sweep.search()["rungs"][0]["decision"]
+    assert first is not None and first["by"] == "hpcvit", "whoever looks decides an orphaned rung"
+    shown = {r["index"]: r["state"] for r in rows}
+    assert [shown[i] for i in first["stopped"]] == ["STOPPED_EARLY"] * 2, "status prints the states it decided"
+    assert shown[first["promoted"][0]] in ("SUBMITTED", "PENDING", "QUEUED", "RUNNING")
+    assert all(sweep.task(i).state()["state"] == "STOPPED_EARLY" for i in first["stopped"])
+    hpcvit("cancel", cwd=workdir)
