@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test bench clean data-top data-qg data-egamma data-mass
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml hpcvit/data/_reorder.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,generate]'

@@ -15,11 +15,13 @@ Parquet   per row group ``ParquetFile.read_row_group(g, columns=[key], use_threa
 HDF5      ``Dataset.read_direct`` of the same slabs (the chunk-aligned slabs hpcvit reads) into one reused
           slab in the file's own layout (N, H, W, C): no reorder to channels-first
 
-So both produce the rows a block at a time in a reused buffer (what the cache build writes out); before
-timing, one pass of each is copied out and compared image for image. The two take turns ``--repeats``
-times; medians; ratio = baseline seconds / hpcvit seconds (1.0: as fast as the baseline). For HDF5 a third
-timing, the reorder alone (``np.copyto`` of the channels-last images, already in memory, into a
-channels-first block), bounds any reader with channels-first output: cap = baseline / reorder.
+So both produce the rows a block at a time in one buffer that each pass allocates and reuses (what the cache
+build writes out); before timing, one pass of each is copied out and compared image for image. The two take
+turns ``--repeats`` times; medians; ratio = baseline seconds / hpcvit seconds (1.0: as fast as the
+baseline). For HDF5 a third timing, the reorder alone (hpcvit's channels-last -> channels-first copy of the
+images, already in memory, into a channels-first block), bounds any reader with channels-first output:
+cap = baseline / reorder; a fourth, numpy's strided copy of the same (``np.copyto`` of ``np.moveaxis``),
+is what hpcvit uses where its compiled copy is not built (``HPCVIT_NO_KERNELS=1`` runs hpcvit that way).
 Target: ratio >= 0.9 for every file.
 
 Usage: python benchmarks/decode.py [--jets 600] [--egamma 20000] [--wide 256] [--repeats 5] [--json FILE]
@@ -78,11 +80,12 @@ def write_hdf5(path: Path, x_nhwc: np.ndarray, chunks: tuple[int, ...] | None) -
     return path
 
 
-def direct_parquet(path: Path, buf: np.ndarray, keep: np.ndarray | None = None) -> None:
-    """The 30-line reader: one row group at a time, flattened into ``buf`` (a block, reused as it fills);
-    each full block is copied into ``keep`` when given (the check, not timed)."""
+def direct_parquet(path: Path, block: tuple[int, ...], keep: np.ndarray | None = None) -> None:
+    """The 30-line reader: one row group at a time, flattened into a buffer of shape ``block`` (reused as it
+    fills); each full block is copied into ``keep`` when given (the check, not timed)."""
     import pyarrow.parquet as pq
 
+    buf = np.empty(block, dtype=np.float32)
     pf = pq.ParquetFile(path)
     key = pf.schema_arrow.names[0]
     pos = done = 0
@@ -103,11 +106,12 @@ def direct_parquet(path: Path, buf: np.ndarray, keep: np.ndarray | None = None) 
         keep[done:done + pos] = buf[:pos]
 
 
-def direct_hdf5(path: Path, slab: np.ndarray, keep: np.ndarray | None = None) -> None:
-    """``read_direct`` of ``len(slab)``-row slabs into ``slab`` (reused), in the file's layout; copied into
-    ``keep`` when given (the check, not timed)."""
+def direct_hdf5(path: Path, block: tuple[int, ...], keep: np.ndarray | None = None) -> None:
+    """``read_direct`` of ``block[0]``-row slabs into one slab of shape ``block`` (reused), in the file's
+    layout; copied into ``keep`` when given (the check, not timed)."""
     import h5py
 
+    slab = np.empty(block, dtype=np.float32)
     with h5py.File(path, "r") as f:
         d = f["X"]
         step = len(slab)
@@ -139,16 +143,20 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def compare(name: str, ours: Callable[[], None], base: Callable[[], None], repeats: int,
-            check: Callable[[], bool], floor: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Alternating repeats of ``ours`` and ``base`` (and ``floor``, when given: the reorder alone)."""
+            check: Callable[[], bool], floor: Callable[[], None] | None = None,
+            floor_numpy: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Alternating repeats of ``ours`` and ``base`` (and, when given, ``floor``: the reorder alone, and
+    ``floor_numpy``: numpy's reorder alone)."""
     if not check():  # also warms the page cache and both code paths
         raise RuntimeError(f"{name}: hpcvit and the baseline read different images")
-    t_ours, t_base, t_floor = [], [], []
+    t_ours, t_base, t_floor, t_numpy = [], [], [], []
     for _ in range(repeats):
         t_ours.append(timed(ours))
         t_base.append(timed(base))
         if floor is not None:
             t_floor.append(timed(floor))
+        if floor_numpy is not None:
+            t_numpy.append(timed(floor_numpy))
     a, b = statistics.median(t_ours), statistics.median(t_base)
     ratio = b / a
     line = (f"{name:<16}hpcvit {a * 1e3:8.1f} ms  baseline {b * 1e3:8.1f} ms  ratio {ratio:.2f}  "
@@ -158,6 +166,10 @@ def compare(name: str, ours: Callable[[], None], base: Callable[[], None], repea
         f = statistics.median(t_floor)
         out.update(reorder_s=f, reorder_cap=b / f)
         line += f"; reorder alone {f * 1e3:.1f} ms: cap {b / f:.2f}"
+    if floor_numpy is not None:
+        f = statistics.median(t_numpy)
+        out.update(reorder_numpy_s=f, reorder_numpy_cap=b / f)
+        line += f" (numpy's {b / f:.2f})"
     print(line, flush=True)
     return out
 
@@ -167,7 +179,7 @@ def bench_parquet(name: str, path: Path, repeats: int) -> dict[str, Any]:
 
     store = ParquetStore([path], "X")
     block = cache_block(store.shape)
-    buf = np.empty((block, *store.shape), dtype=np.float32)
+    buf = (block, *store.shape)
 
     def check() -> bool:
         mine, theirs = (np.empty((store.n, *store.shape), dtype=np.float32) for _ in range(2))
@@ -182,12 +194,13 @@ def bench_parquet(name: str, path: Path, repeats: int) -> dict[str, Any]:
 def bench_hdf5(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[str, Any]:
     """``x``: the file's images (N, H, W, C), for the check and the reorder alone."""
     from hpcvit.data.hdf5 import HDF5Store
+    from hpcvit.data.reorder import to_channels_first
 
     store = HDF5Store([path], "X")
     block = cache_block(store.shape)
     step = store._block_rows(0)
     step = max(step, (block // step) * step)  # the slabs hpcvit's bulk path reads
-    slab = np.empty((step, *x.shape[1:]), dtype=np.float32)
+    slab = (step, *x.shape[1:])
     dst = np.empty((step, *store.shape), dtype=np.float32)
 
     def check() -> bool:
@@ -199,9 +212,15 @@ def bench_hdf5(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[str, 
     def reorder() -> None:  # the images already in memory: what any channels-first reader must copy
         for lo in range(0, len(x), step):
             part = x[lo:lo + step]
+            to_channels_first(part, dst[:len(part)])
+
+    def reorder_numpy() -> None:
+        for lo in range(0, len(x), step):
+            part = x[lo:lo + step]
             np.copyto(dst[:len(part)], np.moveaxis(part, 3, 1))
 
-    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab), repeats, check, reorder)
+    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab), repeats, check, reorder,
+                  reorder_numpy)
     return {**out, "slab_rows": step}
 
 
@@ -214,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    result: dict[str, Any] = {"target": TARGET, "repeats": args.repeats}
+    from hpcvit.data.reorder import KERNEL
+
+    result: dict[str, Any] = {"target": TARGET, "repeats": args.repeats, "reorder": KERNEL}
+    print(f"hpcvit's channels-last reorder: {KERNEL}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         x = sparse_jets(args.jets)

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from hpcvit.data.h5map import H5Handle, MappedRows
+from hpcvit.data.reorder import to_channels_first
 from hpcvit.data.store import DataError, Store, select_channels
 
 _CONTIGUOUS_BLOCK_BYTES = 1 << 20
@@ -88,10 +89,17 @@ class HDF5Store(Store):
         self._all_channels = self._channels == list(range(c))
 
     def _open(self, k: int) -> Any:
-        nbytes = max(self._cache_bytes, 4 * self._chunk_bytes[k])
-        f = _open_h5(self.paths[k], rdcc_nbytes=nbytes, rdcc_nslots=100_003, rdcc_w0=0.75)
+        # h5py's small default chunk cache first: rows stored as is are read through the map, and a cache that
+        # holds whole chunks would read row 0's whole chunk for the map's check
+        f = _open_h5(self.paths[k])
         d = f[self.input_key]
-        return H5Handle(f, d, MappedRows.open(f, d))
+        mapped = MappedRows.open(f, d)
+        if mapped is None and d.chunks:
+            f.close()
+            nbytes = max(self._cache_bytes, 4 * self._chunk_bytes[k])
+            f = _open_h5(self.paths[k], rdcc_nbytes=nbytes, rdcc_nslots=100_003, rdcc_w0=0.75)
+            d = f[self.input_key]
+        return H5Handle(f, d, mapped)
 
     # -- images ---------------------------------------------------------------------------------------------
     def _block_rows(self, k: int) -> int:
@@ -104,8 +112,7 @@ class HDF5Store(Store):
         if self._layout == "NHW":
             out[:, 0] = slab
         elif self._layout == "NHWC":
-            src = slab if self._all_channels else slab[..., self._channels]
-            np.copyto(out, np.moveaxis(src, 3, 1), casting="unsafe")
+            to_channels_first(slab if self._all_channels else slab[..., self._channels], out)
         else:
             np.copyto(out, slab if self._all_channels else slab[:, self._channels], casting="unsafe")
 
