@@ -115,3 +115,58 @@ def test_best_outlives_the_pruning_of_the_checkpoint_it_came_from(tmp_path: Path
     mgr.save(_state(3), step=3, epoch=2, metric=0.95, is_best=True)  # replaced, not written through the link
     assert torch.load(mgr.best(), weights_only=True)["step"] == 3
     assert torch.load(tmp_path / "ckpt-000000003.pt", weights_only=True)["step"] == 3
+
+
+def test_background_saves_refill_one_snapshot_and_each_file_holds_its_own_state(tmp_path: Path) -> None:
+    """The second and later snapshots are copied into the first one's CPU tensors (no fresh memory); each
+    checkpoint still holds the state as it was when its save was called."""
+    mgr = CheckpointManager(tmp_path, keep=10)
+    live = {"model": {"w": torch.zeros(256), "b": torch.zeros(3, 4).t()}, "step": 0, "rng": torch.get_rng_state(),
+            "opt": [{"m": torch.zeros(8, dtype=torch.float64)}, {"lr": 0.1}]}
+    pointers = None
+    for step in range(1, 5):
+        live["model"]["w"].add_(step)
+        live["model"]["b"].add_(-step)
+        live["opt"][0]["m"].add_(0.5)
+        live["step"] = step
+        live["rng"] = torch.get_rng_state()
+        if step == 4:
+            live["model"]["w"] = torch.full((300,), 4.0)  # another shape: a fresh tensor
+        mgr.save_async(live, step=step, epoch=0)
+        staged = mgr._staging
+        now = (staged["model"]["w"].data_ptr(), staged["model"]["b"].data_ptr(), staged["opt"][0]["m"].data_ptr())
+        if pointers is not None:
+            assert now[1:] == pointers[1:]
+            assert (now[0] == pointers[0]) == (step != 4)
+        pointers = now
+        expected = {"w": live["model"]["w"].clone(), "b": live["model"]["b"].clone(),
+                    "m": live["opt"][0]["m"].clone(), "rng": live["rng"].clone()}
+        live["model"]["w"].add_(1000.0)  # training goes on while the writer works
+        live["model"]["b"].add_(1000.0)
+        mgr.wait()
+        live["model"]["w"].sub_(1000.0)
+        live["model"]["b"].sub_(1000.0)
+        saved = torch.load(tmp_path / f"ckpt-{step:09d}.pt", weights_only=True)
+        assert saved["step"] == step and saved["opt"][1] == {"lr": 0.1}
+        assert torch.equal(saved["model"]["w"], expected["w"]) and torch.equal(saved["model"]["b"], expected["b"])
+        assert saved["model"]["b"].stride() == expected["b"].stride()
+        assert torch.equal(saved["opt"][0]["m"], expected["m"]) and torch.equal(saved["rng"], expected["rng"])
+
+
+def test_the_background_writer_yields_the_cores_to_training(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    mgr = CheckpointManager(tmp_path)
+    seen: list[int] = []
+    write = mgr.save
+
+    def save(*args, **kwargs):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return write(*args, **kwargs)
+
+    mgr.save = save
+    mgr.save_async(_state(1), step=1, epoch=0)
+    mgr.wait()
+    assert seen and seen[0] > os.getpriority(os.PRIO_PROCESS, 0)
+    assert mgr.load_latest()[1]["step"] == 1
