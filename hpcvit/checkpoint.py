@@ -150,15 +150,17 @@ class CheckpointManager:
                    is_best: bool = False) -> None:
         """:meth:`save` in a background thread, of a snapshot taken now; waits for the previous write first.
 
-        The snapshot's CPU tensors stay allocated between checkpoints (one copy of the state) and are refilled
-        by the next one."""
+        A snapshot of CPU tensors stays allocated between checkpoints (one copy of the state in host memory)
+        and is refilled by the next one; a snapshot holding GPU tensors is freed once written."""
         self.wait()
         snap = snapshot(state, self._staging)
-        self._staging = snap
         event = None
         if _on_gpu(snap):  # the writer's copy to the host must start after the device-side snapshot is done
             event = torch.cuda.Event()
             event.record()
+            self._staging = None  # a device snapshot is not kept: it would hold a copy of the state in GPU memory
+        else:
+            self._staging = snap
         self._writer = threading.Thread(target=self._write, args=(snap, event, step, epoch, metric, is_best),
                                         name=f"checkpoint-{step}")
         self._writer.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from hpcvit.checkpoint import CheckpointManager
@@ -170,3 +171,15 @@ def test_the_background_writer_yields_the_cores_to_training(tmp_path: Path) -> N
     mgr.wait()
     assert seen and seen[0] > os.getpriority(os.PRIO_PROCESS, 0)
     assert mgr.load_latest()[1]["step"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_gpu_snapshot_is_freed_once_written(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path)
+    live = {"w": torch.randn(1024, device="cuda"), "rng": torch.get_rng_state()}
+    mgr.save_async(live, step=1, epoch=0)
+    expected = live["w"].cpu()
+    live["w"].add_(1.0)
+    mgr.wait()
+    assert mgr._staging is None
+    assert torch.equal(torch.load(tmp_path / "ckpt-000000001.pt", weights_only=True)["w"], expected)

@@ -116,6 +116,28 @@ def test_the_compiled_function_refuses_bad_arguments():
     f(src, dst, 2, 9, 4)
 
 
+def test_values_beyond_float32_become_inf_without_a_warning(tmp_path):
+    import warnings
+
+    x = np.full((2, 3, 4, 5), 1e300)
+    x[0, 0, 0, 0], x[1, 2, 3, 4] = -1e300, 1.5
+    out = np.empty((2, 5, 3, 4), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_channels_first(x, out)
+        p = _write(tmp_path / "huge.h5", np.moveaxis(x, 3, 1).copy())  # channels first, float64
+        got = HDF5Store([p], layout="NCHW").read(np.arange(2))
+    assert same_bits(out, got) and np.isinf(out).sum() == x.size - 1 and out[1, 4, 2, 3] == 1.5
+
+
+@pytest.mark.parametrize("value, kernel", [("1", "numpy"), ("yes", "numpy"), ("0", None), ("", None)])
+def test_hpcvit_no_kernels_is_a_switch(value, kernel):
+    code = "from hpcvit.data.reorder import KERNEL; print(KERNEL)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "HPCVIT_NO_KERNELS": value})
+    assert r.stdout.strip() == (kernel or ("compiled" if reorder._reorder is not None else "numpy"))
+
+
 def test_numpy_alone_gives_the_same_bytes(tmp_path):
     """``HPCVIT_NO_KERNELS=1`` (what an install without a compiler does) reads the same images."""
     x = weird_floats(np.random.default_rng(5), (9, 11, 13, 8))

@@ -109,12 +109,14 @@ class HDF5Store(Store):
 
     def _to_nchw(self, slab: np.ndarray, out: np.ndarray) -> None:
         """Raw rows in the file's layout -> channel-selected NCHW float32 ``out``."""
-        if self._layout == "NHW":
-            out[:, 0] = slab
-        elif self._layout == "NHWC":
+        if self._layout == "NHWC":
             to_channels_first(slab if self._all_channels else slab[..., self._channels], out)
-        else:
-            np.copyto(out, slab if self._all_channels else slab[:, self._channels], casting="unsafe")
+            return
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, counted by the data checks
+            if self._layout == "NHW":
+                out[:, 0] = slab
+            else:
+                np.copyto(out, slab if self._all_channels else slab[:, self._channels], casting="unsafe")
 
     def _slab(self, k: int, lo: int, hi: int, into: np.ndarray | None = None) -> np.ndarray:
         """Rows ``lo:hi`` in the file's layout: viewed in the file's map where the rows are stored as is,
