@@ -121,8 +121,9 @@ class DataSpec(_Section):
     max_samples: int | None = Field(None, gt=0)
     """Use only the first this many samples that pass the cuts (in file order); null uses them all."""
     layout: Literal["auto", "NHWC", "NCHW"] = "auto"
-    """Axis order of HDF5 images: ``NHWC`` (electron/photon files), ``NCHW``, or ``auto`` (channels last when
-    the last axis is shorter than the image height). Parquet images are always channels first."""
+    """Axis order of HDF5 images: ``NHWC`` (electron/photon files), ``NCHW``, or ``auto`` (the two equal axes
+    are height and width; without such a pair, channels last when the last axis is shorter than the first; an
+    error when all three are equal). Parquet images are always channels first."""
     hdf5_chunk_cache_mb: float = Field(64.0, gt=0)
     """HDF5 chunk cache per open file and reader process in MiB (raised to hold at least 4 chunks), so that
     per-sample reads of a compressed file do not decompress a whole chunk each time."""

@@ -202,3 +202,20 @@ def test_a_user_block_is_read_through_h5py(tmp_path):
     store = HDF5Store([p])
     assert store._handle(0).mapped is None
     np.testing.assert_array_equal(store.read(np.arange(6)), np.moveaxis(x, -1, 1))
+
+
+@pytest.mark.parametrize("row, layout", [
+    ((32, 32, 2), "NHWC"), ((2, 32, 32), "NCHW"), ((12, 12, 13), "NHWC"), ((13, 12, 12), "NCHW"),
+    ((20, 30, 4), "NHWC"), ((4, 20, 30), "NCHW"), ((8, 8, 8), None),
+])
+def test_auto_layout_takes_the_square_pair_as_the_image(tmp_path, row, layout):
+    x = np.arange(3 * int(np.prod(row)), dtype=np.float32).reshape(3, *row)
+    p = write_h5(tmp_path / "x.h5", x, np.zeros(3, np.float32))
+    if layout is None:
+        with pytest.raises(DataError, match=r"x\.h5: X images are \(8, 8, 8\).*set data\.layout") as e:
+            HDF5Store([p])
+        assert e.value.field == "data.layout" and "\n" not in str(e.value)
+        np.testing.assert_array_equal(HDF5Store([p], layout="NHWC").read(np.arange(3)), np.moveaxis(x, -1, 1))
+        return
+    want = np.moveaxis(x, -1, 1) if layout == "NHWC" else x
+    np.testing.assert_array_equal(HDF5Store([p]).read(np.arange(3)), want)

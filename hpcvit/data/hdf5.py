@@ -34,6 +34,19 @@ def _open_h5(path: Path, **kwargs: Any) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 
 
+def guess_layout(row: tuple[int, int, int]) -> str | None:
+    """``NHWC`` or ``NCHW`` for an image of shape ``row``: the square pair is height x width (detector images
+    are square), else the smaller side is the channels; None where all three are equal."""
+    a, b, c = row
+    if a == b == c:
+        return None
+    if a == b:
+        return "NHWC"
+    if b == c:
+        return "NCHW"
+    return "NHWC" if c < a else "NCHW"
+
+
 class HDF5Store(Store):
     """One data set over several HDF5 files with the same image shape and layout."""
 
@@ -61,7 +74,11 @@ class HDF5Store(Store):
                 if d.ndim == 3:
                     lay = "NHW"
                 elif layout == "auto":
-                    lay = "NHWC" if d.shape[3] < d.shape[1] else "NCHW"
+                    lay = guess_layout(tuple(d.shape[1:]))
+                    if lay is None:
+                        raise DataError(f"{path}: {input_key} images are {tuple(d.shape[1:])}: channels first or "
+                                        "last cannot be told apart; set data.layout to NHWC or NCHW",
+                                        field="data.layout")
                 else:
                     lay = layout
                 shape = (d.shape[1], d.shape[2], 1) if lay == "NHW" else (
