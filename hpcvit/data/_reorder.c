@@ -74,8 +74,6 @@ static void reorder(const float *src, float *dst, size_t rows, size_t pixels, si
         const float *s = src + i * row;
         float *d = dst + i * row;
 #if defined(__SSE2__)
-        if (nc == 8) { planes_x4(s, d, pixels, 8); continue; }
-        if (nc == 4) { planes_x4(s, d, pixels, 4); continue; }
         if (nc % 4 == 0) { planes_x4(s, d, pixels, nc); continue; }
 #endif
         switch (nc) {
