@@ -56,16 +56,35 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     fsio.fsync_dir(dst.parent, strict=False)
 
 
-def _map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
-    """``obj`` with ``fn`` applied to every tensor in it: dicts, lists and tuples rebuilt, other values shared
-    (they are immutable: numbers, strings, None)."""
+def _zip_tensors(fn: Callable[[torch.Tensor, Any], Any], obj: Any, like: Any) -> Any:
+    """``obj`` with ``fn(tensor, counterpart)`` applied to every tensor in it, the counterpart being what stands
+    at the same place in ``like`` (None where nothing does): dicts, lists and tuples rebuilt, other values
+    shared (they are immutable: numbers, strings, None)."""
     if isinstance(obj, torch.Tensor):
-        return fn(obj)
+        return fn(obj, like)
     if isinstance(obj, dict):
-        return {k: _map_tensors(fn, v) for k, v in obj.items()}
+        other = like if isinstance(like, dict) else {}
+        return {k: _zip_tensors(fn, v, other.get(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(fn, v) for v in obj)
+        other = like if isinstance(like, (list, tuple)) and len(like) == len(obj) else (None,) * len(obj)
+        return type(obj)(_zip_tensors(fn, v, r) for v, r in zip(obj, other))
     return obj
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it (see :func:`_zip_tensors`)."""
+    return _zip_tensors(lambda t, _: fn(t), obj, None)
+
+
+def _copy_into(t: torch.Tensor, old: Any) -> torch.Tensor:
+    """A copy of ``t``: into ``old`` where it is a CPU tensor of the same device, type, shape and strides,
+    else a new one on ``t``'s device."""
+    t = t.detach()
+    if (isinstance(old, torch.Tensor) and t.device.type == "cpu" and old.device == t.device
+            and old.dtype == t.dtype and old.shape == t.shape and old.stride() == t.stride()
+            and t.layout == torch.strided and old.layout == torch.strided):
+        return old.copy_(t)
+    return t.clone()
 
 
 def snapshot(obj: Any, reuse: Any = None) -> Any:
@@ -75,20 +94,7 @@ def snapshot(obj: Any, reuse: Any = None) -> Any:
     reads any more) where shape, type and strides agree: the copy then runs at memory speed instead of first
     allocating and faulting in fresh memory, which took most of a snapshot's time.
     """
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if (isinstance(reuse, torch.Tensor) and t.device.type == "cpu" and reuse.device == t.device
-                and reuse.dtype == t.dtype and reuse.shape == t.shape and reuse.stride() == t.stride()
-                and t.layout == torch.strided and reuse.layout == torch.strided):
-            return reuse.copy_(t)
-        return t.clone()
-    if isinstance(obj, dict):
-        old = reuse if isinstance(reuse, dict) else {}
-        return {k: snapshot(v, old.get(k)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        old = reuse if isinstance(reuse, (list, tuple)) and len(reuse) == len(obj) else (None,) * len(obj)
-        return type(obj)(snapshot(v, r) for v, r in zip(obj, old))
-    return obj
+    return _zip_tensors(_copy_into, obj, reuse)
 
 
 def _to_host(obj: Any, stream: Any) -> Any:
