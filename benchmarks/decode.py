@@ -143,33 +143,29 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def compare(name: str, ours: Callable[[], None], base: Callable[[], None], repeats: int,
-            check: Callable[[], bool], floor: Callable[[], None] | None = None,
-            floor_numpy: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Alternating repeats of ``ours`` and ``base`` (and, when given, ``floor``: the reorder alone, and
-    ``floor_numpy``: numpy's reorder alone)."""
+            check: Callable[[], bool], floors: dict[str, Callable[[], None]] | None = None) -> dict[str, Any]:
+    """Alternating repeats of ``ours``, ``base`` and each of ``floors`` (the reorder alone: ``reorder``
+    with hpcvit's copy, ``reorder_numpy`` with numpy's)."""
     if not check():  # also warms the page cache and both code paths
         raise RuntimeError(f"{name}: hpcvit and the baseline read different images")
-    t_ours, t_base, t_floor, t_numpy = [], [], [], []
+    floors = floors or {}
+    t_ours, t_base = [], []
+    t_floors: dict[str, list[float]] = {k: [] for k in floors}
     for _ in range(repeats):
         t_ours.append(timed(ours))
         t_base.append(timed(base))
-        if floor is not None:
-            t_floor.append(timed(floor))
-        if floor_numpy is not None:
-            t_numpy.append(timed(floor_numpy))
+        for k, fn in floors.items():
+            t_floors[k].append(timed(fn))
     a, b = statistics.median(t_ours), statistics.median(t_base)
     ratio = b / a
     line = (f"{name:<16}hpcvit {a * 1e3:8.1f} ms  baseline {b * 1e3:8.1f} ms  ratio {ratio:.2f}  "
             f"(range {min(t_base) / max(t_ours):.2f}-{max(t_base) / min(t_ours):.2f})")
     out = {"hpcvit_s": a, "baseline_s": b, "ratio": ratio, "hpcvit_all_s": t_ours, "baseline_all_s": t_base}
-    if floor is not None:
-        f = statistics.median(t_floor)
-        out.update(reorder_s=f, reorder_cap=b / f)
-        line += f"; reorder alone {f * 1e3:.1f} ms: cap {b / f:.2f}"
-    if floor_numpy is not None:
-        f = statistics.median(t_numpy)
-        out.update(reorder_numpy_s=f, reorder_numpy_cap=b / f)
-        line += f" (numpy's {b / f:.2f})"
+    for k, times in t_floors.items():
+        f = statistics.median(times)
+        out.update({f"{k}_s": f, f"{k}_cap": b / f})
+        line += (f"; reorder alone {f * 1e3:.1f} ms: cap {b / f:.2f}" if k == "reorder" else
+                 f" ({k.removeprefix('reorder_')}'s {b / f:.2f})")
     print(line, flush=True)
     return out
 
@@ -209,18 +205,18 @@ def bench_hdf5(name: str, path: Path, x: np.ndarray, repeats: int) -> dict[str, 
         direct_hdf5(path, slab, theirs)
         return np.array_equal(mine, np.moveaxis(theirs, 3, 1)) and np.array_equal(theirs, x)
 
-    def reorder() -> None:  # the images already in memory: what any channels-first reader must copy
-        for lo in range(0, len(x), step):
-            part = x[lo:lo + step]
-            to_channels_first(part, dst[:len(part)])
+    def reorder(copy: Callable[[np.ndarray, np.ndarray], None]) -> Callable[[], None]:
+        def run() -> None:  # the images already in memory: what any channels-first reader must copy
+            for lo in range(0, len(x), step):
+                part = x[lo:lo + step]
+                copy(part, dst[:len(part)])
+        return run
 
-    def reorder_numpy() -> None:
-        for lo in range(0, len(x), step):
-            part = x[lo:lo + step]
-            np.copyto(dst[:len(part)], np.moveaxis(part, 3, 1))
+    def numpy_copy(src: np.ndarray, out: np.ndarray) -> None:
+        np.copyto(out, np.moveaxis(src, 3, 1))
 
-    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab), repeats, check, reorder,
-                  reorder_numpy)
+    out = compare(name, lambda: hpcvit_bulk(store, block), lambda: direct_hdf5(path, slab), repeats, check,
+                  {"reorder": reorder(to_channels_first), "reorder_numpy": reorder(numpy_copy)})
     return {**out, "slab_rows": step}
 
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hpcvit.data import reorder
 from hpcvit.data.hdf5 import HDF5Store
 from hpcvit.data.reorder import to_channels_first
+from tests.test_data_hdf5 import write_h5
 
 
 def reference(src: np.ndarray) -> np.ndarray:
@@ -125,7 +126,7 @@ def test_values_beyond_float32_become_inf_without_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         to_channels_first(x, out)
-        p = _write(tmp_path / "huge.h5", np.moveaxis(x, 3, 1).copy())  # channels first, float64
+        p = write_h5(tmp_path / "huge.h5", np.moveaxis(x, 3, 1).copy(), np.zeros(2, np.float32))  # channels first, float64
         got = HDF5Store([p], layout="NCHW").read(np.arange(2))
     assert same_bits(out, got) and np.isinf(out).sum() == x.size - 1 and out[1, 4, 2, 3] == 1.5
 
@@ -154,13 +155,6 @@ def test_numpy_alone_gives_the_same_bytes(tmp_path):
     assert same_bits(np.load(tmp_path / "y.npy"), mine)
 
 
-def _write(path: Path, x: np.ndarray, **kw) -> Path:
-    with h5py.File(path, "w") as f:
-        f.create_dataset("X", data=x, **kw)
-        f.create_dataset("y", data=np.zeros(len(x), np.float32))
-    return path
-
-
 @pytest.mark.parametrize("kw, mapped", [
     ({}, True),
     ({"chunks": (8, 21, 19, 8)}, True),
@@ -175,7 +169,7 @@ def test_eight_channel_files_read_as_h5py_reads_them(tmp_path, kw, mapped):
     kw = dict(kw)
     dtype = kw.pop("dtype", np.float32)
     x = np.nan_to_num(x, nan=1.0, posinf=3e4, neginf=-3e4).astype(dtype) if dtype == np.int16 else x.astype(dtype)
-    p = _write(tmp_path / "x.h5", x, **kw)
+    p = write_h5(tmp_path / "x.h5", x, np.zeros(len(x), np.float32), **kw)
     store = HDF5Store([p])
     assert (store._handle(0).mapped is not None) == mapped
     want = reference(x)
