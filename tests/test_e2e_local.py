@@ -128,7 +128,11 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert cancelled.returncode == 0 and "cancelled 1 task(s)" in cancelled.stdout
     wait_for(lambda: task.state().get("state") == "CANCELLED", 120, "the task to stop")
     run = children(sweep)[0]
-    assert run.info.status == "KILLED"
+    # the same story in status, state.json, progress.json and MLflow
+    assert run.info.status == "KILLED" and run.data.tags["hpcvit.state"] == "CANCELLED"
+    assert task.progress().get("state") == "CANCELLED"
+    shown = json.loads(hpcvit("status", sweep.sweep_id, "--format", "json", cwd=workdir, check=True).stdout)
+    assert shown[0]["state"] == "CANCELLED"
     logs = hpcvit("logs", sweep.sweep_id, "0", cwd=workdir)
     assert logs.returncode == 0 and "stopped by SIGTERM" in logs.stdout
     assert hpcvit("resume", "--wait", cwd=workdir).returncode == 0

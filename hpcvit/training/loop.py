@@ -473,7 +473,7 @@ class Trainer:
 
     def _stopped(self) -> int:
         reason = stop.reason()
-        self.report.stopped(reason, {k: v for k, v in self._counters().items() if "best" not in k})
-        self._report_progress(TaskState.PREEMPTED)
+        state = self.report.stopped(reason, {k: v for k, v in self._counters().items() if "best" not in k})
+        self._report_progress(state)
         self.report.log(f"stopped by {reason} at epoch {self.epoch} step {self.step_in_epoch}; checkpoint saved")
         return 0

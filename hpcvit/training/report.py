@@ -173,14 +173,17 @@ class TaskReport:
             self.tracker.set_tags({names.STATE_TAG: str(TaskState.RUNG_DONE)})
             self.tracker.end("SCHEDULED")
 
-    def stopped(self, signal_name: str, counters: dict[str, Any]) -> None:
-        """The trainer stopped at a checkpoint for a signal: to be requeued or resumed."""
+    def stopped(self, signal_name: str, counters: dict[str, Any]) -> TaskState:
+        """The trainer stopped at a checkpoint for a signal. Returns its state: CANCELLED where ``hpcvit cancel``
+        asked for the stop (the launcher records the same), else PREEMPTED (to be requeued or resumed)."""
+        state = TaskState.CANCELLED if self.task.cancel_requested() else TaskState.PREEMPTED
         if not self.main:
-            return
+            return state
         self.task.write_stopped({"signal": signal_name, **counters})
         if self.tracker is not None:
-            self.tracker.set_tags({names.STATE_TAG: str(TaskState.PREEMPTED)})
+            self.tracker.set_tags({names.STATE_TAG: str(state)})
             self.tracker.end("KILLED")
+        return state
 
     def failed(self, error: str, summary: str | None = None) -> None:
         if not self.main:
