@@ -263,7 +263,7 @@ def run_plain(job: dict[str, Any]) -> dict[str, Any]:
     from torch import nn
 
     from hpcvit.data import build_datasets
-    from hpcvit.jobenv import JobEnv
+    from hpcvit.scheduler.jobenv import JobEnv
     from hpcvit.ledger import SweepDir
     from hpcvit.models import build_model
 
@@ -374,7 +374,7 @@ def worker(job_file: Path) -> NoReturn:
     import torch
 
     from hpcvit import fsio
-    from hpcvit.jobenv import JobEnv
+    from hpcvit.scheduler.jobenv import JobEnv
     from hpcvit.training import distributed
 
     job = json.loads(job_file.read_text())

@@ -48,7 +48,7 @@ import sys
 from hpcvit.data import build_datasets
 from hpcvit.spec import DataSpec
 spec = DataSpec(format=sys.argv[3], paths=[sys.argv[1]], val_fraction=0.2, test_fraction=0.1)
-bundle = build_datasets(spec, sys.argv[2], check_balance=False)
+bundle = build_datasets(spec, sys.argv[2], check_targets=False)
 print(bundle.stats.mean.tolist(), bundle.stats.std.tolist())
 """
 

@@ -2,7 +2,7 @@
 
 A real sweep folder (synthetic electron/photon-layout data, a real MLflow store) holds one task of a small
 model; a first trainer is stopped by SIGTERM after its first checkpoint. Then, ``--repeats`` times, the
-trainer is started the way the launcher starts it (``hpcvit.launch.trainer_command``: one rank on one node
+trainer is started the way the launcher starts it (``hpcvit.scheduler.launch.trainer_command``: one rank on one node
 runs without torchrun) and stopped again after its first step; the trainer logs its phases (process start ->
 ``python`` -> ``torch`` import -> ``hpcvit`` imports -> ``process group`` -> ``checkpoint read`` -> ``data`` ->
 ``model`` -> ``restore`` -> ``first step``). For comparison the same start through torchrun
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from hpcvit.jobenv import RESTARTS_VAR, JobEnv
-    from hpcvit.launch import torchrun_command, trainer_command
+    from hpcvit.scheduler.jobenv import RESTARTS_VAR, JobEnv
+    from hpcvit.scheduler.launch import torchrun_command, trainer_command
     from hpcvit.orchestrate import create_sweep
     from hpcvit.sweep import load_sweep
 

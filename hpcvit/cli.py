@@ -34,7 +34,7 @@ console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap
 err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2
-SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.ui")
+SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.results.ui")
 """Modules that add their own sub-commands (``add_parser(subparsers)``)."""
 
 _COLOURS = {TaskState.COMPLETED: "green", TaskState.RUNNING: "cyan", TaskState.FAILED: "red", TaskState.LOST: "red",
@@ -179,7 +179,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
 
 def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
-    from hpcvit.compare import compare_table
+    from hpcvit.results.compare import compare_table
 
     if console.is_terminal:  # a live table of the tasks, redrawn at every poll
         from rich.live import Live
@@ -290,7 +290,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
-    from hpcvit.compare import (
+    from hpcvit.results.compare import (
         compare_rows,
         compare_table,
         plot_overlay,

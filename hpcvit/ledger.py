@@ -59,7 +59,7 @@ class TaskDir:
     CANCEL = "cancel"
     RUN_ID, TRACKING_BUFFER = "mlflow_run_id", "tracking_buffer.jsonl"
     LOG, CHECKPOINTS = "train.log", "checkpoints"
-    PREDICTIONS, BEST_WEIGHTS, ROC = "predictions.npz", "best_model.pt", "roc"
+    PREDICTIONS, BEST_WEIGHTS = "predictions.npz", "best_model.pt"
     RUN_LOCK = ".trainer.lock"
     RESERVE = ".reserve"
     RESERVE_BYTES = 256 << 10

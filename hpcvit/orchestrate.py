@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
 from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
-from hpcvit.status import TaskStatus, task_statuses
+from hpcvit.scheduler.status import TaskStatus, task_statuses
 from hpcvit.sweep import Sweep
 from hpcvit.yamlio import SpecError
 
@@ -65,7 +65,7 @@ def check_data(sweep: Sweep) -> list[str]:
 def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> list[tuple[range, str]]:
     """(task indices, sbatch script) of each array submitit would write for this sweep (nothing is created or
     submitted)."""
-    from hpcvit.submission import sbatch_scripts
+    from hpcvit.scheduler.slurm import sbatch_scripts
 
     base = sweep.base
     folder = Path(output_dir or base.output_dir) / new_sweep_id(base.name) / "submitit"
@@ -74,18 +74,9 @@ def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> list[tuple[r
 
 def array_plan(sweep: Sweep) -> str:
     """How the sweep goes to the scheduler, in one line (validate and dry-run print it)."""
-    n = len(sweep.runs)
-    if sweep.base.executor != "slurm":
-        return f"{n} task(s) on the local executor, at most {sweep.base.resources.array_parallelism} at once"
-    rungs = " (the first rung of the search; each later rung is one array of its survivors)" \
-        if _adaptive(sweep) else ""
-    from hpcvit.submission import max_array_size
+    from hpcvit.scheduler.adapter import for_executor
 
-    size = max_array_size(sweep.base)
-    arrays = -(-n // size)
-    source = "resources.max_array_size" if sweep.base.resources.max_array_size else "the cluster's MaxArraySize"
-    return (f"{n} task(s) as {arrays} Slurm array(s) of at most {size} ({source}), each running at most "
-            f"{sweep.base.resources.array_parallelism} at once{rungs}")
+    return for_executor(sweep.base.executor).plan(len(sweep.runs), sweep.base, _adaptive(sweep))
 
 
 def _adaptive(sweep: Sweep) -> bool:
@@ -98,9 +89,9 @@ def search_plan(sweep: Sweep) -> str | None:
     """The search's rungs and their most epochs vs the full grid, in one line; None without a search."""
     if sweep.search is None:
         return None
-    from hpcvit.search import describe
+    from hpcvit.search import describe, ranking
 
-    return describe(sweep.search, len(sweep.runs), sweep.base.optim.epochs)
+    return describe(sweep.search, len(sweep.runs), sweep.base.optim.epochs, ranking(sweep.search))
 
 
 def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool = True,
@@ -135,8 +126,8 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
         shutil.rmtree(sweep_dir.root, ignore_errors=True)
         raise
     if submit:
-        from hpcvit.submission import PartialSubmission
-        from hpcvit.submission import submit as submit_tasks
+        from hpcvit.scheduler.submission import PartialSubmission
+        from hpcvit.scheduler.submission import submit as submit_tasks
 
         try:
             if _adaptive(sweep):
@@ -246,7 +237,7 @@ def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> li
     outcome = "FINISHED" if all(s.state in FINAL for s in current) else "FAILED"
     if m.get("finalized") == outcome:  # done by whoever looked first (status, compare, wait, resume)
         return current
-    from hpcvit.compare import finalize_parent
+    from hpcvit.results.compare import finalize_parent
 
     finalize_parent(sweep_dir, outcome == "FINISHED")
     sweep_dir.update_manifest(finalized=outcome)
@@ -259,17 +250,16 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
     Holds the sweep's resume lock while it decides and submits, so two ``resume`` calls at once cannot
     submit a task twice: the second sees the first one's submission as queued or running.
     """
-    from hpcvit.submission import submit
+    from hpcvit.scheduler.adapter import for_executor
+    from hpcvit.scheduler.submission import submit
 
     with sweep_dir.lock("resume"):
         current = task_statuses(sweep_dir)
-        held = [s for s in current if s.state == TaskState.HELD and s.executor == "slurm"]
-        if held:  # held by Slurm (a launch failure after a node came back): released, they run again
-            import subprocess
-
-            subprocess.run(["scontrol", "release", *[s.job_id for s in held]], check=True, timeout=60,
-                           capture_output=True)
-            log.info("released %d held job(s) of %s: %s", len(held), sweep_dir.sweep_id, [s.job_id for s in held])
+        held = [s for s in current if s.state == TaskState.HELD]
+        for kind in sorted({s.executor for s in held}):  # held by the scheduler (a launch failure after a node
+            jobs = [s.job_id for s in held if s.executor == kind]  # came back): released, they run again
+            for_executor(kind).release(jobs)
+            log.info("released %d held job(s) of %s: %s", len(jobs), sweep_dir.sweep_id, jobs)
         promoted: dict[int, str] = {}
         if sweep_dir.search() is not None:  # a search continues where it stopped: its current rung only
             from hpcvit import search
@@ -300,10 +290,13 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
                                  time_limit_stops=0, stop_cause=None)
         kind = executor or sweep_dir.manifest["executor"]
         indices = [s.index for s in todo]
-        job_ids = submit(sweep_dir, indices, kind, sweep_dir.run_spec(indices[0]))
+        after = None
         if sweep_dir.search() is not None:
             from hpcvit import search
 
+            after = search.after_task(sweep_dir, kind)
+        job_ids = submit(sweep_dir, indices, kind, sweep_dir.run_spec(indices[0]), after=after)
+        if sweep_dir.search() is not None:
             search.resubmitted(sweep_dir, job_ids, kind, sweep_dir.run_spec(indices[0]))
         updates = {"finalized": None}  # the sweep runs again: its parent run will be finalised again
         _reopen_parent(sweep_dir)
@@ -328,10 +321,7 @@ def _reopen_parent(sweep_dir: SweepDir) -> None:
 
 def cancel(sweep_dir: SweepDir) -> list[int]:
     """Stop every unfinished task; the trainers save a checkpoint first, so ``resume`` continues them."""
-    import signal
-    import subprocess
-
-    from hpcvit.procs import pid_alive, process_alive, signal_group, signal_process
+    from hpcvit.scheduler.adapter import for_executor
 
     if sweep_dir.search() is not None:  # no rung is decided (nor submitted) until resume
         from hpcvit import search
@@ -340,18 +330,8 @@ def cancel(sweep_dir: SweepDir) -> list[int]:
     active = [s for s in task_statuses(sweep_dir) if s.state not in TERMINAL | RESUMABLE]
     for s in active:
         sweep_dir.task(s.index).request_cancel()
-    slurm_jobs = [s.job_id for s in active if s.executor == "slurm"]
-    if slurm_jobs:
-        subprocess.run(["scancel", *slurm_jobs], check=True, timeout=60)
-    for s in active:
-        if s.executor != "local":
-            continue
-        state = sweep_dir.task(s.index).state()
-        pgid = state.get("trainer_pgid")
-        if pgid and process_alive(state.get("pid"), state.get("pid_start")):
-            signal_group(pgid, signal.SIGTERM)
-        elif pid_alive(s.job_id):
-            signal_process(int(s.job_id), signal.SIGTERM)
+    for kind in sorted({s.executor for s in active if s.executor}):
+        for_executor(kind).stop([(s.job_id, sweep_dir.task(s.index).state()) for s in active if s.executor == kind])
     return [s.index for s in active]
 
 

@@ -1,6 +1,6 @@
 """The states a task can be in, and which of them are final, resumable or alive.
 
-The launcher records a state in the task's ``state.json``; :mod:`hpcvit.status` checks it against what is
+The launcher records a state in the task's ``state.json``; :mod:`hpcvit.scheduler.status` checks it against what is
 alive (the Slurm queue, local processes) to give the task's true state, which ``status``, ``resume``,
 ``cancel`` and the MLflow ``hpcvit.state`` tag all use.
 """
@@ -66,17 +66,3 @@ TERMINAL = FINAL | (RESUMABLE - {TaskState.NEW}) | {TaskState.RUNG_DONE}
 search's next rung is decided then)."""
 ACTIVE = frozenset(TaskState) - TERMINAL - {TaskState.NEW}
 """Queued, waiting or running: ``cancel`` stops these."""
-
-# What ``squeue --format=%T`` says, as a task state (states not listed are taken as RUNNING: the job exists
-# and is past the queue).
-SLURM_STATES: dict[str, TaskState] = {
-    "PENDING": TaskState.PENDING, "CONFIGURING": TaskState.RUNNING, "RUNNING": TaskState.RUNNING,
-    "COMPLETING": TaskState.RUNNING, "SUSPENDED": TaskState.SUSPENDED, "STOPPED": TaskState.SUSPENDED,
-    "REQUEUED": TaskState.REQUEUED, "REQUEUE_FED": TaskState.REQUEUED, "REQUEUE_HOLD": TaskState.HELD,
-    "SPECIAL_EXIT": TaskState.HELD, "RESV_DEL_HOLD": TaskState.HELD, "PREEMPTED": TaskState.REQUEUED,
-    "RESIZING": TaskState.RUNNING, "SIGNALING": TaskState.RUNNING, "STAGE_OUT": TaskState.RUNNING,
-}
-
-
-def from_slurm(state: str) -> TaskState:
-    return SLURM_STATES.get(state, TaskState.RUNNING)

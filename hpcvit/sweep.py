@@ -160,6 +160,7 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
     if search is not None and search.n_trials:
         combos = [{**combo, **drawn} for drawn in draw(search.space, search.n_trials, search.seed) for combo in combos]
     runs: list[Run] = []
+    objectives_ok: set[tuple[str, str]] = set()
     for index, combo in enumerate(combos):
         run_raw = copy.deepcopy(raw)
         if search is not None and search.max_epochs is not None:  # the schedule of every run is over max_epochs
@@ -174,6 +175,13 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
             spec = JobSpec.model_validate(run_raw)
         except ValidationError as exc:
             raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
+        key = (spec.data.task, spec.checkpoint.best_metric)
+        if key not in objectives_ok:
+            problem = _objective_problem(spec)
+            if problem is not None:
+                field, message = problem
+                raise _located(message, field, file, lines, combo=combo, sweep=sweep, run=index)
+            objectives_ok.add(key)
         runs.append(Run(index=index, spec=spec, overrides=combo))
     if search is not None:
         _check_search(search, runs, file, lines)
@@ -181,13 +189,29 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
                  search=search)
 
 
+def _objective_problem(spec: JobSpec) -> tuple[str, str] | None:
+    """(field, message) when the run's task is not a registered objective or its ``checkpoint.best_metric`` is
+    not one of the task's metrics."""
+    from hpcvit.objectives import check_metric, get_objective
+
+    try:
+        get_objective(spec.data.task)
+    except ValueError as exc:
+        return "data.task", str(exc)
+    problem = check_metric(spec.data.task, spec.checkpoint.best_metric, "")
+    return ("checkpoint.best_metric", problem) if problem else None
+
+
 def _check_search(search: SearchSpec, runs: list[Run], file: str, lines: dict[Loc, int]) -> None:
     """What the search needs of its runs: a metric their task has, and a first rung shorter than their epochs."""
+    from hpcvit.objectives import check_metric
+
     base = runs[0].spec
-    regression = {"val_mae", "val_mre"}
-    if (base.data.task == "regression") != (search.metric in regression) and search.metric != "val_loss":
-        raise SpecError(f"{search.metric} does not apply to a {base.data.task} task", file=file,
-                        line=nearest_line(lines, ("sweep", "search", "metric")), field="sweep.search.metric")
+    for task in sorted({r.spec.data.task for r in runs}):
+        problem = check_metric(task, search.metric, "")
+        if problem:
+            raise SpecError(problem, file=file, line=nearest_line(lines, ("sweep", "search", "metric")),
+                            field="sweep.search.metric")
     if search.min_epochs > base.optim.epochs:
         raise SpecError(f"min_epochs {search.min_epochs} exceeds the {base.optim.epochs} epochs of the runs "
                         "(set search.max_epochs)", file=file,
@@ -205,9 +229,15 @@ def _to_spec_error(exc: ValidationError, file: str, lines: dict[Loc, int], *, pr
                    run: int | None = None) -> SpecError:
     err = exc.errors(include_url=False)[0]
     loc: Loc = prefix + tuple(err["loc"])
-    dotted = ".".join(str(p) for p in loc)
-    line = nearest_line(lines, loc)
-    message = err["msg"].removeprefix("Value error, ")
+    return _located(err["msg"].removeprefix("Value error, "), ".".join(str(p) for p in loc), file, lines,
+                    combo=combo, sweep=sweep, run=run, loc=loc)
+
+
+def _located(message: str, dotted: str, file: str, lines: dict[Loc, int], *, combo: dict[str, Any] | None = None,
+             sweep: SweepSpec | None = None, run: int | None = None, loc: Loc | None = None) -> SpecError:
+    """A :class:`SpecError` about field ``dotted`` (at ``loc`` in the file) of run ``run``, at the line that gave
+    the field its value."""
+    line = nearest_line(lines, loc if loc is not None else tuple(dotted.split(".")) if dotted else ())
     if combo and sweep:
         # An error inside an expanded run points at the sweep value that produced it, when one did.
         for key in combo:

@@ -12,10 +12,10 @@ import traceback
 from pathlib import Path
 
 from hpcvit.fsio import describe_os_error
-from hpcvit.jobenv import JobEnv
+from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.logs import configure_task
-from hpcvit.procs import die_with_parent
+from hpcvit.scheduler.procs import die_with_parent
 from hpcvit.training import startup, stop
 
 

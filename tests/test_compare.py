@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcvit.compare import render, seed_groups
+from hpcvit.results.compare import render, seed_groups
 from hpcvit.ledger import create_sweep_dir
 from hpcvit.sweep import expand
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import build_datasets
 from hpcvit.data.cache import raw_key
 from hpcvit.data.parquet import write_jets
@@ -34,9 +35,9 @@ def dirs(cache: Path, prefix: str) -> list[Path]:
 def test_cache_gives_the_direct_samples(tmp_path, preprocessed):
     p, _ = make_file(tmp_path / "a.parquet")
     base = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cuts={"pt": [10, 90]}, val_fraction=0.25, test_fraction=0.2)
-    direct = build_datasets(base, tmp_path)
+    direct = build_datasets(base, tmp_path, targets=ClassLabels())
     spec = base.model_copy(update={"cache_dir": str(tmp_path / "cache"), "cache_preprocessed": preprocessed})
-    cached = build_datasets(spec, tmp_path)
+    cached = build_datasets(spec, tmp_path, targets=ClassLabels())
     for a, b in ((direct.train, cached.train), (direct.val, cached.val), (direct.test, cached.test)):
         xa, ya = a.arrays()
         xb, yb = b.arrays()

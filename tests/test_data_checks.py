@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import DataError, build_datasets
 from hpcvit.data.parquet import write_jets
 from hpcvit.spec import DataSpec
@@ -27,10 +28,10 @@ def test_nan_pixels_are_an_error_naming_file_row_and_count(tmp_path: Path, cache
     path = _jets(tmp_path / "nan.parquet", nan_row=7)
     spec = DataSpec(format="parquet", paths=[str(path)], val_fraction=0.25, split_seed=3,
                     cache_dir=str(tmp_path / "cache") if cache else None)
-    train = set(build_datasets(spec.model_copy(update={"nonfinite": "zero"}), tmp_path).train.rows.tolist())
+    train = set(build_datasets(spec.model_copy(update={"nonfinite": "zero"}), tmp_path, targets=ClassLabels()).train.rows.tolist())
     assert 7 in train, "the fixture puts the bad row into the training split (read by the statistics pass)"
     with pytest.raises(DataError) as info:
-        build_datasets(spec, tmp_path)
+        build_datasets(spec, tmp_path, targets=ClassLabels())
     message = str(info.value)
     assert "nan.parquet" in message and ("(row 7)" in message or "(sample 7 of the data set)" in message), message
     assert "2 non-finite pixel(s)" in message and "data.nonfinite: error" in message and "\n" not in message
@@ -40,11 +41,11 @@ def test_nan_pixels_are_an_error_naming_file_row_and_count(tmp_path: Path, cache
 def test_without_statistics_a_nan_is_found_when_its_batch_is_read(tmp_path: Path) -> None:
     path = _jets(tmp_path / "nan.parquet", nan_row=7)
     spec = DataSpec(format="parquet", paths=[str(path)], val_fraction=0.25, preprocessing={"zscore": False})
-    bundle = build_datasets(spec, tmp_path)
+    bundle = build_datasets(spec, tmp_path, targets=ClassLabels())
     split = bundle.train if 7 in bundle.train.rows else bundle.val
     with pytest.raises(DataError, match=r"nan\.parquet \(row 7\): 2 non-finite pixel"):
         split.__getitems__(list(range(len(split))))
-    assert np.isfinite(build_datasets(spec.model_copy(update={"nonfinite": "zero"}), tmp_path).train.arrays()[0]).all()
+    assert np.isfinite(build_datasets(spec.model_copy(update={"nonfinite": "zero"}), tmp_path, targets=ClassLabels()).train.arrays()[0]).all()
 
 
 def test_a_corrupt_block_of_huge_values_makes_the_statistics_absurd(tmp_path: Path) -> None:
@@ -53,7 +54,7 @@ def test_a_corrupt_block_of_huge_values_makes_the_statistics_absurd(tmp_path: Pa
     path = write_h5(tmp_path / "bad.h5", x, (np.arange(64) % 2).astype(np.float32))
     spec = DataSpec(format="hdf5", paths=[str(path)], val_fraction=0.25, split_seed=1)
     with pytest.raises(DataError, match=r"bad\.h5: channel 0 statistics of the training split are absurd"):
-        build_datasets(spec, tmp_path)
+        build_datasets(spec, tmp_path, targets=ClassLabels())
 
 
 def test_one_class_left_is_an_error_before_training(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_one_class_left_is_an_error_before_training(tmp_path: Path) -> None:
     electrons = write_h5(tmp_path / "electron.h5", np.ones((50, 8, 8, 2), np.float32), np.ones(50, np.float32))
     spec = DataSpec(format="hdf5", paths=[str(photons), str(electrons)], max_samples=40)
     with pytest.raises(DataError, match=r"photon\.h5: the train split has 0 positive and 32 negative samples") as info:
-        build_datasets(spec, tmp_path)
+        build_datasets(spec, tmp_path, targets=ClassLabels())
     assert info.value.field == "data.max_samples"
-    assert build_datasets(spec.model_copy(update={"max_samples": None}), tmp_path).info["class_balance"]["val"][
+    assert build_datasets(spec.model_copy(update={"max_samples": None}), tmp_path, targets=ClassLabels()).info["class_balance"]["val"][
         "positive"] > 0

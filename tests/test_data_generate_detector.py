@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import build_datasets
 from hpcvit.data.commands import main
 from hpcvit.data.generate_diphoton import generate_diphoton, opening_angle_mass
@@ -47,7 +48,7 @@ def test_electron_photon_files_in_the_published_layout_reproducible_and_physical
     assert width[ya == 0].std() > 0 and width[ya == 1].std() > 0
     # the files are a data set hpcvit trains on
     spec = DataSpec(format="hdf5", paths=one["paths"], val_fraction=0.25)
-    bundle = build_datasets(spec, tmp_path)
+    bundle = build_datasets(spec, tmp_path, targets=ClassLabels())
     assert bundle.in_chans == 2 and bundle.img_size == 32 and bundle.info["class_balance"]["val"]["positive"] > 0
 
 

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import build_datasets, split_indices
 from hpcvit.data.hdf5 import HDF5Store
 from hpcvit.data import DataError, ImageDataset
@@ -69,7 +70,7 @@ def test_channel_selection_and_layouts(tmp_path):
 def test_dataset_lazy_pickle_and_batches(tmp_path):
     paths, x, y = two_class_files(tmp_path, chunks=(8, 32, 32, 2), compression="lzf")
     spec = DataSpec(format="hdf5", paths=[str(p) for p in paths], preprocessing=RAW, val_fraction=0.25)
-    b = build_datasets(spec, tmp_path)
+    b = build_datasets(spec, tmp_path, targets=ClassLabels())
     tr, va, _ = split_indices(len(y), spec)
     assert len(b.train) == len(tr) and len(b.val) == len(va) and b.in_chans == 2 and b.img_size == 32
     assert b.info["class_balance"]["train"]["positive"] == int(y[tr].sum())
@@ -142,9 +143,9 @@ def test_bad_files_give_one_line_errors(tmp_path):
     labels = write_h5(tmp_path / "labels.h5", np.zeros((3, 32, 32, 2), np.float32), np.array([0, 2, 1], np.float32))
     spec = DataSpec(format="hdf5", paths=[str(labels)])
     with pytest.raises(DataError, match=r"labels\.h5 \(row 1\): binary target 'y' is 2, not 0/1"):
-        build_datasets(spec, tmp_path)
+        build_datasets(spec, tmp_path, targets=ClassLabels())
     spec = DataSpec(format="hdf5", paths=[str(labels)], positive_value=2.0, val_fraction=0.34, min_per_class=0)
-    b = build_datasets(spec, tmp_path)
+    b = build_datasets(spec, tmp_path, targets=ClassLabels())
     assert sorted(b.train.targets.tolist() + b.val.targets.tolist()) == [0.0, 0.0, 1.0]
 
 

@@ -27,7 +27,7 @@ STATS = """
 import sys
 from hpcvit.data import build_datasets
 from hpcvit.spec import DataSpec
-build_datasets(DataSpec(format="parquet", paths=[sys.argv[1]]), sys.argv[2], check_balance=False)
+build_datasets(DataSpec(format="parquet", paths=[sys.argv[1]]), sys.argv[2], check_targets=False)
 """
 
 

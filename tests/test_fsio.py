@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hpcvit import fsio
-from hpcvit.jobenv import JobEnv
+from hpcvit.scheduler.jobenv import JobEnv
 
 
 def test_a_failed_write_leaves_the_old_content_and_no_temp_file(tmp_path: Path) -> None:

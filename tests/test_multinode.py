@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcvit.launch import RDZV_PORT_BASE, RDZV_PORT_SPAN
+from hpcvit.scheduler.launch import RDZV_PORT_BASE, RDZV_PORT_SPAN
 from hpcvit.ledger import SweepDir, find_sweep
 from tests.conftest import (
     REPO,

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from hpcvit.compare import compare_table
+from hpcvit.results.compare import compare_table
 from hpcvit.states import TaskState
-from hpcvit.status import TaskStatus
+from hpcvit.scheduler.status import TaskStatus
 from tests.conftest import SPEC, TWO_MODELS, hpcvit, write_spec
 
 
@@ -90,7 +90,7 @@ def test_validate_and_models_print_records_alone_on_stdout(tmp_path: Path) -> No
 def test_the_eta_counts_the_epochs_left_from_the_wall_time_of_one() -> None:
     import datetime as dt
 
-    from hpcvit.status import eta_seconds
+    from hpcvit.scheduler.status import eta_seconds
     from hpcvit.tables import duration
 
     ended = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.timezone.utc)

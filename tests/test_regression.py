@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import torch
 
-from hpcvit.data import build_datasets
+from hpcvit.objectives.regression import RegressionObjective
 from hpcvit.training.loop import Trainer
 from tests.test_train_features import make_sweep
 
@@ -54,7 +54,7 @@ def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -
     path = _blobs(workdir / "blobs.h5")
     sweep = make_sweep(workdir, SPEC.format(name="mass", path=path, epochs=4, best="val_mre"), tracking=False)
     trainer = Trainer(sweep.task(0))
-    scale = trainer.data.target_scale
+    scale = trainer.objective.scale
     train_y = trainer.data.train.targets
     assert scale.mean == np.float64(train_y.astype(np.float64).mean())
     assert 100 < scale.std < 150, scale
@@ -68,11 +68,13 @@ def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -
     assert 85 <= val_out.mean() <= 500, "predictions are in the target's units"
     assert model_mae < 0.5 * mean_mae, (model_mae, mean_mae)
     assert result["metric"] == "val_mre" and result["best_metric"] < 0.2
-    from hpcvit.compare import _curves
+    from hpcvit.results.compare import _curves
 
     assert _curves(sweep) == {}, "no ROC curves (nor their overlay on the parent run) for a regression"
 
     saved = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
     assert saved["target_scale"] == scale.to_dict(), "the target statistics travel with the checkpoint"
-    again = build_datasets(sweep.task(0).spec().data, sweep.root, target_scale=saved["target_scale"])
-    assert again.target_scale == scale
+    spec = sweep.task(0).spec()
+    again = RegressionObjective(spec, sweep.root)
+    again.build_data({"target_scale": saved["target_scale"]})
+    assert again.scale == scale, "a resumed task takes the scale from its checkpoint"

@@ -182,7 +182,8 @@ sweep:
 
 
 def test_a_sweep_larger_than_an_array_is_split_and_completes(workdir: Path) -> None:
-    from hpcvit.submission import max_array_size, slurm_config
+    from hpcvit.scheduler.slurm import config as slurm_config
+    from hpcvit.scheduler.slurm import max_array_size
     from hpcvit.sweep import load_sweep
 
     assert slurm_config().get("MaxArraySize", "").isdigit(), "the cluster's limit is read from scontrol"

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from hpcvit.ledger import SweepDir, create_sweep_dir
-from hpcvit.procs import process_start_time
+from hpcvit.scheduler.procs import process_start_time
 from hpcvit.spec import JobSpec
-from hpcvit.states import ACTIVE, RESUMABLE, TERMINAL, TaskState, from_slurm
-from hpcvit.status import effective_state, parse_squeue, task_statuses
+from hpcvit.scheduler.slurm import from_slurm, parse_squeue
+from hpcvit.states import ACTIVE, RESUMABLE, TERMINAL, TaskState
+from hpcvit.scheduler.status import effective_state, task_statuses
 
 S = TaskState
 

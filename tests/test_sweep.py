@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcvit.submission import sbatch_script
+from hpcvit.scheduler.slurm import sbatch_script
 from hpcvit.sweep import expand, load_sweep
 from hpcvit.yamlio import SpecError
 from tests.conftest import REPO, hpcvit, write_spec

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from hpcvit.ui import start_server, stop_server
+from hpcvit.results.ui import start_server, stop_server
 from tests.conftest import SPEC, children, hpcvit, steps, wait_for, write_spec
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from hpcvit.data import build_datasets
 from hpcvit.ledger import SweepDir, find_sweep
-from hpcvit.metrics import evaluate_predictions
+from hpcvit.objectives.binary import classifier_metrics
 from hpcvit.models import build_model
 from hpcvit.orchestrate import create_sweep
 from hpcvit.sweep import load_sweep
@@ -114,8 +114,8 @@ def test_ema_weights_are_what_is_evaluated_and_kept(workdir: Path) -> None:
     # val_* of the last epoch are the EMA's metrics; val_raw_* the raw weights'.
     ema_out, y = val_outputs(sweep, 0, last["ema"])
     raw_out, _ = val_outputs(sweep, 0, last["model"])
-    ema_metrics = evaluate_predictions(ema_out, y, "binary")
-    raw_metrics = evaluate_predictions(raw_out, y, "binary")
+    ema_metrics = classifier_metrics(ema_out, y)
+    raw_metrics = classifier_metrics(raw_out, y)
     assert abs(ema_metrics["loss"] - raw_metrics["loss"]) > 1e-4
     client = MlflowClient(sweep.manifest["tracking_uri"])
     run = client.get_run(result["mlflow_run_id"])
@@ -132,7 +132,7 @@ def test_ema_weights_are_what_is_evaluated_and_kept(workdir: Path) -> None:
     best_out, _ = val_outputs(sweep, 0, best["ema"])
     predictions = np.load(sweep.task(0).path / "predictions.npz")
     np.testing.assert_allclose(predictions["val_out"], best_out, rtol=1e-5, atol=1e-6)
-    assert result["best_metric"] == pytest.approx(evaluate_predictions(best_out, y, "binary")["roc_auc"], rel=1e-6)
+    assert result["best_metric"] == pytest.approx(classifier_metrics(best_out, y)["roc_auc"], rel=1e-6)
 
 
 def test_grad_accumulation_equals_one_large_batch(workdir: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hpcvit.tracking import names
 from hpcvit.training.loop import Trainer
-from hpcvit.ui import compare_url
+from hpcvit.results.ui import compare_url
 from tests.conftest import children
 from tests.test_train_features import make_sweep, tiny
 

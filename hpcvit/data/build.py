@@ -23,14 +23,14 @@ from hpcvit.data.formats import open_store
 from hpcvit.data.preprocess import (
     ChannelStats,
     ScalarScale,
-    TargetScale,
     channel_stats,
     check_finite,
     check_stats,
     stats_block,
 )
-from hpcvit.data.selection import cut_columns, make_targets, missing_columns, select
+from hpcvit.data.selection import cut_columns, missing_columns, select
 from hpcvit.data.store import DataError
+from hpcvit.data.targets import TargetRule, Values
 from hpcvit.spec import DataSpec, data_fields
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ class DataBundle:
     img_size: int
     stats: ChannelStats | None
     info: dict[str, Any] = field(default_factory=dict)
-    target_scale: TargetScale | None = None
-    """Regression: the training split's target mean and std (training fits the standardised target)."""
     scalar_scale: ScalarScale | None = None
     """``data.scalar_inputs``: the training split's mean and std of each column."""
     n_scalars: int = 0
@@ -133,22 +131,6 @@ def split_indices(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.sort(order[n_val + n_test:]), np.sort(order[:n_val]), np.sort(order[n_val:n_val + n_test])
 
 
-def _balance(targets: np.ndarray, parts: dict[str, np.ndarray], task: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, pos in parts.items():
-        t = targets[pos]
-        if task == "binary":
-            n_pos = int(t.sum())
-            out[name] = {"n": int(len(t)), "positive": n_pos, "negative": int(len(t) - n_pos),
-                         "positive_fraction": round(n_pos / len(t), 6) if len(t) else None}
-        elif len(t):
-            out[name] = {"n": int(len(t)), "mean": float(t.mean()), "std": float(t.std()),
-                         "min": float(t.min()), "max": float(t.max())}
-        else:
-            out[name] = {"n": 0}
-    return out
-
-
 def _train_stats(store, rows: np.ndarray, spec: DataSpec) -> ChannelStats:
     """Channel statistics over the training rows, read in bulk in blocks of one slice of
     :func:`channel_stats` (at most ``stats_samples``), each block checked under ``data.nonfinite``."""
@@ -177,32 +159,19 @@ def _scalar_inputs(spec: DataSpec, columns: dict[str, np.ndarray], train_pos: np
     return scale.apply(values), scale
 
 
-def _check_balance(balance: dict[str, Any], spec: DataSpec, where: Path) -> None:
-    """A binary data set needs both classes in the training and validation splits, at least
-    ``data.min_per_class`` of each (a test split with one class gets no test ROC, and says so in the log)."""
-    for split, b in balance.items():
-        if b["n"] == 0 or split == "test":
-            continue
-        minority = min(b["positive"], b["negative"])
-        if minority < spec.min_per_class:
-            which = "positive" if b["positive"] <= b["negative"] else "negative"
-            raise DataError(f"{where}: the {split} split has {b['positive']} positive and {b['negative']} negative "
-                            f"samples: fewer {which} than data.min_per_class = {spec.min_per_class} (check "
-                            "data.paths, data.cuts, data.max_samples and data.positive_value)",
-                            field="data.max_samples" if spec.max_samples else "data.paths")
-
-
 def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]] | None = None, *,
-                   target_scale: dict[str, float] | None = None, scalar_scale: dict[str, Any] | None = None,
-                   progress: bool = False, check_balance: bool = True) -> DataBundle:
-    """Select, split and (lazily) preprocess the data set; ``stats`` and ``target_scale`` (from a checkpoint)
+                   targets: TargetRule | None = None, scalar_scale: dict[str, Any] | None = None,
+                   progress: bool = False, check_targets: bool = True) -> DataBundle:
+    """Select, split and (lazily) preprocess the data set; ``stats`` and ``scalar_scale`` (from a checkpoint)
     replace computing them.
 
     Returns map-style data sets of ``(float32 C x H x W image, float32 scalar target)`` that open their files
-    lazily in each process (DataLoader workers, DDP ranks with a DistributedSampler). ``progress`` shows
-    progress bars while a cache is built (the CLI's ``hpcvit data convert``); ``check_balance=False`` skips
-    the class-balance check (a conversion reports the balance, training refuses a split without a class).
+    lazily in each process (DataLoader workers, DDP ranks with a DistributedSampler). ``targets`` is the
+    objective's rule for the target column (default: plain finite values); ``check_targets=False`` skips its
+    check of the splits (a conversion reports them, training refuses what the objective cannot train on).
+    ``progress`` shows progress bars while a cache is built (the CLI's ``hpcvit data convert``).
     """
+    rule: TargetRule = targets if targets is not None else Values()
     paths = resolve_paths(spec, sweep_dir)
     pre = spec.preprocessing
     info: dict[str, Any] = {"format": spec.format, "cuts": dict(spec.cuts)}
@@ -225,7 +194,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
             k = int(np.searchsorted(starts, i, side="right") - 1)
             return f"{sources[k]['path']} (sample {int(source_rows[i])} of the data set)"
 
-        targets = make_targets(raw.columns[spec.target_key], spec, where)
+        values = rule.make(raw.columns[spec.target_key], spec, where)
         n, n_source = raw.n, int(raw.meta["n_source"])
         train_pos, val_pos, test_pos = split_indices(n, spec)
         if stats is not None:
@@ -251,7 +220,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
     else:
         store = open_store(spec, paths)
         rows, columns = select(store, spec, [spec.target_key, *spec.scalar_inputs])
-        targets = make_targets(columns[spec.target_key], spec, lambda i: store.where(int(rows[i])))
+        values = rule.make(columns[spec.target_key], spec, lambda i: store.where(int(rows[i])))
         where = lambda i: store.where(int(rows[i]))  # noqa: E731 - a row's file, for messages
         n, n_source = len(rows), store.n
         train_pos, val_pos, test_pos = split_indices(n, spec)
@@ -277,26 +246,19 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         info["scalar_scale"] = {"columns": list(spec.scalar_inputs), **scalar_scale.to_dict()}
 
     def part(pos: np.ndarray) -> ImageDataset:
-        return ImageDataset(store, rows[pos], targets[pos], transform, channel, spec.nonfinite, row_where,
+        return ImageDataset(store, rows[pos], values[pos], transform, channel, spec.nonfinite, row_where,
                             scalars[pos] if scalars is not None else None)
 
     info.update({
         "n_source": int(n_source), "n_selected": int(n), "shape": list(shape),
         "n_train": len(train_pos), "n_val": len(val_pos), "n_test": len(test_pos),
         "fingerprint": fingerprint(paths, spec),
-        "class_balance" if spec.task == "binary" else "target_stats":
-            _balance(targets, {"train": train_pos, "val": val_pos, "test": test_pos}, spec.task),
+        rule.info_key: rule.describe(values, {"train": train_pos, "val": val_pos, "test": test_pos}),
     })
-    scale = None
-    if spec.task == "binary":
-        if check_balance:
-            _check_balance(info["class_balance"], spec, paths[0])
-        info["positive_fraction_train"] = info["class_balance"]["train"]["positive_fraction"]
-    else:
-        scale = TargetScale.from_dict(target_scale) if target_scale else TargetScale.of(targets[train_pos])
-        info["target_scale"] = scale.to_dict()
+    if check_targets:
+        rule.check(info[rule.info_key], spec, paths[0])
     return DataBundle(
         train=part(train_pos), val=part(val_pos), test=part(test_pos) if len(test_pos) else None,
-        in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info, target_scale=scale,
+        in_chans=int(shape[0]), img_size=int(shape[1]), stats=channel, info=info,
         scalar_scale=scalar_scale, n_scalars=len(spec.scalar_inputs),
     )

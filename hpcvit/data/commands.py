@@ -156,7 +156,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         for line in verify_raw(spec, resolve_paths(spec, Path.cwd())):
             print(f"stale cache removed: {line}")
     ensure_raw(spec, resolve_paths(spec, Path.cwd()), progress=sys.stderr.isatty(), workers=args.workers)
-    bundle = build_datasets(spec, Path.cwd(), progress=sys.stderr.isatty(), check_balance=False)
+    from hpcvit.objectives import get_objective
+
+    bundle = build_datasets(spec, Path.cwd(), targets=get_objective(spec.task).target_rule(),
+                            progress=sys.stderr.isatty(), check_targets=False)
     dt = time.monotonic() - t0
     info = bundle.info
     print(f"cache: {info['cache']['raw']}" + (f"\npreprocessed: {info['cache']['preprocessed']}"

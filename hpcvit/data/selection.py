@@ -1,11 +1,9 @@
-"""Which samples a data spec selects (cuts, ``max_samples``) and their targets: one implementation that the
-direct readers and the cache both use."""
+"""Which samples a data spec selects (cuts, ``max_samples``): one implementation that the direct readers and
+the cache both use."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-
 import numpy as np
 
 from hpcvit.data.store import DataError, Store
@@ -71,27 +69,3 @@ def select(store: Store, spec: DataSpec, columns: list[str]) -> tuple[np.ndarray
     if len(rows) == 0:
         raise DataError(f"{store.paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
     return rows, {k: v[rows] for k, v in cols.items() if k in columns}
-
-
-def make_targets(raw: np.ndarray, spec: DataSpec, where: Callable[[int], str] | None = None) -> np.ndarray:
-    """float32 targets: the positive class as 1 (binary) or the values themselves (regression).
-
-    ``where(i)`` names the file and row of the i-th value for messages.
-    """
-    raw = np.asarray(raw, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(raw))
-    if len(bad) and (spec.task == "regression" or spec.positive_value is None):
-        at = where(int(bad[0])) if where else f"row {int(bad[0])}"
-        raise DataError(f"{at}: target {spec.target_key!r} is {raw[bad[0]]} ({len(bad)} non-finite targets)")
-    if spec.task == "regression":
-        return raw.astype(np.float32)
-    if spec.positive_value is not None:
-        return (raw == spec.positive_value).astype(np.float32)
-    odd = np.flatnonzero((raw != 0) & (raw != 1))
-    if len(odd):
-        values = np.unique(raw)
-        at = where(int(odd[0])) if where else f"row {int(odd[0])}"
-        raise DataError(f"{at}: binary target {spec.target_key!r} is {raw[odd[0]]:g}, not 0/1 (values: "
-                        f"{', '.join(f'{v:g}' for v in values[:8])}{' ...' if len(values) > 8 else ''}); "
-                        "set data.positive_value")
-    return raw.astype(np.float32)

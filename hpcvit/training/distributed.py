@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hpcvit.jobenv import JobEnv
+from hpcvit.scheduler.jobenv import JobEnv
 
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=10)
 

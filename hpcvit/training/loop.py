@@ -15,20 +15,18 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from hpcvit.checkpoint import CheckpointManager
-from hpcvit.data import build_datasets
-from hpcvit.data.batches import BatchLoader
-from hpcvit.jobenv import JobEnv
 from hpcvit.ledger import TaskDir
-from hpcvit.metrics import evaluate_predictions, is_better, primary_metric
-from hpcvit.models import build_model
+from hpcvit.objectives import Objective, get_objective, is_better
+from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.states import TaskState
 from hpcvit.training import distributed, optim, startup, stop
 from hpcvit.training.distributed import Dist
@@ -42,17 +40,9 @@ RUN_LOCK_WAIT_S = 300.0
 """How long a new trainer waits for a previous copy of its task to exit before it refuses to start."""
 
 
-def _gflops(model: nn.Module, in_chans: int, img_size: int) -> float | None:
-    from hpcvit.models.info import count_gflops
-
-    try:
-        return count_gflops(model, in_chans, img_size)
-    except Exception:  # noqa: BLE001 - a FLOP count is information, never a reason to stop training
-        return None
-
-
 class Trainer:
-    """One task's training, from its spec and its task folder."""
+    """One task's training, from its spec and its task folder; what differs between kinds of task (data, model,
+    loss, metrics, artifacts) is its :class:`~hpcvit.objectives.Objective`'s."""
 
     def __init__(self, task: TaskDir, env: JobEnv | None = None):
         self.task = task
@@ -78,13 +68,11 @@ class Trainer:
                                "move them away to train this task from scratch")
         saved, self.ckpt_meta = loaded if loaded else (None, None)
         startup.mark("checkpoint read")
-        self.data = build_datasets(self.spec.data, task.sweep.root, stats=saved.get("data_stats") if saved else None,
-                                   target_scale=saved.get("target_scale") if saved else None,
-                                   scalar_scale=saved.get("scalar_scale") if saved else None)
+        self.objective: Objective = get_objective(self.spec.data.task)(self.spec, task.sweep.root)
+        self.data = self.objective.build_data(saved)
         startup.mark("data")
-        self.metric_name, self.metric_mode = primary_metric(self.spec.data.task, self.spec.checkpoint.best_metric)
-        self.scale = self.data.target_scale
-        model = self._build_model()
+        self.metric_name, self.metric_mode = self.objective.primary_metric(self.spec.checkpoint.best_metric)
+        model = self.objective.build_model()
         self.n_params = sum(p.numel() for p in model.parameters())
         model.train()
         self.model = model.to(self.d.device)
@@ -104,12 +92,11 @@ class Trainer:
                                     max_batches=o.max_steps_per_epoch * self.accum if o.max_steps_per_epoch
                                     else None)
         self.plan = StepPlan(self.sampler, self.accum)
-        self._train_loader: BatchLoader | None = None
+        self._train_loader: Any = None
         self.steps_per_epoch = self.plan.steps_per_epoch
         self.scheduler = optim.make_scheduler(o, self.optimizer, self.steps_per_epoch)
         self.amp_dtype = optim.amp_dtype(o, self.d.device)
         self.scaler = optim.make_scaler(self.amp_dtype)
-        self.loss_fn = nn.BCEWithLogitsLoss() if self.spec.data.task == "binary" else nn.MSELoss()
         self.guard = NonFiniteGuard(o.nonfinite, self.d)
         self.meter = EpochMeter(self.d.device)
         self._resumed_partial: dict[str, Any] | None = None
@@ -131,20 +118,11 @@ class Trainer:
     global_step = property(lambda self: self.progress.global_step,
                            lambda self, v: setattr(self.progress, "global_step", v))
 
-    def _build_model(self) -> nn.Module:
-        """The registered model; with ``data.scalar_inputs`` its features and the scalars feed a small head."""
-        m, data = self.spec.model, self.data
-        if not data.n_scalars:
-            return build_model(m.name, data.in_chans, data.img_size, 1, **m.kwargs)
-        from hpcvit.models.fusion import FUSION_WIDTH, ScalarFusion
-
-        return ScalarFusion(build_model(m.name, data.in_chans, data.img_size, FUSION_WIDTH, **m.kwargs), data.n_scalars)
-
     def _fresh_model(self) -> nn.Module:
         """A new copy of the model (for the FLOP count, which must not touch the trained one or its RNG)."""
         state = torch.get_rng_state()
         try:
-            return self._build_model()
+            return self.objective.build_model()
         finally:
             torch.set_rng_state(state)
 
@@ -190,10 +168,7 @@ class Trainer:
         rng = distributed.gather(distributed.rng_state(self.d), self.d)
         partial = distributed.gather(self.meter.state_dict(), self.d)
         if self.d.main:
-            extra = {"data_stats": self.data.stats.to_dict() if self.data.stats else None,
-                     "target_scale": self.scale.to_dict() if self.scale else None,
-                     "scalar_scale": self.data.scalar_scale.to_dict() if self.data.scalar_scale else None,
-                     "epoch_partial": partial if self.step_in_epoch else None}
+            extra = {**self.objective.state_dict(), "epoch_partial": partial if self.step_in_epoch else None}
             state = self.state.state_dict(rng=rng, world_size=self.d.world, extra=extra)
             p = self.progress
             self.ckpt.save_async(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
@@ -219,43 +194,22 @@ class Trainer:
     # -- loops -------------------------------------------------------------------------------------
     def _loader(self, dataset: Any, sampler: Sampler | None, batch_size: int, seed: int | None = None,
                 persistent: bool = False) -> Any:
-        from hpcvit.data.dataset import ImageDataset
-
         workers = self.spec.data.num_workers
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        pin = self.d.device.type == "cuda"
-        init = stop.ignore_in_worker if workers else None
-        indices = None
-        if isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, ImageDataset):
-            dataset, indices = dataset.dataset, dataset.indices
-        if isinstance(dataset, ImageDataset):  # whole-batch reads, no per-sample tensors to collate
-            return BatchLoader(dataset, sampler, batch_size, workers, indices=indices, pin_memory=pin,
-                               persistent=persistent, generator=generator, worker_init_fn=init)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
-                          pin_memory=pin, worker_init_fn=init, persistent_workers=False, drop_last=False)
+        return self.objective.loader(
+            dataset, sampler, batch_size, workers=workers,
+            generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+            pin_memory=self.d.device.type == "cuda", worker_init_fn=stop.ignore_in_worker if workers else None,
+            persistent=persistent)
 
-    def _to_device(self, x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
-        """The model's inputs on the device: the image batch (and the scalar inputs, when there are any)."""
-        parts = list(x) if isinstance(x, (list, tuple)) else [x]
-        out = [p.to(self.d.device, non_blocking=True) for p in parts]
-        if self.spec.optim.channels_last and out[0].ndim == 4:
-            out[0] = out[0].contiguous(memory_format=torch.channels_last)
-        return out
-
-    def _backward(self, x: torch.Tensor, y: torch.Tensor, weight: float, sync: bool) -> torch.Tensor:
+    def _backward(self, x: Any, y: Any, weight: float, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch, its loss weighted by its share of the step; the unweighted loss."""
-        o = self.spec.optim
-        x, y = self._to_device(x), y.to(self.d.device, non_blocking=True).view(-1, 1)
-        if o.label_smoothing and self.spec.data.task == "binary":
-            y = y * (1 - o.label_smoothing) + 0.5 * o.label_smoothing
-        if self.scale is not None:  # regression: the loss is on the standardised target
-            y = (y - self.scale.mean) / self.scale.std
+        inputs, target = self.objective.inputs(x, self.d.device), self.objective.target(y, self.d.device)
         # DDP all-reduces the gradients only in the backward of a step's last micro-batch.
         no_sync = self.ddp_module.no_sync() if self.ddp_module is not None and not sync else contextlib.nullcontext()
         with no_sync:
             with optim.autocast(self.d.device, self.amp_dtype):
-                out = self.ddp(*x)
-                loss = self.loss_fn(out.float(), y)
+                out = self.ddp(*inputs)
+                loss = self.objective.loss(out, target)
             scaled = loss if weight == 1.0 else loss * weight
             if self.scaler:
                 self.scaler.scale(scaled).backward()
@@ -292,7 +246,7 @@ class Trainer:
         if loader is None:
             loader = self._loader(self.data.train, self.sampler, self.spec.optim.batch_size,
                                   self.spec.optim.seed * 7919 + self.epoch, persistent=True)
-            if isinstance(loader, BatchLoader):  # iterated again each epoch: its workers and ring stay
+            if callable(getattr(loader, "close", None)):  # iterated again each epoch: its workers stay until closed
                 self._train_loader = loader
         it = iter(loader)
         self.ddp.train()
@@ -327,10 +281,11 @@ class Trainer:
                 if batch is None:
                     raise RuntimeError(f"epoch {self.epoch}: data ran out inside step {self.step_in_epoch}")
                 x, y = batch
-                loss = self._backward(x, y, len(y) / n_samples, sync=m == n_micro - 1)
+                n = self.objective.count(y)
+                loss = self._backward(x, y, n / n_samples, sync=m == n_micro - 1)
                 self.guard.observe(loss)
                 if o.nonfinite == "stop" or torch.isfinite(loss):  # skip_batch: skipped steps add no loss
-                    meter.add(loss, len(y))
+                    meter.add(loss, n)
             self._optimizer_step()
             if not self._first_step_done:
                 self._first_step_done = True
@@ -349,8 +304,9 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, dataset: Any, model: nn.Module | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        """Metrics of ``model`` (default: :attr:`eval_model`) on ``dataset``, every rank's predictions gathered."""
+    def evaluate(self, dataset: Any, model: nn.Module | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics of ``model`` (default: :attr:`eval_model`) on ``dataset`` and the predictions, every rank's
+        gathered."""
         model = self.eval_model if model is None else model
         self.ddp.eval()
         # Each rank's last forward updated its own BatchNorm statistics (and its EMA of them); evaluate rank 0's,
@@ -359,28 +315,16 @@ class Trainer:
         distributed.broadcast_buffers(model)
         indices = list(range(self.d.rank, len(dataset), self.d.world))
         loader = self._loader(torch.utils.data.Subset(dataset, indices), None, self.spec.optim.batch_size * 2)
-        outs, ys = [], []
+        collect = self.objective.evaluator()
         for x, y in loader:
             with optim.autocast(self.d.device, self.amp_dtype):
-                outs.append(model(*self._to_device(x)).float().view(-1).cpu())
-            ys.append(y.view(-1))
-        if self.scale is not None and outs:  # predictions in the target's own units
-            outs = [o.double() * self.scale.std + self.scale.mean for o in outs]
-        local = (torch.cat(outs).numpy() if outs else np.zeros(0, np.float32),
-                 torch.cat(ys).numpy() if ys else np.zeros(0, np.float32))
-        parts = distributed.gather(local, self.d)
-        out = np.concatenate([p[0] for p in parts])
-        y = np.concatenate([p[1] for p in parts])
-        return evaluate_predictions(out, y, self.spec.data.task, self.scale.std if self.scale else 1.0), out, y
+                collect.add(model(*self.objective.inputs(x, self.d.device)), y)
+        return self.objective.evaluate(distributed.gather(collect.local(), self.d))
 
     def _facts(self) -> dict[str, Any]:
         """What the MLflow run records beside the spec."""
-        info = self.data.info
-        return {"model.n_params": self.n_params, "model.gflops": _gflops(self._fresh_model(), self.data.in_chans,
-                                                                          self.data.img_size),
-                "data.fingerprint": info["fingerprint"],
-                "data.n_train": info["n_train"], "data.n_val": info["n_val"], "dist.world_size": self.d.world,
-                "data.positive_fraction_train": info.get("positive_fraction_train")}
+        return {"model.n_params": self.n_params, **self.objective.facts(self._fresh_model),
+                "dist.world_size": self.d.world}
 
     def run(self) -> int:
         try:
@@ -409,10 +353,10 @@ class Trainer:
             if train_metrics is None:
                 return self._stopped()
             self.guard.check(p.epoch, p.global_step)  # before evaluating weights that may not be finite
-            val_metrics, _, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
+            val_metrics, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
             metrics = {**train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
             if self.ema is not None:
-                raw_metrics, _, _ = self.evaluate(self.data.val, self.model)
+                raw_metrics, _ = self.evaluate(self.data.val, self.model)
                 metrics.update({f"val_raw_{k}": v for k, v in raw_metrics.items()})
             score = metrics[self.metric_name]
             improved = is_better(score, p.best_metric, self.metric_mode)
@@ -447,27 +391,25 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.module.load_state_dict(state["ema"])
-        _, val_out, val_y = self.evaluate(self.data.val)
+        by_split = {"val": self.evaluate(self.data.val)[1]}
         final: dict[str, float] = {}
-        predictions = {"val_out": val_out, "val_y": val_y}
-        roc_data = (val_y, val_out, "validation")
         if self.data.test is not None:
-            test_metrics, test_out, test_y = self.evaluate(self.data.test)
+            test_metrics, by_split["test"] = self.evaluate(self.data.test)
             final = {f"test_{k}": v for k, v in test_metrics.items()}
-            predictions.update(test_out=test_out, test_y=test_y)
-            if 0 < test_y.sum() < len(test_y):
-                roc_data = (test_y, test_out, "test")
-        y, out, split = roc_data
-        roc = None
-        if self.spec.data.task == "binary" and 0 < y.sum() < len(y):
-            roc = (y, out, f"{self.spec.model.name}, best epoch {self.progress.best_epoch}", split)
+        predictions = {f"{split}_{k}": v for split, arrays in by_split.items() for k, v in arrays.items()}
+        label = f"{self.spec.model.name}, best epoch {self.progress.best_epoch}"
+        objective = self.objective
+
+        def artifacts(folder: Path) -> list[Path]:
+            return objective.write_artifacts(folder, by_split, label)
+
         p = self.progress
         result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
                   "final": final}
         # the last epoch's metrics stay in progress.json (a search ranks its last rung by them)
         self._report_progress(TaskState.COMPLETED, last=self.task.progress().get("last") if self.d.main else None)
         self.report.finished(result, predictions, best_state=self.eval_model.state_dict(), best_checkpoint=best,
-                             roc=roc)
+                             artifacts=(objective.artifacts_dir, artifacts))
         self.report.log("finished")
         return 0
 

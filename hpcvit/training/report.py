@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hpcvit import __version__, fsio
-from hpcvit.jobenv import JobEnv
+from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.ledger import TaskDir, now_iso
 from hpcvit.spec import JobSpec
 from hpcvit.states import TaskState
@@ -27,6 +27,8 @@ from hpcvit.tracking import names
 
 log = logging.getLogger(__name__)
 
+Artifacts = tuple[str, Callable[[Path], list[Path]]]
+"""(task sub-folder and MLflow artifact path, writer of the files into that folder)."""
 BEST_WEIGHTS_ARTIFACT_LIMIT = 200 * 2**20
 """Best weights larger than this stay in the task folder and are not copied into MLflow."""
 
@@ -128,30 +130,30 @@ class TaskReport:
 
     # -- outcomes -------------------------------------------------------------------------------------
     def finished(self, result: dict[str, Any], predictions: dict[str, np.ndarray], *, best_state: Any,
-                 best_checkpoint: Path | None, roc: tuple[np.ndarray, np.ndarray, str, str] | None) -> None:
-        """Predictions, artifacts and ``result.json`` of a completed training; the MLflow run is closed."""
+                 best_checkpoint: Path | None, artifacts: Artifacts | None = None) -> None:
+        """Predictions, artifacts and ``result.json`` of a completed training; the MLflow run is closed.
+        ``artifacts``: (folder name, writer) of the objective's files, written into that task sub-folder and
+        logged under that artifact path."""
         if not self.main:
             return
         with fsio.atomic_open(self.task.file(TaskDir.PREDICTIONS)) as f:
             np.savez(f, **predictions)
         if self.tracker is not None:
-            self._log_artifacts(result, best_state, best_checkpoint, roc)
+            self._log_artifacts(result, best_state, best_checkpoint, artifacts)
         self.task.write_result({**result, "status": "completed",
                                 "mlflow_run_id": self.tracker.run_id if self.tracker else None})
 
     def _log_artifacts(self, result: dict[str, Any], best_state: Any, best_checkpoint: Path | None,
-                       roc: tuple[np.ndarray, np.ndarray, str, str] | None) -> None:
+                       artifacts: Artifacts | None) -> None:
         import torch
-
-        from hpcvit.plots import write_roc_artifacts
 
         t = self.tracker
         if result["final"]:
             t.log_final(result["final"], self.spec.optim.epochs)
-        if roc is not None:
-            y, out, title, split = roc
-            for path in write_roc_artifacts(self.task.file(TaskDir.ROC), y, out, title, split):
-                t.log_artifact(path, "roc")
+        if artifacts is not None:
+            name, write = artifacts
+            for path in write(self.task.file(name)):
+                t.log_artifact(path, name)
         t.log_artifact(self.task.file(TaskDir.PREDICTIONS))
         if best_checkpoint is not None:
             weights = self.task.file(TaskDir.BEST_WEIGHTS)

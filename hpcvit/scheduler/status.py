@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpcvit import fsio
 from hpcvit.fsio import DamagedFileError
 from hpcvit.ledger import SweepDir, TaskDir
-from hpcvit.procs import pid_alive, process_alive
-from hpcvit.states import TaskState, from_slurm
-
-SQUEUE_FORMAT = "%i|%T|%r"
+from hpcvit.scheduler.adapter import SCHEDULERS
+from hpcvit.scheduler.procs import pid_alive, process_alive
+from hpcvit.states import TaskState
 
 
 @dataclass
@@ -46,75 +43,33 @@ class TaskStatus:
     """Seconds until a running task's last epoch ends, from its wall time per epoch (None when unknown)."""
 
 
-def parse_squeue(stdout: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """``squeue --array --format=%i|%T|%r`` output -> (Slurm state, reason) of each of ``job_ids`` (and of their
-    array ids)."""
-    wanted = set(job_ids) | {j.split("_")[0] for j in job_ids}
-    states: dict[str, tuple[str, str]] = {}
-    for line in stdout.splitlines():
-        job, sep, rest = line.strip().partition("|")
-        if sep and job in wanted:
-            state, _, reason = rest.partition("|")
-            states[job] = (state.strip(), reason.strip())
-    return states
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """State of each listed Slurm job (``A_i`` for array tasks) from ONE squeue call; absent = not queued.
-
-    Asks for all of the user's jobs rather than ``--jobs=...``: one id that has aged out of the
-    controller makes squeue fail for the whole list, and a task wrongly reported gone would be resubmitted.
-    """
-    if not job_ids:
-        return {}
-    if shutil.which("squeue") is None:
-        raise RuntimeError("squeue not found: put the Slurm client tools on PATH (or use --executor local)")
-    proc = subprocess.run(["squeue", "--noheader", "--array", "--me", f"--format={SQUEUE_FORMAT}"],
-                          capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"squeue failed ({proc.stderr.strip()}); task states unknown, nothing was changed")
-    return parse_squeue(proc.stdout, job_ids)
-
-
 def effective_state(recorded: TaskState, executor: str, *, completed: bool, queue_state: str | None = None,
-                    launcher_alive: bool = False, job_alive: bool = False,
-                    trainer_alive: Callable[[], bool] = lambda: False, stop_cause: str | None = None) -> TaskState:
-    """The true state of a task from its record and what is alive.
+                    queue_reason: str = "", launcher_alive: bool | Callable[[], bool] = False,
+                    job_alive: bool | Callable[[], bool] = False, trainer_alive: Callable[[], bool] = lambda: False,
+                    stop_cause: str | None = None) -> TaskState:
+    """The true state of a task from its record and what is alive (the rule is its executor's
+    :meth:`~hpcvit.scheduler.adapter.Scheduler.true_state`).
 
-    ``queue_state``: Slurm's state of its job (None: not in the queue); ``launcher_alive``: the local launcher
-    recorded in state.json still runs; ``job_alive``: the local job's process still runs; ``trainer_alive``:
-    asked only for a task whose launcher or job is gone, whether its trainer still holds the task's lock (its
-    ranks still saving): then it is RUNNING, not LOST, and ``resume`` leaves it alone; ``stop_cause``: why the
-    trainer last stopped at a checkpoint (``time_limit`` when the launcher saw the time-limit warning).
-
-    A Slurm task stopped at a checkpoint whose job left the queue was not requeued: after a time-limit warning
-    that is TIMEOUT (submitit's requeues are used up); after a SIGTERM it is CANCELLED (``scancel``; a preemption
-    or ``scontrol requeue`` puts the job back in the queue).
+    ``queue_state``/``queue_reason``: the scheduler's state of its job and why (None: not in the queue);
+    ``launcher_alive``: the local launcher recorded in state.json still runs; ``job_alive``: the local job's
+    process still runs (both may be callables, asked only by an executor whose tasks run here);
+    ``trainer_alive``: asked only for a task whose launcher or job is gone, whether its
+    trainer still holds the task's lock (its ranks still saving): then it is RUNNING, not LOST, and ``resume``
+    leaves it alone; ``stop_cause``: why the trainer last stopped at a checkpoint (``time_limit`` when the
+    launcher saw the time-limit warning).
     """
     if completed:
         return TaskState.COMPLETED
-    stale = (TaskState.RUNNING, TaskState.QUEUED, TaskState.SUBMITTED)
-    if executor == "slurm":
-        if queue_state:
-            queued = from_slurm(queue_state)
-            if recorded == TaskState.PREEMPTED and queued != TaskState.RUNNING:
-                return TaskState.REQUEUED
-            return queued
-        if recorded in stale:
-            return TaskState.RUNNING if trainer_alive() else TaskState.LOST
-        if recorded == TaskState.PREEMPTED:
-            return TaskState.TIMEOUT if stop_cause == "time_limit" else TaskState.CANCELLED
+    if executor not in SCHEDULERS:  # never submitted
         return recorded
-    if executor == "local":
-        if recorded in (TaskState.RUNNING, TaskState.QUEUED):
-            if launcher_alive:
-                return recorded
-            return TaskState.RUNNING if trainer_alive() else TaskState.LOST
-        if recorded in (TaskState.SUBMITTED, TaskState.PREEMPTED):
-            if job_alive:
-                return TaskState.PENDING
-            return TaskState.LOST if recorded == TaskState.SUBMITTED else recorded
-    return recorded
+    return SCHEDULERS[executor].true_state(
+        recorded, queue_entry=None if queue_state is None else (queue_state, queue_reason),
+        launcher_alive=_asked(launcher_alive), job_alive=_asked(job_alive), trainer_alive=trainer_alive,
+        stop_cause=stop_cause)
+
+
+def _asked(value: bool | Callable[[], bool]) -> Callable[[], bool]:
+    return value if callable(value) else (lambda: value)
 
 
 def _recorded(state: dict, job_id: str, task: TaskDir) -> TaskState:
@@ -133,8 +88,10 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
     """
     labels = sweep.labels
     latest = sweep.latest_jobs()
-    if queue is None:
-        queue = squeue_states([j for j, ex in latest.values() if ex == "slurm"])
+    if queue is None:  # one call per executor in use (one squeue for every Slurm job of the sweep)
+        queue = {}
+        for kind, scheduler in SCHEDULERS.items():
+            queue.update(scheduler.queue([j for j, ex in latest.values() if ex == kind]))
     out = []
     tasks_dir = os.path.join(str(sweep.root), "tasks")
     for index in range(sweep.n_tasks):  # plain string paths: a 5,000-task sweep is 10,000+ file reads
@@ -146,21 +103,18 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
             progress = fsio.read_json(os.path.join(folder, TaskDir.PROGRESS), {})
             recorded = _recorded(state, job_id, task)
             queued, reason = queue.get(job_id, (None, ""))
-            if queued == "PENDING" and reason.startswith("JobHeld"):  # scontrol hold (user or admin)
-                queued = "REQUEUE_HOLD"
-            local = executor == "local"
             effective = effective_state(
                 recorded, executor, completed=_has_result(os.path.join(folder, TaskDir.RESULT)),
-                queue_state=queued,
-                launcher_alive=local and recorded in (TaskState.RUNNING, TaskState.QUEUED)
-                and process_alive(state.get("pid"), state.get("pid_start")),
-                job_alive=local and recorded in (TaskState.SUBMITTED, TaskState.PREEMPTED) and pid_alive(job_id),
-                trainer_alive=task.trainer_running, stop_cause=state.get("stop_cause"))
+                queue_state=queued, queue_reason=reason,
+                launcher_alive=lambda s=state: process_alive(s.get("pid"), s.get("pid_start")),
+                job_alive=lambda j=job_id: pid_alive(j), trainer_alive=task.trainer_running,
+                stop_cause=state.get("stop_cause"))
             message = state.get("message", "")
             if effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
                 message = f"{message}; its job ended without being requeued".lstrip("; ")
             elif effective in (TaskState.HELD, TaskState.PENDING) and reason and reason != "None":
-                message = f"Slurm: {reason}" + ("; `hpcvit resume` releases it" if effective == TaskState.HELD else "")
+                message = f"{SCHEDULERS[executor].title}: {reason}" + (
+                    "; `hpcvit resume` releases it" if effective == TaskState.HELD else "")
         except DamagedFileError as exc:
             state, progress, effective, message = {}, {}, TaskState.LOST, f"damaged ledger file {exc}"
             recorded = TaskState.LOST

@@ -139,3 +139,29 @@ def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def write_residual_artifacts(out_dir: Path, y: np.ndarray, pred: np.ndarray, label: str, split: str = "validation",
+                             target: str = "target") -> list[Path]:
+    """residuals.csv (true, predicted) and residuals.png/.pdf: predicted against true values, and the
+    distribution of the relative residual (prediction - truth) / |truth|."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    csv = out_dir / "residuals.csv"
+    np.savetxt(csv, np.stack([y, pred], axis=1), delimiter=",", header="true,predicted", comments="", fmt="%.8g")
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    ax1.scatter(y, pred, s=4, alpha=0.4)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax1.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax1.set(xlabel=f"true {target}", ylabel=f"predicted {target}", title=f"{label} ({split})")
+    nonzero = np.abs(y) > 0
+    rel = (pred[nonzero] - y[nonzero]) / np.abs(y[nonzero])
+    if len(rel):
+        ax2.hist(rel, bins=50, histtype="step")
+    ax2.set(xlabel="(predicted - true) / |true|", ylabel="samples",
+            title=f"relative residual: median {np.median(rel) if len(rel) else float('nan'):.3g}")
+    fig.tight_layout()
+    written = _save(fig, out_dir / "residuals.png")
+    plt.close(fig)
+    return [csv, *written]

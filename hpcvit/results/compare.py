@@ -28,10 +28,12 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
     """One row per task with its best/final metric, sorted best first."""
     from hpcvit.tracking import child_runs, mlflow_client
 
+    from hpcvit.objectives import get_objective, metric_mode
+
     m = sweep.manifest
     specs = sweep.run_specs()
-    metric = metric or ("val_roc_auc" if specs[0].data.task == "binary" else "val_mae")
-    maximise = not metric.endswith(("mae", "mre", "loss"))
+    metric = metric or get_objective(specs[0].data.task).primary_metric()[0]
+    maximise = metric_mode(metric) == "max"
     client = mlflow_client(m["tracking_uri"])
     rows = []
     for run in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"]):
@@ -130,7 +132,9 @@ def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, A
         out.append({"config": config_names[key], "n_seeds": len(members), "mean": float(values.mean()),
                     "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                     "tasks": sorted(m["task"] for m in members), "metric": members[0]["metric"]})
-    maximise = not (rows and rows[0]["metric"].endswith(("mae", "mre", "loss")))
+    from hpcvit.objectives import metric_mode
+
+    maximise = not rows or metric_mode(rows[0]["metric"]) == "max"
     return sorted(out, key=lambda g: -g["mean"] if maximise else g["mean"])
 
 
@@ -173,18 +177,20 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
 def _curves(sweep: SweepDir, split: str = "val") -> dict[str, tuple[Any, Any]]:
     import numpy as np
 
+    from hpcvit.objectives import get_objective
+
     labels = sweep.labels
     curves: dict[str, tuple[Any, Any]] = {}
-    if sweep.run_spec(0).data.task != "binary":  # ROC curves are for classifiers
-        return curves
+    objective = get_objective(sweep.run_spec(0).data.task)
     for task in sweep.tasks():
         path = task.file(task.PREDICTIONS)
         if path.exists():
             with np.load(path) as data:
-                key = f"{split}_out" if f"{split}_out" in data else "val_out"
-                y = data[key.replace("_out", "_y")]
-                if 0 < y.sum() < len(y):
-                    curves[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = (y, data[key])
+                prefix = split if f"{split}_y" in data else "val"
+                curve = objective.curve({k.removeprefix(f"{prefix}_"): data[k] for k in data.files
+                                         if k.startswith(f"{prefix}_")})
+            if curve is not None:
+                curves[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = curve
     return curves
 
 
@@ -192,7 +198,7 @@ def plot_overlay(sweep: SweepDir, path: Any) -> Any:
     """ROC overlay of every finished run of the sweep (validation predictions of each run's best epoch)."""
     from pathlib import Path
 
-    from hpcvit.plots import roc_overlay
+    from hpcvit.results.plots import roc_overlay
 
     curves = _curves(sweep)
     if not curves:

@@ -1,4 +1,4 @@
-"""Adaptive search: successive halving as one array per rung, survivors continuing from their own checkpoints.
+"""Adaptive search, executed: one array per rung, survivors continuing from their own checkpoints.
 
 Every configuration of the sweep is one task for its whole life (one folder, one MLflow run). Rung k is ONE
 submission over the surviving task indices, each told its rung's epoch budget in ``budget.json``; the trainer
@@ -11,71 +11,24 @@ others STOPPED_EARLY. Every configuration's learning-rate schedule is defined ov
 :func:`advance` is idempotent (it holds the sweep's search lock and records each decision once in
 ``search.json``); whoever sees the rung end first runs it: on Slurm a one-CPU job submitted with
 ``--dependency=afterany:<the rung's arrays>``, on the local executor the launcher of the rung's last task, and
-``status``/``wait``/``resume``/``compare`` when they find an undecided rung whose tasks all ended.
+``status``/``wait``/``resume``/``compare`` when they find an undecided rung whose tasks all ended. What is decided
+is :func:`hpcvit.search.policy.decide`'s; this module gathers its inputs, records and carries it out.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
-from hpcvit.ledger import SweepDir, now_iso
+from hpcvit.ledger import SweepDir, TaskDir, now_iso
+from hpcvit.scheduler.adapter import for_executor
+from hpcvit.search.policy import decide, epoch_cost, plan
 from hpcvit.spec import JobSpec, SearchSpec
 from hpcvit.states import TERMINAL, TaskState
 
 log = logging.getLogger(__name__)
 
-
-
-def adaptive(search: SearchSpec | None) -> bool:
-    """Whether a sweep's search runs in rungs (``random`` only draws the configurations)."""
-    return search is not None and search.method == "halving"
-
-
-def plan(search: SearchSpec, n: int, max_epochs: int) -> list[tuple[int, int]]:
-    """(epoch budget, configurations) of each rung: ``min_epochs * eta**k`` epochs below ``max_epochs``, then
-    ``max_epochs``; each rung keeps ``1/eta`` of the previous one, and a lone survivor goes straight to the last."""
-    if not adaptive(search):
-        return [(max_epochs, n)]
-    budgets = []
-    epochs = search.min_epochs
-    while epochs < max_epochs:
-        budgets.append(epochs)
-        epochs *= search.eta
-    budgets.append(max_epochs)
-    if n == 1:
-        return [(max_epochs, 1)]
-    rungs, size = [(budgets[0], n)], n
-    for budget in budgets[1:]:
-        size = max(1, size // search.eta)
-        if size == 1:
-            rungs.append((max_epochs, 1))
-            break
-        rungs.append((budget, size))
-    return rungs
-
-
-def epoch_cost(rungs: list[tuple[int, int]]) -> int:
-    """Most epochs the rungs can cost: each rung's survivors train only the epochs beyond the previous budget."""
-    cost, before = 0, 0
-    for epochs, size in rungs:
-        cost += size * (epochs - before)
-        before = epochs
-    return cost
-
-
-def describe(search: SearchSpec, n: int, max_epochs: int) -> str:
-    """The rungs and their cost against the full grid, in one line (validate and dry-run print it)."""
-    rungs = plan(search, n, max_epochs)
-    full = n * max_epochs
-    if not adaptive(search):
-        return f"random search: {n} configuration(s) drawn (seed {search.seed}), each {max_epochs} epochs"
-    cost = epoch_cost(rungs)
-    steps = ", ".join(f"rung {k}: {size} x {epochs} epochs" for k, (epochs, size) in enumerate(rungs))
-    return (f"successive halving by {search.metric} ({search.ranking}), eta {search.eta}: {steps}; at most "
-            f"{cost} epochs vs {full} for the full grid ({100 * cost / max(full, 1):.0f}%)")
 
 
 # -- the ledger's record -----------------------------------------------------------------------------------
@@ -95,25 +48,47 @@ def start(sweep_dir: SweepDir, search: SearchSpec, executor: str, spec: JobSpec)
 
 def _submit_rung(sweep_dir: SweepDir, record: dict[str, Any], tasks: list[int], executor: str,
                  spec: JobSpec) -> dict[int, str]:
-    """Budgets of the last rung's ``tasks``, their array, and (Slurm) the job that decides after them."""
-    from hpcvit.submission import PartialSubmission, submit, submit_after
+    """Budgets of the last rung's ``tasks``, their array, and who decides after them."""
+    from hpcvit.scheduler.submission import PartialSubmission, submit
 
     rung = record["rungs"][-1]
     for i in tasks:
         sweep_dir.task(i).write_budget(rung["rung"], rung["epochs"])
     try:
-        job_ids = submit(sweep_dir, tasks, executor, spec)
+        job_ids = submit(sweep_dir, tasks, executor, spec, after=after_task(sweep_dir, executor))
     except PartialSubmission as exc:
         job_ids = exc.submitted
         rung["jobs"].update({str(i): j for i, j in job_ids.items()})
         sweep_dir.write_search(record)
         raise
     rung["jobs"].update({str(i): j for i, j in job_ids.items()})
-    if executor == "slurm":
-        arrays = sorted({j.split("_")[0] for j in job_ids.values()})
-        rung["decider"] = submit_after(sweep_dir, Decider(str(sweep_dir.root)), arrays, spec, "decide")
+    rung["decider"] = _decision_job(sweep_dir, executor, job_ids, spec)
     sweep_dir.write_search(record)
     return job_ids
+
+
+def _decision_job(sweep_dir: SweepDir, executor: str, job_ids: dict[int, str], spec: JobSpec) -> str | None:
+    """A job that decides once the rung's arrays have ended, where the executor has such jobs (Slurm)."""
+    if not job_ids:
+        return None
+    arrays = sorted({j.split("_")[0] for j in job_ids.values()})
+    return for_executor(executor).after(sweep_dir.submitit_dir, Decider(str(sweep_dir.root)), arrays, spec, "decide")
+
+
+def after_task(sweep_dir: SweepDir, executor: str) -> RungEnd | None:
+    """What a rung's task launcher runs when its trainer ends: the decision, where no decision job does it
+    (None outside a search)."""
+    if sweep_dir.search() is None:
+        return None
+    return None if for_executor(executor).has_after_jobs else RungEnd()
+
+
+def ranking(search: SearchSpec) -> str:
+    """``max`` or ``min``: whether a larger value of the search's metric is better (``search.mode``, else the
+    metric's registered direction)."""
+    from hpcvit.objectives import metric_mode
+
+    return search.mode or metric_mode(search.metric)
 
 
 class Decider:
@@ -128,6 +103,14 @@ class Decider:
         return advance(SweepDir(Path(self.sweep_root)), by=f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
 
 
+class RungEnd:
+    """Handed to a rung's task launchers on an executor without decision jobs: the launcher of the rung's last
+    task to end decides it (:func:`advance` does nothing while other tasks of the rung run)."""
+
+    def __call__(self, task: TaskDir) -> None:
+        advance(task.sweep, by=f"launcher of task {task.index}")
+
+
 # -- the decision ------------------------------------------------------------------------------------------
 def _value(sweep_dir: SweepDir, index: int, state: TaskState, metric: str) -> float | None:
     if state == TaskState.RUNG_DONE:
@@ -140,17 +123,6 @@ def _value(sweep_dir: SweepDir, index: int, state: TaskState, metric: str) -> fl
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def rank(values: dict[int, float | None], mode: str) -> list[int]:
-    """Task indices best first by ``mode`` (``max``/``min``); NaN and missing values last; ties: lower index."""
-    def key(i: int) -> tuple[int, float, int]:
-        v = values[i]
-        if v is None or math.isnan(v):
-            return (1, 0.0, i)
-        return (0, -v if mode == "max" else v, i)
-
-    return sorted(values, key=key)
-
-
 def advance(sweep_dir: SweepDir, by: str = "hpcvit") -> dict[str, Any] | None:
     """Decide the current rung if all its tasks have ended and nobody has yet: promote, stop early, submit the
     next rung. Returns the decision made here, or None (nothing to decide, or decided already)."""
@@ -161,27 +133,25 @@ def advance(sweep_dir: SweepDir, by: str = "hpcvit") -> dict[str, Any] | None:
         rung = record["rungs"][-1]
         if record.get("cancelled") or rung["decision"] is not None:
             return None
-        from hpcvit.status import task_statuses
+        from hpcvit.scheduler.status import task_statuses
 
         states = {s.index: s.state for s in task_statuses(sweep_dir)}
         tasks = rung["tasks"]
         if not all(states[i] in TERMINAL for i in tasks):
             return None
         search = SearchSpec.model_validate(record["search"])
-        k, rungs = rung["rung"], record["plan"]
+        k, rungs = rung["rung"], [tuple(r) for r in record["plan"]]
         finished = [i for i in tasks if states[i] in (TaskState.RUNG_DONE, TaskState.COMPLETED)]
         lost = [i for i in tasks if i not in finished]
         values = {i: _value(sweep_dir, i, states[i], search.metric) for i in finished}
-        order = rank(values, search.ranking)
-        last = k == len(rungs) - 1
-        keep = 0 if last else min(rungs[k + 1][1], len(order))
-        promoted, stopped = order[:keep], [] if last else order[keep:]
+        d = decide(values, lost, k, rungs, ranking(search))
+        order, promoted = d.order, d.promoted
         note = ""
         if lost:
             note = (f"{len(lost)} of {len(tasks)} task(s) did not finish rung {k} ({', '.join(str(states[i]) for i in lost)}); "
-                    f"{'the ranking is' if last else 'promoted among'} the {len(finished)} that finished")
+                    f"{'the ranking is' if k == len(rungs) - 1 else 'promoted among'} the {len(finished)} that finished")
         decision = {"time": now_iso(), "by": by, "metric": search.metric, "values": {str(i): values[i] for i in order},
-                    "promoted": promoted, "stopped": stopped, "lost": lost, "completed": order if last else [],
+                    "promoted": d.promoted, "stopped": d.stopped, "lost": d.lost, "completed": d.completed,
                     "note": note}
         rung["decision"] = decision
         if promoted:
@@ -258,9 +228,7 @@ def cancel(sweep_dir: SweepDir) -> None:
         sweep_dir.write_search(record)
     decider = record["rungs"][-1].get("decider")
     if decider and record["rungs"][-1]["decision"] is None:
-        import subprocess
-
-        subprocess.run(["scancel", decider], check=False, timeout=60, capture_output=True)
+        for_executor(sweep_dir.manifest["executor"]).cancel_jobs([decider])
 
 
 def live_tasks(sweep_dir: SweepDir) -> set[int] | None:
@@ -282,16 +250,12 @@ def reopen(sweep_dir: SweepDir) -> None:
 
 
 def resubmitted(sweep_dir: SweepDir, job_ids: dict[int, str], executor: str, spec: JobSpec) -> None:
-    """Record a resume's jobs in the current rung and, on Slurm, a new decision job after them."""
-    from hpcvit.submission import submit_after
-
+    """Record a resume's jobs in the current rung and a new decision job after them (where there are such)."""
     with sweep_dir.lock("search"):
         record = sweep_dir.search()
         rung = record["rungs"][-1]
         rung["jobs"].update({str(i): j for i, j in job_ids.items()})
-        if executor == "slurm" and job_ids:
-            arrays = sorted({j.split("_")[0] for j in job_ids.values()})
-            rung["decider"] = submit_after(sweep_dir, Decider(str(sweep_dir.root)), arrays, spec, "decide")
+        rung["decider"] = _decision_job(sweep_dir, executor, job_ids, spec) or rung.get("decider")
         sweep_dir.write_search(record)
 
 

@@ -9,23 +9,29 @@ Slurm requeues. On the local executor, signals reach only this process, so they 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from hpcvit.fsio import HeldLock, is_locked
-from hpcvit.jobenv import RESTARTS_VAR, JobEnv
+from hpcvit.fsio import is_locked
 from hpcvit.ledger import SweepDir, TaskDir
-from hpcvit.procs import die_with_parent, pid_alive, process_start_time, signal_group
+from hpcvit.scheduler import slurm
+from hpcvit.scheduler.jobenv import RESTARTS_VAR, JobEnv
+from hpcvit.scheduler.local import Slot
+from hpcvit.scheduler.procs import die_with_parent, pid_alive, process_start_time, signal_group
 from hpcvit.spec import JobSpec
 from hpcvit.states import TaskState
+
+log = logging.getLogger(__name__)
 
 TRAINER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 SAVE_WAIT_S = 120
@@ -48,10 +54,9 @@ class LaunchError(RuntimeError):
 def rendezvous(env: JobEnv) -> tuple[str, int]:
     """The rendezvous host (the allocation's first node) and port of a multi-node task."""
     try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", env.nodelist], check=True, capture_output=True,
-                               text=True, timeout=60).stdout.split()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise LaunchError(f"cannot expand SLURM_JOB_NODELIST={env.nodelist!r} with scontrol: {exc}") from None
+        hosts = slurm.hostnames(env.nodelist)
+    except slurm.SlurmError as exc:
+        raise LaunchError(str(exc)) from None
     if not hosts:
         raise LaunchError(f"SLURM_JOB_NODELIST={env.nodelist!r} names no node")
     return hosts[0], RDZV_PORT_BASE + int(env.job_id or "0") % RDZV_PORT_SPAN
@@ -89,18 +94,6 @@ def torchrun_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv
     return cmd + ["-m", "hpcvit.train", str(task.path)]
 
 
-def _decide_rung(task: TaskDir) -> None:
-    """Local executor: the launcher of a search rung's last task decides the rung (on Slurm a job does)."""
-    from hpcvit import search
-
-    try:
-        search.advance(task.sweep, by=f"launcher of task {task.index}")
-    except Exception:  # status, wait and resume decide an undecided rung as well
-        import logging
-
-        logging.getLogger(__name__).exception("task %s: deciding the search rung failed", task.key)
-
-
 def trainer_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv) -> tuple[list[str], dict[str, str]]:
     """The trainer's argument list for this node, and the environment variables it adds.
 
@@ -115,37 +108,22 @@ def trainer_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv)
     return torchrun_command(task, nodes, procs_per_node, env), {}
 
 
-class _Slot:
-    """One of ``limit`` lock files: the local executor's stand-in for ``--array=...%K``."""
-
-    def __init__(self, sweep: SweepDir, limit: int):
-        self.dir, self.limit, self.lock = sweep.root / ".slots", limit, None
-
-    def __enter__(self) -> _Slot:
-        while True:
-            for k in range(self.limit):
-                self.lock = HeldLock.try_acquire(self.dir / f"slot-{k}")
-                if self.lock is not None:
-                    return self
-            time.sleep(0.5)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.lock is not None:
-            self.lock.release()
-
-
 class TaskLauncher(submitit.helpers.Checkpointable):
-    """Runs task ``index`` of the sweep in ``sweep_root``; pickled by submitit."""
+    """Runs task ``index`` of the sweep in ``sweep_root``; pickled by submitit.
 
-    def __init__(self, sweep_root: str):
-        self.sweep_root = sweep_root
+    ``after`` runs once the task's trainer has ended, whatever its outcome (what submitted the task decides
+    what: a search's rung decision on the local executor); an error in it is logged, never the task's.
+    """
+
+    def __init__(self, sweep_root: str, after: Callable[[TaskDir], Any] | None = None):
+        self.sweep_root, self.after = sweep_root, after
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"sweep_root": self.sweep_root}
+        return {"sweep_root": self.sweep_root, "after": self.after}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.sweep_root, self._proc = state["sweep_root"], None
+        self.sweep_root, self.after, self._proc = state["sweep_root"], state.get("after"), None
 
     def __call__(self, index: int) -> dict[str, Any]:
         task = SweepDir(Path(self.sweep_root)).task(index).ensure()
@@ -153,7 +131,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         env = JobEnv.read()
         if task.result():
             return task.write_state(state=TaskState.COMPLETED, message="already complete")
-        slot = _Slot(task.sweep, spec.resources.array_parallelism) if not env.on_slurm else None
+        slot = Slot(task.sweep.root / ".slots", spec.resources.array_parallelism) if not env.on_slurm else None
         if slot:
             task.write_state(state=TaskState.QUEUED, pid=os.getpid(), pid_start=process_start_time(os.getpid()))
             slot.__enter__()
@@ -162,9 +140,11 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         finally:
             if slot:
                 slot.__exit__(None, None, None)
-            if not env.on_slurm and task.budget() is not None:
-                _decide_rung(task)
-
+            if self.after is not None:
+                try:
+                    self.after(task)
+                except Exception:  # status, wait and resume run it again where it matters (a search's rung)
+                    log.exception("task %s: what runs after it failed", task.key)
 
     def _run(self, task: TaskDir, spec: JobSpec, env: JobEnv) -> dict[str, Any]:
         nodes, first = spec.resources.nodes, env.node_rank == 0

@@ -1,0 +1,88 @@
+"""Regression of one value per image (e.g. a particle's mass): trained on the standardised target, reported
+in the target's own units (MAE, MRE)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from hpcvit.objectives.image import ImageObjective
+from hpcvit.objectives.registry import Metric, register_objective
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpcvit.data.preprocess import TargetScale
+    from hpcvit.data.targets import Values
+
+
+def regression_metrics(out: np.ndarray, y: np.ndarray, target_std: float = 1.0) -> dict[str, float]:
+    """``loss``: the MSE of the standardised target (what training minimises, ``target_std`` the training
+    split's); ``mae`` and ``mre`` in the target's units (MRE over the nonzero targets)."""
+    out, y = np.asarray(out, np.float64), np.asarray(y, np.float64)
+    err = out - y
+    nonzero = np.abs(y) > 0
+    return {"loss": float(np.mean(err**2)) / target_std**2, "mae": float(np.mean(np.abs(err))),
+            "mre": float(np.mean(np.abs(err[nonzero]) / np.abs(y[nonzero]))) if nonzero.any() else float("nan")}
+
+
+@register_objective
+class RegressionObjective(ImageObjective):
+    """One value per image, fitted by mean squared error of the target standardised with the training split's
+    mean and std (kept in every checkpoint); predictions and metrics in the target's own units."""
+
+    name = "regression"
+    metrics = (
+        Metric("mae", "min", "mean absolute error, in the target's units"),
+        Metric("mre", "min", "mean relative error |prediction - target| / |target| (nonzero targets)"),
+        Metric("loss", "min", "mean squared error of the standardised target"),
+    )
+    default_metric = "mae"
+    artifacts_dir = "residuals"
+    state_keys: ClassVar[tuple[str, ...]] = (*ImageObjective.state_keys, "target_scale")
+    scale: TargetScale
+
+    @classmethod
+    def target_rule(cls) -> Values:
+        from hpcvit.data.targets import Values
+
+        return Values()
+
+    def fit(self, saved: dict[str, Any]) -> None:
+        from hpcvit.data.preprocess import TargetScale
+
+        self.scale = (TargetScale.from_dict(saved["target_scale"]) if saved.get("target_scale")
+                      else TargetScale.of(self.data.train.targets))
+        self.data.info["target_scale"] = self.scale.to_dict()
+
+    @cached_property
+    def loss_fn(self) -> Any:
+        from torch import nn
+
+        return nn.MSELoss()
+
+    def target(self, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+        y = y.to(device, non_blocking=True).view(-1, 1)
+        return (y - self.scale.mean) / self.scale.std
+
+    def to_units(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [o.double() * self.scale.std + self.scale.mean for o in outs]
+
+    def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        return regression_metrics(out, y, self.scale.std)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "target_scale": self.scale.to_dict()}
+
+    def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
+        """Predicted against true values and the residuals' distribution, of the test split (else validation)."""
+        from hpcvit.results.plots import write_residual_artifacts
+
+        for split, name in (("test", "test"), ("val", "validation")):
+            p = predictions.get(split)
+            if p is not None and len(p["y"]):
+                return write_residual_artifacts(folder, p["y"], p["out"], label, name, self.spec.data.target_key)
+        return []
