@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hpcvit.data import build_datasets
     from hpcvit.data.formats import open_store
-    from hpcvit.spec import DataSpec
+    from hpcvit.config import DataSpec
 
     # a data benchmark: the main process only receives batches; one intra-op thread keeps torch's OpenMP pool
     # from spinning against the loader workers on a small machine (DataLoader workers use one thread anyway)

@@ -46,7 +46,7 @@ TARGET = 1.15
 STATS = """
 import sys
 from hpcvit.data import build_datasets
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 spec = DataSpec(format=sys.argv[3], paths=[sys.argv[1]], val_fraction=0.2, test_fraction=0.1)
 bundle = build_datasets(spec, sys.argv[2], check_targets=False)
 print(bundle.stats.mean.tolist(), bundle.stats.std.tolist())

@@ -148,6 +148,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
     """On a terminal: the runs, the checks, the plan and the script(s). In a pipe or with ``-o``: exactly the
     sbatch script(s) on stdout (or in the file), one per array, everything else on stderr."""
     from hpcvit import orchestrate
+    from hpcvit.scheduler.adapter import for_executor
 
     kind = sweep.base.executor
     scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
@@ -171,7 +172,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
     else:
         for k, (tasks, script) in enumerate(scripts):
             where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
-            console.rule(f"sbatch script ({where}{'would be submitted' if kind == 'slurm' else 'for --executor slurm'})")
+            console.rule(f"sbatch script ({where}{for_executor(kind).preview_note})")
             console.print(script, markup=False, highlight=False)
     info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
     return 0

@@ -31,7 +31,7 @@ from typing import Any
 
 from hpcvit import fsio
 from hpcvit.fsio import DamagedFileError
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpcvit.spec import JobSpec, SearchSpec, SweepSpec
+from hpcvit.config import JobSpec, SearchSpec, SweepSpec
 from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
 
 # Top-level sections every run of a sweep shares.

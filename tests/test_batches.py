@@ -17,7 +17,7 @@ from hpcvit.data import build_datasets
 from hpcvit.data.batches import BatchLoader
 from hpcvit.data.memmap import MemmapStore, gather_into
 from hpcvit.data.parquet import write_jets
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 from hpcvit.training.sampler import ShardSampler
 
 

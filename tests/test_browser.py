@@ -22,7 +22,7 @@ from hpcvit.ledger import find_sweep
 from hpcvit.results.ui import compare_url, runs_url, start_server, stop_server
 from tests.conftest import SPEC, TWO_MODELS, children, hpcvit, wait_for, write_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

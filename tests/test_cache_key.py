@@ -11,7 +11,7 @@ import numpy as np
 from hpcvit.data import build_datasets
 from hpcvit.data.cache import PROBE_BLOCKS, raw_key
 from hpcvit.data.commands import main
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 
 
 def _file(path: Path, n: int = 2000) -> Path:

@@ -16,7 +16,7 @@ from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import build_datasets
 from hpcvit.data.cache import raw_key
 from hpcvit.data.parquet import write_jets
-from hpcvit.spec import DataSpec, PreprocessSpec
+from hpcvit.config import DataSpec, PreprocessSpec
 
 
 def make_file(path: Path, n: int = 24, seed: int = 0) -> tuple[Path, np.ndarray]:

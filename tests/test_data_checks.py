@@ -10,7 +10,7 @@ import pytest
 from hpcvit.objectives.binary import ClassLabels
 from hpcvit.data import DataError, build_datasets
 from hpcvit.data.parquet import write_jets
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 from tests.test_data_hdf5 import write_h5
 
 

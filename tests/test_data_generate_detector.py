@@ -16,7 +16,7 @@ from hpcvit.data.generate_diphoton import generate_diphoton, opening_angle_mass
 from hpcvit.data.generate_egamma import generate_egamma
 from hpcvit.data.parquet import ParquetStore
 from hpcvit.data.showers import phi_width
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 
 
 def _read(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from hpcvit.data import build_datasets, split_indices
 from hpcvit.data.hdf5 import HDF5Store
 from hpcvit.data import DataError, ImageDataset
 from hpcvit.data.formats import open_store
-from hpcvit.spec import DataSpec, PreprocessSpec
+from hpcvit.config import DataSpec, PreprocessSpec
 
 RAW = PreprocessSpec(zero_suppress=None, zscore=False, clip_sigma=None, minmax=False)
 

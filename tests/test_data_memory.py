@@ -26,7 +26,7 @@ the training split, adds several hundred MiB; the footer of 1,200 more row group
 STATS = """
 import sys
 from hpcvit.data import build_datasets
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 build_datasets(DataSpec(format="parquet", paths=[sys.argv[1]]), sys.argv[2], check_targets=False)
 """
 

@@ -12,7 +12,7 @@ import pytest
 from hpcvit.data import build_datasets
 from hpcvit.data.parquet import ParquetStore, dense_to_nested, jets_table, nested_to_dense, write_jets
 from hpcvit.data import DataError
-from hpcvit.spec import DataSpec, PreprocessSpec
+from hpcvit.config import DataSpec, PreprocessSpec
 
 RAW = PreprocessSpec(zero_suppress=None, zscore=False, clip_sigma=None, minmax=False)
 

@@ -8,7 +8,7 @@ import pytest
 from hpcvit.data import build_datasets, split_indices
 from hpcvit.data.parquet import write_jets
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats
-from hpcvit.spec import DataSpec, PreprocessSpec
+from hpcvit.config import DataSpec, PreprocessSpec
 
 
 def reference(x: np.ndarray, train: np.ndarray, pre: PreprocessSpec, stats=None) -> tuple[np.ndarray, tuple]:

@@ -11,7 +11,7 @@ import yaml
 
 from hpcvit.data.parquet import write_jets
 from hpcvit.data.selection import cut_columns
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 from hpcvit.ledger import find_sweep
 from tests.conftest import REPO, children, hpcvit
 

@@ -26,7 +26,7 @@ from tests.conftest import (
     write_spec,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 STATE_DIR = "/tmp/hpcvit-slurm-2n"
 CLUSTER_ENV = {"HPCVIT_SLURM_DIR": STATE_DIR, "HPCVIT_SLURMCTLD_PORT": "16917", "HPCVIT_SLURMD_PORT": "16918"}

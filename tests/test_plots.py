@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from hpcvit.results.plots import auc_interval, roc_overlay, write_roc_artifacts
+from hpcvit.objectives.figures import auc_interval, write_roc_artifacts
+from hpcvit.results.plots import roc_overlay
 
 
 def _scores(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

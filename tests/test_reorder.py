@@ -10,7 +10,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hpcvit.search import epoch_cost, plan, rank
-from hpcvit.spec import SearchSpec
+from hpcvit.config import SearchSpec
 from hpcvit.sweep import load_sweep
 from hpcvit.training.loop import Trainer
 from hpcvit.yamlio import SpecError

@@ -14,7 +14,7 @@ from tests.conftest import hpcvit, wait_for, write_spec
 from tests.test_search import search_spec
 from tests.test_search_local import check_outcome
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def job_field(job: str, field: str) -> str:

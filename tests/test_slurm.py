@@ -16,7 +16,7 @@ from hpcvit.ledger import SweepDir, find_sweep
 from tests.conftest import (SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for,
                             write_spec)
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 SLURM = "executor: slurm\n"
 

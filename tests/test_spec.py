@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.sweep import load_sweep
 from hpcvit.yamlio import SpecError
 from tests.conftest import REPO, hpcvit, write_spec

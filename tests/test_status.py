@@ -11,7 +11,7 @@ import pytest
 
 from hpcvit.ledger import SweepDir, create_sweep_dir
 from hpcvit.scheduler.procs import process_start_time
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.scheduler.slurm import from_slurm, parse_squeue
 from hpcvit.states import ACTIVE, RESUMABLE, TERMINAL, TaskState
 from hpcvit.scheduler.status import effective_state, task_statuses

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpcvit.spec import OptimSpec
+from hpcvit.config import OptimSpec
 from hpcvit.training import distributed
 from hpcvit.training.optim import lr_factor, make_optimizer, make_scheduler
 from hpcvit.training.sampler import ShardSampler, StepPlan

@@ -31,7 +31,7 @@ from hpcvit.data.preprocess import (
 from hpcvit.data.selection import cut_columns, missing_columns, select
 from hpcvit.data.store import DataError
 from hpcvit.data.targets import TargetRule, Values
-from hpcvit.spec import DataSpec, data_fields
+from hpcvit.config import DataSpec, data_fields
 
 log = logging.getLogger(__name__)
 

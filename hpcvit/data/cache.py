@@ -38,7 +38,7 @@ from hpcvit.data.memmap import MemmapStore, RowWriter, create_npy
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite, stats_block
 from hpcvit.data.selection import select
 from hpcvit.data.store import DataError, Store, rows_per
-from hpcvit.spec import DataSpec, PreprocessSpec, data_fields
+from hpcvit.config import DataSpec, PreprocessSpec, data_fields
 
 log = logging.getLogger(__name__)
 

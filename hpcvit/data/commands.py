@@ -107,7 +107,7 @@ def _parse_cut(text: str) -> tuple[str, list[float | None]]:
 
 def _spec_from_args(args: argparse.Namespace):
     from hpcvit.data.formats import detect_format
-    from hpcvit.spec import DataSpec
+    from hpcvit.config import DataSpec
 
     base: dict[str, Any] = {}
     if getattr(args, "spec", None):
@@ -156,19 +156,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
         for line in verify_raw(spec, resolve_paths(spec, Path.cwd())):
             print(f"stale cache removed: {line}")
     ensure_raw(spec, resolve_paths(spec, Path.cwd()), progress=sys.stderr.isatty(), workers=args.workers)
-    from hpcvit.objectives import get_objective
+    from hpcvit.data.targets import Values
 
-    bundle = build_datasets(spec, Path.cwd(), targets=get_objective(spec.task).target_rule(),
-                            progress=sys.stderr.isatty(), check_targets=False)
+    # the cache holds the target column as it is; the objective that trains on it checks its values
+    bundle = build_datasets(spec, Path.cwd(), targets=Values(require_finite=False), progress=sys.stderr.isatty(),
+                            check_targets=False)
     dt = time.monotonic() - t0
     info = bundle.info
     print(f"cache: {info['cache']['raw']}" + (f"\npreprocessed: {info['cache']['preprocessed']}"
                                              if info["cache"]["preprocessed"] else ""))
     print(f"{info['n_selected']} of {info['n_source']} samples ({' x '.join(map(str, info['shape']))}) in {dt:.1f} s; "
           f"train/val/test {info['n_train']}/{info['n_val']}/{info['n_test']}")
-    balance = info.get("class_balance") or info.get("target_stats")
-    if balance:
-        print("balance: " + json.dumps(balance["train"]))
+    if info.get("target_stats"):
+        print(f"target {spec.target_key!r} in the training split: " + json.dumps(info["target_stats"]["train"]))
     return 0
 
 
@@ -188,7 +188,7 @@ def _balance(values: np.ndarray) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from hpcvit.data.formats import detect_format, open_store
-    from hpcvit.spec import DataSpec
+    from hpcvit.config import DataSpec
 
     report = []
     for path in args.paths:

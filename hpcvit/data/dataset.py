@@ -9,7 +9,7 @@ import numpy as np
 
 from hpcvit.data.preprocess import ChannelStats, apply, check_finite
 from hpcvit.data.store import Store
-from hpcvit.spec import PreprocessSpec
+from hpcvit.config import PreprocessSpec
 
 
 class ImageDataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpcvit.data.store import DataError, Store
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 
 
 def detect_format(path: Path) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpcvit.data.store import DataError, rows_per
-from hpcvit.spec import PreprocessSpec
+from hpcvit.config import PreprocessSpec
 
 ABSURD = 1e15
 """A channel mean or standard deviation beyond this is no detector's energy or time: a corrupt block."""

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from hpcvit.data.store import DataError, Store
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 
 _ABS = re.compile(r"^abs\(\s*([^()\s]+)\s*\)$")
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hpcvit.data.store import DataError
-from hpcvit.spec import DataSpec
+from hpcvit.config import DataSpec
 
 Where = Callable[[int], str]
 """The file and row of the i-th selected sample, for messages."""
@@ -49,13 +49,17 @@ def nonfinite_error(raw: np.ndarray, spec: DataSpec, where: Where | None) -> Dat
 
 
 class Values:
-    """Finite values taken as they are, summarised by their mean, spread and range."""
+    """Values taken as they are, summarised by their mean, spread and range; non-finite ones are refused
+    unless ``require_finite`` is false (then they are counted)."""
 
     info_key = "target_stats"
 
+    def __init__(self, require_finite: bool = True):
+        self.require_finite = require_finite
+
     def make(self, raw: np.ndarray, spec: DataSpec, where: Where | None = None) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
-        problem = nonfinite_error(raw, spec, where)
+        problem = nonfinite_error(raw, spec, where) if self.require_finite else None
         if problem is not None:
             raise problem
         return raw.astype(np.float32)
@@ -64,8 +68,11 @@ class Values:
         out: dict[str, Any] = {}
         for name, pos in parts.items():
             t = targets[pos]
-            out[name] = ({"n": int(len(t)), "mean": float(t.mean()), "std": float(t.std()),
-                          "min": float(t.min()), "max": float(t.max())} if len(t) else {"n": 0})
+            finite = t[np.isfinite(t)]
+            out[name] = ({"n": int(len(t)), "mean": float(finite.mean()), "std": float(finite.std()),
+                          "min": float(finite.min()), "max": float(finite.max())} if len(finite) else {"n": int(len(t))})
+            if len(finite) < len(t):
+                out[name]["non_finite"] = int(len(t) - len(finite))
         return out
 
     def check(self, summary: dict[str, Any], spec: DataSpec, where: Path) -> None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from hpcvit.spec import JobSpec
+    from hpcvit.config import JobSpec
 
 
 class Evaluator:

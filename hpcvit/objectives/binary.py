@@ -14,7 +14,7 @@ from hpcvit.objectives.registry import Metric, register_objective
 if TYPE_CHECKING:
     import torch
 
-    from hpcvit.spec import DataSpec
+    from hpcvit.config import DataSpec
 
 REJECTION_EFFICIENCIES = (0.3, 0.5)
 """Signal efficiencies at which the background rejection 1/eps_B is reported."""
@@ -156,7 +156,7 @@ class BinaryObjective(ImageObjective):
     def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
         """The ROC curve (CSV, PNG, PDF) and the score histograms of the test split, or of the validation split
         when the test split is absent or holds one class."""
-        from hpcvit.results.plots import write_roc_artifacts
+        from hpcvit.objectives.figures import write_roc_artifacts
 
         for split, name in (("test", "test"), ("val", "validation")):
             p = predictions.get(split)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
-
-if TYPE_CHECKING:
-    from hpcvit.objectives.base import Objective
+from typing import Any, Literal, TypeVar
 
 Mode = Literal["max", "min"]
 SPLIT_PREFIXES = ("val_raw_", "val_", "test_", "best_val_", "best_")
@@ -34,8 +31,9 @@ class Metric:
 
 
 _METRICS: dict[str, Metric] = {}
-_OBJECTIVES: dict[str, type[Objective]] = {}
-T = TypeVar("T", bound="type[Objective]")
+_OBJECTIVES: dict[str, Any] = {}
+"""Objective classes (:class:`hpcvit.objectives.base.Objective` subclasses) by name."""
+T = TypeVar("T", bound=type)
 
 
 def register_metric(metric: Metric) -> Metric:
@@ -71,7 +69,7 @@ def _choices(names: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-def get_objective(name: str) -> type[Objective]:
+def get_objective(name: str) -> Any:
     """The objective registered as ``name``; a one-line error naming the known ones otherwise."""
     try:
         return _OBJECTIVES[name]

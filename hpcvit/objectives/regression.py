@@ -79,7 +79,7 @@ class RegressionObjective(ImageObjective):
 
     def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
         """Predicted against true values and the residuals' distribution, of the test split (else validation)."""
-        from hpcvit.results.plots import write_residual_artifacts
+        from hpcvit.objectives.figures import write_residual_artifacts
 
         for split, name in (("test", "test"), ("val", "validation")):
             p = predictions.get(split)

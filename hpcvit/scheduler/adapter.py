@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hpcvit.scheduler import local, slurm
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.states import Executor, TaskState
 
 QueueEntry = tuple[str, str]
@@ -43,6 +43,8 @@ class Scheduler:
     """How messages name the scheduler (``Slurm: JobHeldUser``)."""
     has_after_jobs: ClassVar[bool] = False
     """Whether :meth:`after` submits jobs that wait for others (else the last task's launcher runs it)."""
+    preview_note: ClassVar[str] = "for --executor slurm"
+    """What ``submit --dry-run`` says of the sbatch script it shows."""
 
     def executor(self, folder: Path, spec: JobSpec) -> Any:
         """The submitit executor that submits a sweep's tasks."""
@@ -136,6 +138,7 @@ class SlurmScheduler(Scheduler):
     kind = "slurm"
     title = "Slurm"
     has_after_jobs = True
+    preview_note = "would be submitted"
 
     def executor(self, folder: Path, spec: JobSpec) -> Any:
         return slurm.executor(folder, spec)

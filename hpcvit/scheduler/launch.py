@@ -28,7 +28,7 @@ from hpcvit.scheduler import slurm
 from hpcvit.scheduler.jobenv import RESTARTS_VAR, JobEnv
 from hpcvit.scheduler.local import Slot
 from hpcvit.scheduler.procs import die_with_parent, pid_alive, process_start_time, signal_group
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.states import TaskState
 
 log = logging.getLogger(__name__)

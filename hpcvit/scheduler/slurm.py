@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.states import TaskState
 
 SQUEUE_FORMAT = "%i|%T|%r"

@@ -9,7 +9,7 @@ from typing import Any
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.scheduler.adapter import SubmissionError, for_executor, refusal
 from hpcvit.scheduler.launch import TaskLauncher
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.states import Executor
 
 __all__ = ["PartialSubmission", "SubmissionError", "submit", "submit_after"]

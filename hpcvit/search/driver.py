@@ -24,7 +24,7 @@ from typing import Any
 from hpcvit.ledger import SweepDir, TaskDir, now_iso
 from hpcvit.scheduler.adapter import for_executor
 from hpcvit.search.policy import decide, epoch_cost, plan
-from hpcvit.spec import JobSpec, SearchSpec
+from hpcvit.config import JobSpec, SearchSpec
 from hpcvit.states import TERMINAL, TaskState
 
 log = logging.getLogger(__name__)

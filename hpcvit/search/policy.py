@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hpcvit.spec import SearchSpec
+from hpcvit.config import SearchSpec
 
 Rung = tuple[int, int]
 """(epoch budget, configurations) of one rung."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hpcvit.spec import OptimSpec
+from hpcvit.config import OptimSpec
 
 
 def make_optimizer(o: OptimSpec, model: nn.Module) -> torch.optim.Optimizer:

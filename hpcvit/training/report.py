@@ -21,7 +21,7 @@ import numpy as np
 from hpcvit import __version__, fsio
 from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.ledger import TaskDir, now_iso
-from hpcvit.spec import JobSpec
+from hpcvit.config import JobSpec
 from hpcvit.states import TaskState
 from hpcvit.tracking import names
 
