@@ -119,6 +119,28 @@ def test_dry_run_prints_array_and_submits_nothing(tmp_path: Path) -> None:
         proc.stdout.split("/runs/")[1].split("/")[0], (tmp_path / "out.sh").read_text().split("/runs/")[1].split("/")[0])
 
 
+def test_dry_run_prints_the_script_where_no_slurm_is_installed(tmp_path: Path) -> None:
+    """A laptop or a login node without the Slurm client tools: the script is printed all the same (Slurm's
+    default array size assumed), nothing is submitted."""
+    import os
+    import sys
+
+    spec = REPO / "jobs" / "sweep_coatnet.yaml"
+    for p in load_sweep(spec).base.data.paths:
+        _tiny_jets(tmp_path / p)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    env["PATH"] = str(bare)  # no srun, sbatch, squeue or scontrol to be found
+    proc = subprocess.run([sys.executable, "-m", "hpcvit.cli", "submit", str(spec), "--dry-run", "--output-dir",
+                           str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    n = len(load_sweep(spec).runs)
+    assert proc.stdout.startswith("#!/bin/bash\n") and f"#SBATCH --array=0-{n - 1}%" in proc.stdout
+    assert "srun --unbuffered" in proc.stdout and "nothing submitted" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_dry_run_checks_the_data_as_submit_does(tmp_path: Path) -> None:
     spec = REPO / "jobs" / "sweep_coatnet.yaml"
     for command in (["submit", "--dry-run"], ["submit"], ["validate"]):

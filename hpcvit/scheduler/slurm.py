@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -213,16 +214,19 @@ def captured_stderr() -> Iterator[list[str]]:
 
 
 def sbatch_script(spec: JobSpec, folder: Path, n_tasks: int) -> str:
-    """The sbatch script submitit writes for an array of ``n_tasks`` tasks (nothing is submitted).
+    """The sbatch script submitit writes for an array of ``n_tasks`` tasks (nothing is submitted, and no Slurm
+    is needed here: a login node or a laptop shows the same script).
 
     submitit has no public call that renders its script without submitting it; this is the one place that
-    uses its private renderer, so that ``submit --dry-run`` shows the very text ``sbatch`` would get.
+    uses its private renderer, with the command line its executor runs, so that ``submit --dry-run`` shows the
+    very text ``sbatch`` would get (``tests/golden/sbatch_array.sh``; ``tests/test_slurm.py`` submits it).
     """
     from submitit.slurm import slurm as submitit_slurm
 
-    ex = executor(folder, spec)
-    return submitit_slurm._make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder,
-                                              map_count=n_tasks if n_tasks > 1 else None, **ex.parameters)
+    folder = Path(folder).expanduser().absolute()
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return submitit_slurm._make_sbatch_string(command=command, folder=folder,
+                                              map_count=n_tasks if n_tasks > 1 else None, **array_parameters(spec))
 
 
 def sbatch_scripts(spec: JobSpec, folder: Path, n_tasks: int, cluster: dict[str, str] | None = None
