@@ -43,22 +43,17 @@ def check_sweep(sweep: Sweep, data: bool = True) -> list[str]:
 
 
 def check_data(sweep: Sweep) -> list[str]:
+    """Each data set of the sweep checked by its objective without reading it whole; one line per data set."""
     from hpcvit import data
+    from hpcvit.objectives import get_objective
 
     checked = []
     for spec in {r.spec.data.model_dump_json(): r.spec.data for r in sweep.runs}.values():
         try:
-            facts = data.check(spec)
+            checked.append(get_objective(spec.task).check_data(spec))
         except data.DataError as exc:
             field = exc.field or "data.paths"
             raise SpecError(str(exc), file=sweep.file, line=sweep.line_of(field), field=field) from None
-        if facts["format"] == "synthetic":
-            checked.append(f"data: synthetic, {facts['rows']} images of {'x'.join(map(str, facts['shape']))} "
-                           "(written at submission)")
-        else:
-            checked.append(f"data: {facts['files']} {facts['format']} file(s) readable, {facts['rows']} rows of "
-                           f"{'x'.join(map(str, facts['shape']))} images, columns {', '.join(facts['columns'])} "
-                           "present")
     return checked
 
 
@@ -112,8 +107,10 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
     sweep_dir = create_sweep_dir(output_dir, new_sweep_id(base.name), Path(sweep.file), specs, base.executor,
                                  [r.label for r in sweep.runs])
     try:
+        from hpcvit.objectives import get_objective
+
         for spec in {s.data.model_dump_json(): s for s in specs}.values():
-            data.prepare(spec.data, sweep_dir.root)
+            get_objective(spec.data.task).prepare_data(spec.data, sweep_dir.root)
         if tracking:
             from hpcvit.tracking import resolve_uri, setup_sweep
 

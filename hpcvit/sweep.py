@@ -160,7 +160,7 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
     if search is not None and search.n_trials:
         combos = [{**combo, **drawn} for drawn in draw(search.space, search.n_trials, search.seed) for combo in combos]
     runs: list[Run] = []
-    objectives_ok: set[tuple[str, str]] = set()
+    objectives_ok: set[tuple[str, str, str]] = set()
     for index, combo in enumerate(combos):
         run_raw = copy.deepcopy(raw)
         if search is not None and search.max_epochs is not None:  # the schedule of every run is over max_epochs
@@ -175,7 +175,7 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
             spec = JobSpec.model_validate(run_raw)
         except ValidationError as exc:
             raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
-        key = (spec.data.task, spec.checkpoint.best_metric)
+        key = (spec.data.task, spec.checkpoint.best_metric, spec.model.name)
         if key not in objectives_ok:
             problem = _objective_problem(spec)
             if problem is not None:
@@ -199,7 +199,15 @@ def _objective_problem(spec: JobSpec) -> tuple[str, str] | None:
     except ValueError as exc:
         return "data.task", str(exc)
     problem = check_metric(spec.data.task, spec.checkpoint.best_metric, "")
-    return ("checkpoint.best_metric", problem) if problem else None
+    if problem:
+        return "checkpoint.best_metric", problem
+    from hpcvit.models import check_inputs
+
+    try:
+        check_inputs(spec.model.name, get_objective(spec.data.task).model_inputs)
+    except ValueError as exc:
+        return "model.name", f"{exc} (data.task: {spec.data.task})"
+    return None
 
 
 def _check_search(search: SearchSpec, runs: list[Run], file: str, lines: dict[Loc, int]) -> None:

@@ -86,7 +86,7 @@ checkpoint: {{best_metric: {best}}}
 
 @pytest.mark.parametrize("task,best,sweep,where,words", [
     ("multiclass", "auto", "", "spec.yaml:2 data.task",
-     "unknown task 'multiclass': Input should be 'binary' or 'regression'"),
+     "unknown task 'multiclass': Input should be 'binary', 'hit_clustering' or 'regression'"),
     ("regression", "val_roc_auc", "", "spec.yaml:4 checkpoint.best_metric",
      "val_roc_auc does not apply to a regression task"),
     ("binary", "val_r2", "", "spec.yaml:4 checkpoint.best_metric", "unknown metric 'val_r2'"),

@@ -7,7 +7,15 @@ a model's keyword arguments) is checked when the sweep is expanded.
 """
 
 from hpcvit.config.base import NAME_PATTERN, SEED_LIMIT, Section
-from hpcvit.config.data import DATA_FIELD_ROLES, DataSpec, PreprocessSpec, SyntheticSpec, data_fields
+from hpcvit.config.data import (
+    DATA_FIELD_ROLES,
+    HIT_FEATURES,
+    DataSpec,
+    HitsSpec,
+    PreprocessSpec,
+    SyntheticSpec,
+    data_fields,
+)
 from hpcvit.config.job import (
     SBATCH_EXTRA_ALLOWED,
     CheckpointSpec,
@@ -19,6 +27,6 @@ from hpcvit.config.job import (
 )
 from hpcvit.config.sweep import MAX_RUNS, Distribution, SearchSpec, SweepSpec
 
-__all__ = ["DATA_FIELD_ROLES", "MAX_RUNS", "NAME_PATTERN", "SBATCH_EXTRA_ALLOWED", "SEED_LIMIT", "CheckpointSpec",
+__all__ = ["DATA_FIELD_ROLES", "HIT_FEATURES", "HitsSpec", "MAX_RUNS", "NAME_PATTERN", "SBATCH_EXTRA_ALLOWED", "SEED_LIMIT", "CheckpointSpec",
            "DataSpec", "Distribution", "JobSpec", "ModelSpec", "OptimSpec", "PreprocessSpec", "ResourcesSpec",
            "SearchSpec", "Section", "SweepSpec", "SyntheticSpec", "TrackingSpec", "data_fields"]

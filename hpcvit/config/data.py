@@ -37,8 +37,50 @@ class SyntheticSpec(Section):
     """Seed of the generator; the same seed writes the same file."""
 
 
+HIT_FEATURES = ("E", "x", "y", "z", "t", "subdetector", "is_track")
+"""The numbers of a hit in the seed's files (and the generator's): energy (GeV), position (mm), time (ns), the
+subdetector (0 tracker, 1 ECAL, 2 HCAL) and the track flag (1 for a track's hit)."""
+
+
+class HitsSpec(Section):
+    """Per-event hit lists (``task: hit_clustering``): which numbers of a hit the model sees, and how scaled."""
+
+    feature_names: list[str] = list(HIT_FEATURES)
+    """The names of the numbers each hit holds in the files, in order (the seed's layout by default)."""
+    features: list[str] = ["E", "x", "y", "z", "t"]
+    """The numbers fed to the model (names of ``feature_names``; the seed used E, x, y, z and optionally t)."""
+    track_feature: str | None = "is_track"
+    """The number that flags a track's hit (1) among calorimeter hits (0); null: the files hold no tracks."""
+    tracks: bool = True
+    """Keep the tracks' hits (the seed's ``do_tracks``); false drops them before anything else."""
+    particle_key: str | None = "particle"
+    """The per-hit array holding the index of the hit's particle in its event; where a file lacks it (or null),
+    the hits with the same label row are one particle."""
+    scaling: Literal["standard", "seed"] = "standard"
+    """``standard``: each fed number standardised with the training split's mean and std (kept in every
+    checkpoint); ``seed``: the seed's fixed scaling, tanh of the energy and positions / 2000 (others as they are)."""
+    max_hits: int = Field(4096, ge=1)
+    """Most hits an event may hold; a larger one is an error naming it (attention costs hits squared)."""
+
+    @model_validator(mode="after")
+    def _names(self) -> HitsSpec:
+        names = self.feature_names
+        if len(set(names)) != len(names) or not names:
+            raise ValueError("data.hits.feature_names: give distinct names, one per number of a hit")
+        for what, chosen in (("features", self.features), ("track_feature", [self.track_feature] if
+                                                            self.track_feature else [])):
+            unknown = [f for f in chosen if f not in names]
+            if unknown:
+                raise ValueError(f"data.hits.{what}: {unknown} not among feature_names {names}")
+        if not self.features or len(set(self.features)) != len(self.features):
+            raise ValueError("data.hits.features: give distinct names, at least one")
+        if "E" not in names:
+            raise ValueError("data.hits.feature_names must name the hit energy 'E' (metrics weight hits by it)")
+        return self
+
+
 class DataSpec(Section):
-    """Where the images come from and how they are read."""
+    """Where the samples come from and how they are read."""
 
     format: Literal["hdf5", "parquet", "synthetic"] = "synthetic"
     """File format: ``hdf5`` (electron/photon layout), ``parquet`` (jet images), or ``synthetic`` (written at submit)."""
@@ -99,6 +141,8 @@ class DataSpec(Section):
     cache_preprocessed: bool = True
     """With ``cache_dir``: also store the preprocessed images (a second float32 copy), so that data loading
     only copies memory; false preprocesses every batch in the loader workers instead (half the disk)."""
+    hits: HitsSpec | None = None
+    """Per-event hit lists (``task: hit_clustering``); null for images."""
 
     @field_validator("cuts")
     @classmethod
@@ -126,15 +170,16 @@ class DataSpec(Section):
 
 # What each data field changes, declared once: ``selection`` fields choose the samples and their raw content
 # (the raw cache is keyed by them and the files' identity), ``samples`` fields change what training sees of
-# them (targets, split, preprocessing), ``access`` fields only how they are read. The data fingerprint covers
-# selection and samples. Every field of DataSpec must be listed (checked at import).
-DATA_FIELD_ROLES: dict[str, Literal["selection", "samples", "access"]] = {
+# them (targets, split, preprocessing), ``access`` fields only how they are read; ``objective`` fields are read
+# by the one objective that needs them, which keys its own cache and fingerprint with them. The data
+# fingerprint covers selection and samples. Every field of DataSpec must be listed (checked at import).
+DATA_FIELD_ROLES: dict[str, Literal["selection", "samples", "access", "objective"]] = {
     "format": "selection", "input_key": "selection", "channels": "selection", "layout": "selection",
     "cuts": "selection", "max_samples": "selection",
     "task": "samples", "target_key": "samples", "scalar_inputs": "samples", "val_fraction": "samples", "test_fraction": "samples",
     "split_seed": "samples", "min_per_class": "access", "nonfinite": "samples", "preprocessing": "samples", "synthetic": "samples", "positive_value": "samples",
     "paths": "access", "num_workers": "access", "hdf5_chunk_cache_mb": "access", "cache_dir": "access",
-    "cache_preprocessed": "access",
+    "cache_preprocessed": "access", "hits": "objective",
 }
 if set(DATA_FIELD_ROLES) != set(DataSpec.model_fields):
     raise TypeError(f"DATA_FIELD_ROLES must list every DataSpec field: "

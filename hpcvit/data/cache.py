@@ -64,7 +64,7 @@ def file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "probe": h.hexdigest()[:16]}
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -85,12 +85,12 @@ def raw_key(spec: DataSpec, paths: list[Path]) -> str:
     """The raw cache's key: the selection fields of the spec, each source's identity (size, mtime, sampled
     blocks) and the values of every scalar column. What it misses, an image byte changed outside the sampled
     blocks in a file that kept its size and mtime, ``hpcvit data convert --verify`` finds (full hashes)."""
-    return _digest({"version": CACHE_VERSION, "sources": [file_identity(p) for p in paths],
+    return digest({"version": CACHE_VERSION, "sources": [file_identity(p) for p in paths],
                     "columns": columns_digest(spec, paths), **data_fields(spec, "selection")})
 
 
 def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None, nonfinite: str = "zero") -> str:
-    return _digest({"version": CACHE_VERSION, "raw": raw_dir.name, "pre": pre.model_dump(exclude={"stats_samples"}),
+    return digest({"version": CACHE_VERSION, "raw": raw_dir.name, "pre": pre.model_dump(exclude={"stats_samples"}),
                     "stats": stats.to_dict() if stats is not None else None, "nonfinite": nonfinite})
 
 
@@ -100,7 +100,7 @@ def _lock(cache_dir: Path, name: str):
     return fsio.file_lock(cache_dir / ".locks" / f"{name}.lock", what=f"the cache {cache_dir / name}")
 
 
-def _locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
+def locked_build(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
     """Return ``cache_dir/name``, building it with ``build(tmp_dir)`` under a lock if it does not exist."""
     final = cache_dir / name
     if (final / "meta.json").exists():
@@ -275,7 +275,7 @@ def ensure_raw(spec: DataSpec, paths: list[Path], progress: bool = False, worker
         raise ValueError("data.cache_dir is not set")
     cache_dir = Path(spec.cache_dir).expanduser().resolve()
     name = f"raw-{raw_key(spec, paths)}"
-    d = _locked_build(cache_dir, name, lambda tmp: _build_raw(spec, paths, progress, tmp, workers))
+    d = locked_build(cache_dir, name, lambda tmp: _build_raw(spec, paths, progress, tmp, workers))
     try:
         meta = json.loads((d / "meta.json").read_text())
         with np.load(d / "columns.npz") as z:
@@ -289,7 +289,7 @@ def ensure_stats(raw: RawCache, pre: PreprocessSpec, train_pos: np.ndarray, nonf
                  where: Callable[[int], str] | None = None) -> ChannelStats:
     """Channel statistics of the training rows ``train_pos`` of a raw cache (stored beside it); with
     ``nonfinite="error"`` a NaN/inf pixel is an error naming ``where(row)``."""
-    key = _digest({"train": hashlib.sha256(np.ascontiguousarray(train_pos, dtype=np.int64).tobytes()).hexdigest(),
+    key = digest({"train": hashlib.sha256(np.ascontiguousarray(train_pos, dtype=np.int64).tobytes()).hexdigest(),
                    "zero_suppress": pre.zero_suppress})
     path = raw.dir / f"stats-{key}.json"
 
@@ -346,4 +346,4 @@ def ensure_preprocessed(raw: RawCache, pre: PreprocessSpec, stats: ChannelStats 
                                         "stats": stats.to_dict() if stats else None,
                                         "build_seconds": round(time.monotonic() - t0, 2)})
 
-    return _locked_build(raw.dir.parent, name, build) / "x.npy"
+    return locked_build(raw.dir.parent, name, build) / "x.npy"

@@ -47,12 +47,20 @@ def _guarded(command: str, fn: Callable[[argparse.Namespace], int]) -> Callable[
 
 
 # -- generate -----------------------------------------------------------------------------------------------
-DETECTOR_ONLY = ("electron-vs-photon", "diphoton-mass")
-"""Processes simulated here without Pythia (a particle gun and a two-body decay into the ECAL model)."""
+DETECTOR_ONLY = ("electron-vs-photon", "diphoton-mass", "calo-hits")
+"""Processes simulated here without Pythia (a particle gun and a two-body decay into the ECAL model; jets of
+particles through a layered ECAL + HCAL, as per-event hit lists)."""
+HIT_GENERATORS = {"calo-hits": "hpcvit.hits.generate:run_cli"}
+"""Generators of per-event hit lists, by process, as ``module:function`` (imported when asked for)."""
 
 
 def _generate_detector_only(args: argparse.Namespace) -> int:
     workers = args.workers or os.cpu_count() or 1
+    if args.process in HIT_GENERATORS:
+        import importlib
+
+        module, _, name = HIT_GENERATORS[args.process].partition(":")
+        return getattr(importlib.import_module(module), name)(args)
     if args.process == "electron-vs-photon":
         from hpcvit.data.generate_egamma import generate_egamma
 
@@ -278,6 +286,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     g.add_argument("--row-group-size", type=int, default=1, help="rows per row group (1 as in the published files)")
     g.add_argument("--clusterer", choices=["fjcore", "fastjet"], default="fjcore",
                    help="anti-kT inside Pythia (fjcore, fast) or the fastjet package")
+    h = g.add_argument_group("calo-hits (per-event hit lists; -n counts events, -o an .h5 or .parquet file)")
+    h.add_argument("--jet-energy", nargs=2, type=float, metavar=("MIN", "MAX"), default=(20.0, 60.0),
+                   help="jet energy range, GeV (default 20 60)")
+    h.add_argument("--particles", nargs=2, type=int, metavar=("MIN", "MAX"), default=(3, 10),
+                   help="particles per event (default 3 10)")
+    h.add_argument("--cone", type=float, default=0.12, help="angular spread around the jet axis, rad (default 0.12; "
+                                                            "smaller overlaps more)")
+    h.add_argument("--ecal-cell-mm", type=float, default=5.0, help="ECAL cell size, mm (default 5)")
+    h.add_argument("--noise", type=float, default=15.0, help="mean noise cells per event (default 15)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     g.set_defaults(func=_guarded("generate", cmd_generate))

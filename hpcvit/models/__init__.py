@@ -1,7 +1,9 @@
 """Model zoo: every model is one name in a job spec (see :mod:`hpcvit.models._registry`)."""
 
 from hpcvit.models._registry import (
+    build_hit_model,
     build_model,
+    check_inputs,
     check_model_kwargs,
     check_model_name,
     list_models,
@@ -9,7 +11,8 @@ from hpcvit.models._registry import (
     register_model,
 )
 
-__all__ = ["build_model", "check_model_kwargs", "check_model_name", "list_models", "model_entry", "register_model"]
+__all__ = ["build_hit_model", "build_model", "check_inputs", "check_model_kwargs", "check_model_name", "list_models",
+           "model_entry", "register_model"]
 
 # Written here.
 register_model("cnn_small", "hpcvit.models.cnn:build_cnn_small", "cnn",
@@ -41,3 +44,11 @@ register_model("resnet15", "hpcvit.models.resnet15:build_resnet15", "cnn",
                "CMS end-to-end ResNet-15: 7x7 stem, 7 residual blocks 16->32 channels, global max pool")
 register_model("effswin", "hpcvit.models.effswin:build_effswin", "hybrid",
                "GSoC hybrid EffSwin: EfficientNet-B3 stages -> Swin-T stages 3-4; padded to a multiple of 32")
+
+# Hit clustering (seed 003): per-event hit lists in, each hit's particle out.
+register_model("clusters_finder", "hpcvit.hits.models:build_clusters_finder", "hits",
+               "seed 003's ClustersFinder: embedders + nn.Transformer, a softmax over nclusters_max clusters per hit",
+               inputs="hits")
+register_model("hit_set_transformer", "hpcvit.hits.models:build_hit_set_transformer", "hits",
+               "hit encoder + learnt cluster queries (DETR/MaskFormer), Hungarian-matched to the particles",
+               inputs="hits")

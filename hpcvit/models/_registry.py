@@ -1,8 +1,9 @@
 """One registry of model builders, importable without torch.
 
 Entries name their builder as ``"module:function"`` and are imported on first use, so validating a
-5,000-run sweep does not pay for importing torch and timm. Every builder has the signature
-``build(in_chans: int, img_size: int, num_outputs: int = 1, **kwargs) -> torch.nn.Module``.
+5,000-run sweep does not pay for importing torch and timm. What a builder is given from the data depends on the
+inputs it takes (:data:`FIXED_ARGS`): an ``image`` model ``build(in_chans: int, img_size: int, num_outputs: int = 1,
+**kwargs)``, a ``hits`` model (per-event hit lists) ``build(n_features: int, **kwargs)``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-_FIXED_ARGS = ("in_chans", "img_size", "num_outputs")
+FIXED_ARGS = {"image": ("in_chans", "img_size", "num_outputs"), "hits": ("n_features", "n_types")}
+"""The builder arguments hpcvit sets from the data, by the kind of inputs a model takes."""
 
 
 @dataclass(frozen=True)
@@ -26,21 +28,25 @@ class ModelEntry:
     family: str
     """``vit`` (plain transformer), ``windowed``, ``hybrid`` (conv + attention) or ``cnn``."""
     description: str
+    inputs: str = "image"
+    """What the model reads: ``image`` (C x H x W) or ``hits`` (per-event hit lists)."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, target: str, family: str, description: str) -> None:
+def register_model(name: str, target: str, family: str, description: str, inputs: str = "image") -> None:
     """Add a model under ``name``; names are unique."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelEntry(name, target, family, description)
+    if inputs not in FIXED_ARGS:
+        raise ValueError(f"model {name!r}: inputs {inputs!r} is none of {', '.join(FIXED_ARGS)}")
+    _REGISTRY[name] = ModelEntry(name, target, family, description, inputs)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style wildcard, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", inputs: str | None = "image") -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted; those taking ``inputs`` (None: all)."""
+    return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and inputs in (None, e.inputs))
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -67,11 +73,12 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     if not kwargs:
         return
     builder = get_builder(name)
+    fixed = FIXED_ARGS[model_entry(name).inputs]
     params = inspect.signature(builder).parameters
-    accepted = [p for p in params if p not in _FIXED_ARGS and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    accepted = [p for p in params if p not in fixed and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
     hints = typing.get_type_hints(builder)
     for key, value in kwargs.items():
-        if key in _FIXED_ARGS:
+        if key in fixed:
             raise ValueError(f"model.kwargs.{key} is set by hpcvit from the data; remove it")
         if key not in accepted:
             raise ValueError(f"model {name!r} takes no argument {key!r}; it takes: {', '.join(accepted) or 'none'}")
@@ -85,7 +92,23 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
                 raise ValueError(f"model {name!r} argument {key!r} takes {want}, not {value!r}") from None
 
 
+def check_inputs(name: str, inputs: str) -> None:
+    """Raise ``ValueError`` when model ``name`` reads other inputs than ``inputs`` (what the task's data is)."""
+    entry = model_entry(name)
+    if entry.inputs != inputs:
+        fit = ", ".join(list_models(inputs=inputs)) or "none"
+        raise ValueError(f"model {name!r} reads {entry.inputs}, this task's data are {inputs} (its models: {fit})")
+
+
 def build_model(name: str, in_chans: int, img_size: int, num_outputs: int = 1, **kwargs: Any) -> Any:
     """Build the registered model for images of ``in_chans`` x ``img_size`` x ``img_size``."""
+    check_inputs(name, "image")
     check_model_kwargs(name, kwargs)
     return get_builder(name)(in_chans=in_chans, img_size=img_size, num_outputs=num_outputs, **kwargs)
+
+
+def build_hit_model(name: str, n_features: int, n_types: int, **kwargs: Any) -> Any:
+    """Build the registered model for hit lists of ``n_features`` numbers per hit and ``n_types`` particle types."""
+    check_inputs(name, "hits")
+    check_model_kwargs(name, kwargs)
+    return get_builder(name)(n_features=n_features, n_types=n_types, **kwargs)

@@ -5,7 +5,7 @@ owns; :mod:`.image` is what the image objectives share; :mod:`.binary` and :mod:
 in. Importing this package registers them.
 """
 
-from hpcvit.objectives import binary, regression  # noqa: F401 - registers the built-in objectives
+from hpcvit.objectives import binary, hits, regression  # noqa: F401 - registers the built-in objectives
 from hpcvit.objectives.base import Evaluator, Objective
 from hpcvit.objectives.registry import (
     Metric,

@@ -49,6 +49,11 @@ class Objective:
     """Task sub-folder and MLflow artifact path of :meth:`write_artifacts`' files."""
     state_keys: ClassVar[tuple[str, ...]] = ()
     """The checkpoint entries :meth:`state_dict` writes and :meth:`build_data` reads back."""
+    model_inputs: ClassVar[str] = "image"
+    """What its models read (a registered model's ``inputs``): ``image`` or ``hits``."""
+    arrange: Any = None
+    """``arrange(indices, batch_size, seed) -> indices``: how a rank's epoch is ordered into batches (None: as
+    drawn); see :class:`~hpcvit.training.sampler.ShardSampler`."""
 
     def __init__(self, spec: JobSpec, sweep_root: Path):
         self.spec, self.sweep_root = spec, sweep_root
@@ -61,6 +66,16 @@ class Objective:
         return name, metric_mode(name)
 
     # -- data ----------------------------------------------------------------------------------------------
+    @classmethod
+    def check_data(cls, spec: Any) -> str:
+        """Check a data set against its spec before anything is submitted, reading metadata, not the data set:
+        one line saying what was checked; a :class:`~hpcvit.data.DataError` naming the spec field otherwise."""
+        raise NotImplementedError
+
+    @classmethod
+    def prepare_data(cls, spec: Any, sweep_root: Path) -> None:
+        """What must exist before the tasks start (a synthetic set written); called once per data set."""
+
     @classmethod
     def target_rule(cls) -> Any:
         """How a data set's target column becomes this objective's targets

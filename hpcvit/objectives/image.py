@@ -45,6 +45,23 @@ class ImageObjective(Objective):
     state_keys: ClassVar[tuple[str, ...]] = ("data_stats", "scalar_scale")
     data: DataBundle
 
+    @classmethod
+    def check_data(cls, spec: Any) -> str:
+        from hpcvit.data import check
+
+        facts = check(spec)
+        shape = "x".join(map(str, facts["shape"]))
+        if facts["format"] == "synthetic":
+            return f"data: synthetic, {facts['rows']} images of {shape} (written at submission)"
+        return (f"data: {facts['files']} {facts['format']} file(s) readable, {facts['rows']} rows of {shape} images, "
+                f"columns {', '.join(facts['columns'])} present")
+
+    @classmethod
+    def prepare_data(cls, spec: Any, sweep_root: Any) -> None:
+        from hpcvit.data import prepare
+
+        prepare(spec, sweep_root)
+
     def build_data(self, saved: dict[str, Any] | None) -> DataBundle:
         from hpcvit.data import build_datasets
 

@@ -90,7 +90,7 @@ class Trainer:
         # The sampler counts micro-batches; a step is one optimiser step of up to ``accum`` of them.
         self.sampler = ShardSampler(len(self.data.train), self.d.rank, self.d.world, o.batch_size, o.seed,
                                     max_batches=o.max_steps_per_epoch * self.accum if o.max_steps_per_epoch
-                                    else None)
+                                    else None, arrange=self.objective.arrange)
         self.plan = StepPlan(self.sampler, self.accum)
         self._train_loader: Any = None
         self.steps_per_epoch = self.plan.steps_per_epoch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -13,13 +13,16 @@ class ShardSampler(Sampler[int]):
     """Each rank's share of a (seeded, per-epoch) permutation, resumable at any batch.
 
     Every rank gets the same number of batches (the permutation is cut to a multiple of the world size),
-    so DDP ranks never wait on each other at the end of an epoch.
+    so DDP ranks never wait on each other at the end of an epoch. ``arrange(indices, batch_size, seed)``, when
+    given, reorders a rank's epoch (e.g. batches of events of similar length); it must return the same indices
+    and depend on nothing but its arguments, so that a resumed epoch sees the same batches.
     """
 
     def __init__(self, n: int, rank: int, world: int, batch_size: int, seed: int, shuffle: bool = True,
-                 max_batches: int | None = None):
+                 max_batches: int | None = None,
+                 arrange: Callable[[list[int], int, int], list[int]] | None = None):
         self.n, self.rank, self.world, self.batch_size = n, rank, world, batch_size
-        self.seed, self.shuffle = seed, shuffle
+        self.seed, self.shuffle, self.arrange = seed, shuffle, arrange
         per_rank = n // world
         self.batches = math.ceil(per_rank / batch_size)
         if max_batches is not None:
@@ -38,7 +41,10 @@ class ShardSampler(Sampler[int]):
         else:
             order = list(range(self.n))
         usable = (self.n // self.world) * self.world
-        return order[:usable][self.rank::self.world][: self.per_rank]
+        mine = order[:usable][self.rank::self.world][: self.per_rank]
+        if self.arrange is not None:
+            mine = self.arrange(mine, self.batch_size, (self.seed * 100_003 + self.epoch) * 1_009 + self.rank)
+        return mine
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices()[self.start_batch * self.batch_size:])

@@ -137,7 +137,7 @@ for fragment, words in [
     ("cuts: {pt: [.nan, 2]}", "finite number"), ("cuts: {'p t': [1, 2]}", "name a column"),
     ("max_samples: 0", "greater than 0"), ("layout: NCWH", "'auto', 'NHWC' or 'NCHW'"),
     ("num_workers: -1", "greater than or equal to 0"), ("split_seed: -1", "greater than or equal to 0"),
-    ("hdf5_chunk_cache_mb: 0", "greater than 0"), ("task: multiclass", "'binary' or 'regression'"),
+    ("hdf5_chunk_cache_mb: 0", "greater than 0"), ("task: multiclass", "'hit_clustering' or 'regression'"),
     ("positive_value: photon", "valid number"), ("preprocessing: {clip_sigma: -5}", "greater than 0"),
     ("preprocessing: {zero_suppress: -1}", "greater than or equal to 0"),
     ("preprocessing: {stats_samples: 0}", "greater than 0"), ("preprocessing: {zscore: sometimes}", "valid boolean"),
