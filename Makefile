@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean data-top data-qg data-egamma data-mass
+.PHONY: install demo test bench clean data-top data-qg data-egamma data-mass data-hits
 
 $(BIN)/.installed: pyproject.toml hpcvit/data/_reorder.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,3 +39,7 @@ data-egamma: install
 
 data-mass: install
 	$(BIN)/hpcvit data generate --process diphoton-mass -n 4000 --seed 1 -o data/diphoton_mass_n4000_seed1.parquet
+
+# Calorimeter hits of jets through an ILD-like barrel, per-event hit lists in the seed's HDF5 layout (seed 003).
+data-hits: install
+	$(BIN)/hpcvit data generate --process calo-hits -n 20000 --seed 1 --jet-energy 10 30 --particles 2 6 --ecal-cell-mm 10 -o data/calo_hits_n20000_seed1.h5

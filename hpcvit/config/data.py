@@ -59,6 +59,9 @@ class HitsSpec(Section):
     scaling: Literal["standard", "seed"] = "standard"
     """``standard``: each fed number standardised with the training split's mean and std (kept in every
     checkpoint); ``seed``: the seed's fixed scaling, tanh of the energy and positions / 2000 (others as they are)."""
+    center: bool = True
+    """Feed positions relative to the event's energy-weighted centroid of calorimeter hits (what separates
+    particles is where they are with respect to each other, not where the jet hit the barrel)."""
     max_hits: int = Field(4096, ge=1)
     """Most hits an event may hold; a larger one is an error naming it (attention costs hits squared)."""
 

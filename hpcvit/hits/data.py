@@ -76,14 +76,36 @@ class HitScale:
                    tuple(float(s) if s > 0 else 1.0 for s in std))
 
 
+@dataclass(frozen=True)
+class Feed:
+    """Which raw numbers of a hit are fed (``columns``), and the positions among them to centre per event."""
+
+    columns: tuple[int, ...]
+    energy: int
+    track: int | None
+    centred: tuple[int, ...] = ()
+    """Raw columns (x, y, z) fed relative to the event's energy-weighted centroid of calorimeter hits."""
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        x = np.asarray(raw, np.float32)[:, list(self.columns)]
+        if self.centred and len(raw):
+            w = np.asarray(raw[:, self.energy], np.float64)
+            if self.track is not None:
+                w = np.where(raw[:, self.track] == 1, 0.0, w)
+            w = w if w.sum() > 0 else np.ones(len(raw))
+            for c in self.centred:
+                j = self.columns.index(c)
+                x[:, j] -= np.float32((raw[:, c] * w).sum() / w.sum())
+        return x
+
+
 class HitDataset:
     """Events of the cache (``events``: cache positions); each item one event's arrays. Opens the memory maps
     lazily in each process, so it pickles to loader workers."""
 
-    def __init__(self, cache_dir: Path, events: np.ndarray, columns: list[int], scale: HitScale, energy: int,
-                 track: int | None):
+    def __init__(self, cache_dir: Path, events: np.ndarray, feed: Feed, scale: HitScale):
         self.cache_dir, self.events = Path(cache_dir), np.asarray(events, np.int64)
-        self.columns, self.scale, self.energy, self.track = columns, scale, energy, track
+        self.feed, self.scale = feed, scale
         self._arrays: Hits | None = None
         self.sizes = np.diff(self.arrays.offsets)[self.events]
 
@@ -104,7 +126,7 @@ class HitDataset:
         event = int(self.events[i])
         lo, hi = int(a.offsets[event]), int(a.offsets[event + 1])
         raw = np.asarray(a.features[lo:hi], np.float32)
-        return {"hits": self.scale.apply(raw[:, self.columns]), "raw": raw, "particle": np.asarray(a.particle[lo:hi]),
+        return {"hits": self.scale.apply(self.feed(raw)), "raw": raw, "particle": np.asarray(a.particle[lo:hi]),
                 "labels": np.asarray(a.labels[lo:hi], np.float32), "event": event}
 
 

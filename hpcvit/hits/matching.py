@@ -61,8 +61,7 @@ def match_slots(assign: torch.Tensor, particle: torch.Tensor, type_logp: torch.T
     cost = -torch.einsum("bhp,bhk->bpk", onehot, logp) / counts.clamp_min(1).unsqueeze(-1)
     if type_logp is not None and types is not None:
         # per-slot type: -log p_k(type of particle j)
-        ptype = torch.full((b, n_p), 0, dtype=torch.long, device=particle.device)
-        ptype.scatter_(1, particle.clamp_min(0), types.clamp_min(0))
+        ptype = per_particle(types.clamp_min(0).unsqueeze(-1), particle, n_p).squeeze(-1)
         cost = cost - torch.gather(type_logp.detach().float().unsqueeze(1).expand(b, n_p, k, -1), 3,
                                    ptype[:, :, None, None].expand(b, n_p, k, 1)).squeeze(-1)
     from scipy.optimize import linear_sum_assignment

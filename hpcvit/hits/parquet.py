@@ -66,10 +66,11 @@ class ParquetHits(HitStore):
         self._groups: list[np.ndarray] = []
         for path in self.paths:
             try:
-                meta = pq.ParquetFile(path).metadata
+                pf = pq.ParquetFile(path)
+                meta = pf.metadata
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
                 raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-            names = set(meta.schema.names)
+            names = set(pf.schema_arrow.names)
             for key, field in ((input_key, "data.input_key"), (target_key, "data.target_key")):
                 if key not in names:
                     raise DataError(f"{path}: no column {key!r} (has: {', '.join(sorted(names))})", field=field)

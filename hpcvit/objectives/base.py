@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from hpcvit.objectives.registry import Metric, Mode, metric_mode
+from hpcvit.objectives.registry import Column, Metric, Mode, metric_mode
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +49,8 @@ class Objective:
     """Task sub-folder and MLflow artifact path of :meth:`write_artifacts`' files."""
     state_keys: ClassVar[tuple[str, ...]] = ()
     """The checkpoint entries :meth:`state_dict` writes and :meth:`build_data` reads back."""
+    compare_columns: ClassVar[tuple[Column, ...]] = ()
+    """What ``hpcvit compare`` shows of each run beside the primary metric."""
     model_inputs: ClassVar[str] = "image"
     """What its models read (a registered model's ``inputs``): ``image`` or ``hits``."""
     arrange: Any = None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcvit.objectives.image import ImageObjective
-from hpcvit.objectives.registry import Metric, register_objective
+from hpcvit.objectives.registry import Column, Metric, register_objective
 
 if TYPE_CHECKING:
     import torch
@@ -130,6 +130,8 @@ class BinaryObjective(ImageObjective):
     flags = tuple(f"rejection_at_eff_{e}_is_bound" for e in REJECTION_EFFICIENCIES)
     default_metric = "roc_auc"
     artifacts_dir = "roc"
+    compare_columns = (Column("rej@0.3", "1/eB@.3", "val_rejection_at_eff_0.3", 1, 1, bound=True),
+                       Column("rej@0.5", "1/eB@.5", "val_rejection_at_eff_0.5", 1, 3, bound=True))
 
     @classmethod
     def target_rule(cls) -> ClassLabels:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from hpcvit.objectives.base import Evaluator, Objective
-from hpcvit.objectives.registry import Metric, register_objective
+from hpcvit.objectives.registry import Column, Metric, register_objective
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +71,8 @@ class HitClustering(Objective):
     )
     default_metric = "efficiency"
     artifacts_dir = "clusters"
+    compare_columns = (Column("purity", "purity", "val_purity", 3, 1), Column("merged", "merged", "val_merge_rate", 3, 2),
+                       Column("ari", "ARI", "val_ari", 3, 2), Column("pid", "PID", "val_pid_accuracy", 3, 3))
     state_keys: ClassVar[tuple[str, ...]] = ("hit_scale",)
     model_inputs = "hits"
     data: HitBundle
@@ -120,25 +122,26 @@ class HitClustering(Objective):
         from hpcvit.data import fingerprint, resolve_paths, split_indices
         from hpcvit.data.cache import digest
         from hpcvit.hits.cache import ensure
-        from hpcvit.hits.data import HitBundle, HitDataset, HitScale
+        from hpcvit.hits.data import Feed, HitBundle, HitDataset, HitScale
 
         spec = self.spec.data.model_copy(update={"hits": self.hits})
         paths = resolve_paths(spec, self.sweep_root)
         cache = ensure(spec, paths, self.sweep_root)
         train, val, test = split_indices(cache.n, spec)
         names = list(self.hits.feature_names)
-        columns = [names.index(f) for f in self.hits.features]
+        track = names.index(self.hits.track_feature) if self.hits.track_feature else None
+        centred = tuple(names.index(c) for c in ("x", "y", "z") if self.hits.center and c in self.hits.features)
+        feed = Feed(tuple(names.index(f) for f in self.hits.features), names.index("E"), track, centred)
         saved = saved or {}
         if saved.get("hit_scale"):
             scale = HitScale.from_dict(saved["hit_scale"])
         else:
             arrays = cache.arrays()
-            blocks = (np.asarray(arrays.features[arrays.offsets[e]:arrays.offsets[e + 1]])[:, columns] for e in train)
+            blocks = (feed(np.asarray(arrays.features[arrays.offsets[e]:arrays.offsets[e + 1]])) for e in train)
             scale = HitScale.of(self.hits.scaling, list(self.hits.features), blocks)
-        track = names.index(self.hits.track_feature) if self.hits.track_feature else None
 
         def part(pos: np.ndarray) -> HitDataset:
-            return HitDataset(cache.dir, pos, columns, scale, names.index("E"), track)
+            return HitDataset(cache.dir, pos, feed, scale)
 
         from hpcvit.data import DataError
 

@@ -30,6 +30,23 @@ class Metric:
     """What it measures, in one line (shown by ``hpcvit validate`` errors and the docs)."""
 
 
+@dataclass(frozen=True)
+class Column:
+    """A column an objective adds to ``hpcvit compare``."""
+
+    key: str
+    """Key in the comparison's rows (and CSV/JSON records)."""
+    header: str
+    """Header in the terminal table."""
+    metric: str
+    """The MLflow metric shown (its last value)."""
+    digits: int = 3
+    priority: int = 1
+    """The highest is left out first on a narrow terminal."""
+    bound: bool = False
+    """Whether ``<metric>_is_bound`` marks a value that is only a lower bound (shown as ``>=``)."""
+
+
 _METRICS: dict[str, Metric] = {}
 _OBJECTIVES: dict[str, Any] = {}
 """Objective classes (:class:`hpcvit.objectives.base.Objective` subclasses) by name."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from hpcvit.objectives.image import ImageObjective
-from hpcvit.objectives.registry import Metric, register_objective
+from hpcvit.objectives.registry import Column, Metric, register_objective
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,7 @@ class RegressionObjective(ImageObjective):
     )
     default_metric = "mae"
     artifacts_dir = "residuals"
+    compare_columns = (Column("mae", "MAE", "val_mae", 3, 1), Column("mre", "MRE", "val_mre", 3, 1))
     state_keys: ClassVar[tuple[str, ...]] = (*ImageObjective.state_keys, "target_scale")
     scale: TargetScale
 

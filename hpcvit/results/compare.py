@@ -12,8 +12,21 @@ from hpcvit.ledger import SweepDir
 from hpcvit.tables import RECORD_FORMATS, records_text
 from hpcvit.tracking import names
 
-_COLUMNS = ("task", "run", "model", "status", "params_M", "epochs", "best", "final", "rej@0.3", "rej@0.5",
-            "img_s", "wall_min")
+_BASE = ("task", "run", "model", "status", "params_M", "epochs", "best", "final")
+_TAIL = ("img_s", "wall_min")
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The record columns: the common ones and the objective's own (those its rows carry)."""
+    extra = [c.key for c in _known_columns().values() if rows and c.key in rows[0]]
+    return [*_BASE, *extra, *_TAIL]
+
+
+def _known_columns() -> dict[str, Any]:
+    from hpcvit.objectives import objective_names
+    from hpcvit.objectives.registry import get_objective
+
+    return {c.key: c for name in objective_names() for c in get_objective(name).compare_columns}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -32,7 +45,8 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
 
     m = sweep.manifest
     specs = sweep.run_specs()
-    metric = metric or get_objective(specs[0].data.task).primary_metric()[0]
+    objective = get_objective(specs[0].data.task)
+    metric = metric or objective.primary_metric()[0]
     maximise = metric_mode(metric) == "max"
     client = mlflow_client(m["tracking_uri"])
     rows = []
@@ -44,16 +58,16 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
         index = int(run.data.tags.get(names.TASK_INDEX_TAG, -1))
         metrics = run.data.metrics
         wall = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000 if run.info.start_time else None
-        rows.append({
+        row = {
             "task": index, "run": run.info.run_name, "model": run.data.tags.get(names.MODEL_TAG, ""),
             "status": run.info.status, "params_M": float(run.data.params.get("model.n_params", "nan")) / 1e6,
-            "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None,
-            "rej@0.3": metrics.get("val_rejection_at_eff_0.3"), "rej@0.5": metrics.get("val_rejection_at_eff_0.5"),
-            "rej@0.3_bound": bool(metrics.get("val_rejection_at_eff_0.3_is_bound")),
-            "rej@0.5_bound": bool(metrics.get("val_rejection_at_eff_0.5_is_bound")),
-            "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
-            "run_id": run.info.run_id,
-        })
+            "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None}
+        for c in objective.compare_columns:  # the objective's own columns, and whether a value is a lower bound
+            row[c.key] = metrics.get(c.metric)
+            if c.bound:
+                row[f"{c.key}_bound"] = bool(metrics.get(f"{c.metric}_is_bound"))
+        rows.append({**row, "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
+                     "run_id": run.info.run_id})
     rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0) if maximise else (r["best"] or 0)))
     _add_rungs(sweep, rows)
     return rows
@@ -91,9 +105,17 @@ def _outcome(record: dict[str, Any], index: int) -> str:
 
 # Terminal table: (row key, header, digits); "run" is left out, task index and model name say it.
 # Terminal table: (row key, header, digits, priority: the highest is left out first on a narrow terminal).
-_TABLE = (("task", "#", 0, 0), ("model", "model", 0, 0), ("status", "status", 0, 3), ("params_M", "Mparams", 2, 2),
-          ("epochs", "ep", 0, 2), ("best", "best", 4, 0), ("final", "final", 4, 1), ("rej@0.3", "1/eB@.3", 1, 1),
-          ("rej@0.5", "1/eB@.5", 1, 3), ("img_s", "img/s", 0, 4), ("wall_min", "min", 1, 4))
+_HEAD = (("task", "#", 0, 0), ("model", "model", 0, 0), ("status", "status", 0, 3), ("params_M", "Mparams", 2, 2),
+         ("epochs", "ep", 0, 2), ("best", "best", 4, 0), ("final", "final", 4, 1))
+_END = (("img_s", "img/s", 0, 4), ("wall_min", "min", 1, 4))
+
+
+def _table(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, int, int], ...]:
+    """(row key, header, digits, priority: the highest is left out first on a narrow terminal) of each column."""
+    known = _known_columns()
+    extra = tuple((k, known[k].header, known[k].digits, known[k].priority) for k in _columns(rows)
+                  if k in known)
+    return (*_HEAD, *extra, *_END)
 _STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
                 "SCHEDULED": "queued"}
 
@@ -103,8 +125,8 @@ def _cell(row: dict[str, Any], key: str, digits: int) -> str:
         if row.get("outcome") == "stopped_early":
             return "pruned"  # STOPPED_EARLY: FINISHED in MLflow, by the search's decision
         return _STATUS_WORD.get(row[key], str(row[key]).lower())
-    text = _fmt(row[key], digits)
-    if key.startswith("rej@") and row.get(f"{key}_bound") and text:
+    text = _fmt(row.get(key), digits)
+    if row.get(f"{key}_bound") and text:
         return f">={text}"  # no background event passed: the number of background events is a lower bound
     return text
 
@@ -158,18 +180,20 @@ def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[st
 
     rows = compare_rows(sweep, metric) if rows is None else rows
     name = rows[0]["metric"] if rows else (metric or "metric")
+    table = _table(rows)
     columns = [Column(header, numeric=key not in ("model", "status"), priority=prio)
-               for key, header, _, prio in _TABLE]
-    cells = [[_cell(r, key, digits) for key, _, digits, _ in _TABLE] for r in rows]
+               for key, header, _, prio in table]
+    cells = [[_cell(r, key, digits) for key, _, digits, _ in table] for r in rows]
     return fit(f"{sweep.sweep_id}: runs by {name} (best and final epoch)", columns, cells, width)
 
 
 def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt in RECORD_FORMATS:
-        return records_text(rows, fmt, None if rows else list(_COLUMNS))
-    digits = {key: d for key, _, d, _ in _TABLE}
-    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, c, digits.get(c, 4)) if c != "status" else str(r[c]) for c in _COLUMNS)
+        return records_text(rows, fmt, None if rows else list(_columns(rows)))
+    columns = _columns(rows)
+    digits = {key: d for key, _, d, _ in _table(rows)}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r, c, digits.get(c, 4)) if c != "status" else str(r[c]) for c in columns)
               + " |" for r in rows]
     return "\n".join(lines)
 

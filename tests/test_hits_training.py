@@ -1,0 +1,179 @@
+"""Hit clustering trained and scored: metrics against hand-computed events, a loss that does not depend on the
+order of the truth particles, a run through the trainer with its artifacts, and a preempted two-rank task on
+variable-length batches resumed bitwise identical to its uninterrupted twin."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpcvit.hits.generate import generate
+from hpcvit.hits.matching import hit_loss, match_slots
+from hpcvit.hits.metrics import Event, adjusted_rand, event_table, summarize
+from hpcvit.hits.models import TYPES, build_clusters_finder, build_hit_set_transformer
+from hpcvit.hits.simulate import EventConfig
+from hpcvit.ledger import find_sweep
+from hpcvit.training.loop import Trainer
+from tests.conftest import children, hpcvit, start_lines, wait_for, write_spec
+from tests.test_train_features import make_sweep
+
+G, NH = TYPES.index("photon"), TYPES.index("neutral_hadron")
+
+
+def _event(truth: list[int], pred: list[int], energy: list[float], x: list[float] | None = None) -> Event:
+    n = len(truth)
+    pos = np.zeros((n, 3))
+    pos[:, 0] = x if x is not None else 0.0
+    return Event(np.array(energy, float), pos, np.array(truth), np.array(pred),
+                 truth_type=np.array([G, NH, G]), truth_energy=np.array([5.0, 3.0, 1.0]),
+                 pred_types=np.array([[0.9, 0, 0, 0, 0.1, 0], [0.2, 0, 0, 0, 0.8, 0], [0.5, 0, 0, 0, 0.5, 0]]))
+
+
+def test_cluster_metrics_against_hand_computed_events() -> None:
+    # particle 0 (6 GeV over hits 0-2) and particle 1 (2 GeV, hits 3-4); a noise hit (truth -1, 0.5 GeV)
+    perfect = _event([0, 0, 0, 1, 1, -1], [0, 0, 0, 1, 1, 2], [2, 2, 2, 1, 1, 0.5], x=[0, 1, 2, 300, 301, 50])
+    t = event_table(perfect)
+    assert t["found"].tolist() == [True, True] and t["merged"].tolist() == [False, False]
+    assert t["deposit"].tolist() == [6.0, 2.0] and t["nearest"][0] == pytest.approx(299.5)
+    # one cluster holds everything: particle 0 is found (it is the cluster's main particle), particle 1 merged
+    merged = event_table(_event([0, 0, 0, 1, 1, -1], [0] * 6, [2, 2, 2, 1, 1, 0.5]))
+    assert merged["found"].tolist() == [True, False] and merged["merged"].tolist() == [True, True]
+    assert merged["cluster_purity"].tolist() == [pytest.approx(6 / 8.5)]
+    # particle 0 split over clusters 0 (4 GeV) and 1 (2 GeV): found (4/6 > 1/2), and split
+    split = event_table(_event([0, 0, 0, 1, 1], [0, 0, 1, 2, 2], [2, 2, 2, 1, 1]))
+    assert split["found"].tolist() == [True, True] and split["split"].tolist() == [True, False]
+    metrics, _ = summarize([perfect, _event([0, 0, 0, 1, 1], [0, 0, 1, 2, 2], [2, 2, 2, 1, 1])])
+    assert metrics["efficiency"] == 1.0 and metrics["split_rate"] == 0.25 and metrics["merge_rate"] == 0.0
+    # the photon's match says photon twice; the neutral hadron's says so once (event 1), and ties (event 2:
+    # cluster 2, 0.5/0.5, read as photon): 3 of 4; p(photon) ranks photons 0.9, 0.9 above hadrons 0.2, 0.5
+    assert metrics["pid_accuracy"] == 0.75
+    assert metrics["photon_nh_auc"] == 1.0
+    assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([5, 5, 7, 7])) == 1.0
+    assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("builder,per_slot", [(build_clusters_finder, False), (build_hit_set_transformer, True)])
+def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, per_slot: bool) -> None:
+    torch.manual_seed(0)
+    model = builder(5, nlayers_encoder=1, nlayers_decoder=1)
+    b, h = 3, 40
+    hits, pad = torch.randn(b, h, 5), torch.zeros(b, h, dtype=torch.bool)
+    pad[1, 30:] = True
+    particle = torch.randint(0, 5, (b, h))
+    particle[pad] = -1
+    rows = torch.tensor([[0, 22, 4.0, 1, 0, 0], [1, 211, 2.0, 0, 1, 0], [0, 2112, 6.0, 0, 0, 1],
+                         [-1, 11, 1.0, 0.6, 0.8, 0], [0, 0, 0.0, 0, 0, 0]])
+    labels = rows[particle.clamp_min(0)]
+    with torch.no_grad():
+        out = model(hits, pad)
+    loss = hit_loss(out, {"particle": particle, "labels": labels, "pad": pad}, per_slot)
+    perm = torch.tensor([3, 0, 4, 1, 2])  # particle j is called perm[j]
+    renamed = torch.where(particle >= 0, perm[particle.clamp_min(0)], -1)
+    again = hit_loss(out, {"particle": renamed, "labels": labels, "pad": pad}, per_slot)
+    assert torch.allclose(loss, again, rtol=1e-6), (loss, again)
+    # the matching follows the particles, whatever their numbers
+    assert torch.equal(match_slots(out["assign"], particle), match_slots(out["assign"], renamed))
+    # and the check has teeth: a plain cross-entropy on the particle numbers moves with them
+    plain = torch.nn.functional.cross_entropy(out["assign"].reshape(-1, out["assign"].shape[-1]),
+                                              particle.reshape(-1), ignore_index=-1)
+    plain2 = torch.nn.functional.cross_entropy(out["assign"].reshape(-1, out["assign"].shape[-1]),
+                                               renamed.reshape(-1), ignore_index=-1)
+    assert not torch.allclose(plain, plain2)
+
+
+SPEC = """
+name: {name}
+data:
+  format: hdf5
+  paths: [{path}]
+  task: hit_clustering
+  input_key: feats
+  target_key: labels
+  hits: {{scaling: {scaling}}}
+  val_fraction: 0.25
+  test_fraction: 0.25
+model:
+  name: {model}
+  kwargs: {kwargs}
+optim: {{epochs: {epochs}, batch_size: 8, lr: 2e-3, seed: 3}}
+checkpoint: {{every_steps: 2, every_minutes: null, keep: 3}}
+resources: {{nproc_per_node: {ranks}, cpus_per_task: 2, array_parallelism: 2}}
+"""
+SMALL = {"clusters_finder": "{nclusters_max: 6, dmodel: 16, nhid_ff_trsf: 32, nlayers_encoder: 1, nlayers_decoder: 1}",
+         "hit_set_transformer": "{n_queries: 6, dmodel: 16, dim_ff: 32, nlayers_encoder: 1, nlayers_decoder: 1}"}
+
+
+def _events(path: Path, n: int) -> Path:
+    generate(n, path, seed=11, cfg=EventConfig(jet_energy=(3.0, 8.0), particles=(2, 3), ecal_cell_mm=30.0,
+                                              noise=3.0))
+    return path
+
+
+@pytest.mark.parametrize("model,scaling", [("clusters_finder", "seed"), ("hit_set_transformer", "standard")])
+def test_a_hit_clustering_run_trains_and_writes_its_figures(workdir: Path, model: str, scaling: str) -> None:
+    path = _events(workdir / "calo.h5", 64)
+    sweep = make_sweep(workdir, SPEC.format(name="hits", path=path, scaling=scaling, model=model, kwargs=SMALL[model],
+                                            epochs=2, ranks=1))
+    trainer = Trainer(sweep.task(0))
+    assert trainer.metric_name == "val_efficiency" and trainer.metric_mode == "max"
+    assert trainer.run() == 0
+    result = sweep.task(0).result()
+    assert set(result["final"]) >= {"test_efficiency", "test_purity", "test_ari", "test_merge_rate", "test_loss"}
+    assert all(0 <= result["final"][k] <= 1 for k in ("test_efficiency", "test_purity", "test_merge_rate"))
+    folder = sweep.task(0).path / "clusters"
+    rows = (folder / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("method,efficiency") and rows[2].startswith("topological baseline,")
+    assert (folder / "efficiency_binned.png").exists() and list(folder.glob("event_*.png"))
+    saved = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
+    assert saved["hit_scale"]["preset"] == scaling and saved["hit_scale"] == trainer.data.scale.to_dict()
+    run = children(sweep)[0]
+    assert run.data.metrics["test_efficiency"] == result["final"]["test_efficiency"]
+    assert run.data.params["data.task"] == "hit_clustering"
+
+
+@pytest.mark.slow
+def test_a_preempted_two_rank_hit_task_resumes_bitwise_identical(workdir: Path) -> None:
+    path = _events(workdir / "calo.h5", 160)
+    text = SPEC.format(name="hits-twin", path=path, scaling="standard", model="hit_set_transformer",
+                       kwargs=SMALL["hit_set_transformer"], epochs=2, ranks=2) + textwrap.dedent("""
+        sweep:
+          zip:
+            description: [uninterrupted, interrupted]
+        """)
+    spec = write_spec(workdir, text)
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(1)
+    wait_for(lambda: task.checkpoints.exists() and any(task.checkpoints.glob("ckpt-*.json")), 300,
+             "the first periodic checkpoint")
+    os.killpg(task.state()["trainer_pgid"], signal.SIGTERM)
+    wait_for(lambda: task.state().get("state") == "PREEMPTED", 120, "task 1 to checkpoint and stop")
+    wait_for(lambda: sweep.task(0).state().get("state") == "COMPLETED", 600, "task 0 to finish")
+    resumed = hpcvit("resume", "--wait", cwd=workdir, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert len(start_lines(task.log)) == 2
+    a = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
+    b = torch.load(max(task.checkpoints.glob("ckpt-*.pt")), weights_only=True)
+    assert a["global_step"] == b["global_step"] and a["hit_scale"] == b["hit_scale"]
+    for part in ("model", "optimizer"):
+        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs after resume"
+    assert sweep.task(0).result()["final"] == task.result()["final"]
+
+
+def _tensors(value: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _tensors(item, f"{prefix}.{key}").items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for i, item in enumerate(value) for k, v in _tensors(item, f"{prefix}[{i}]").items()}
+    return {}
