@@ -141,15 +141,17 @@ def _print_table(rows: list[dict[str, Any]], in_chans: int, img_size: int) -> No
 
 
 def _run(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, inputs=None)
     if not names:
         print(f"no registered model matches {args.pattern!r}; `hpcvit models` lists all {len(list_models())}")
         return 1
     build = args.build or args.in_chans is not None or args.img_size is not None or args.pattern != "*"
     args.in_chans, args.img_size = args.in_chans or 2, args.img_size or 32
+    if not list_models(args.pattern):  # only models of hit lists match: no image sizes to build them for
+        build = False
     if not build or args.no_build:
         rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
-                for n in names]
+                for n in names]  # every model: image models and those of per-event hit lists (family hits)
         if args.format in RECORD_FORMATS:
             sys.stdout.write(records_text(rows, args.format))
         else:
