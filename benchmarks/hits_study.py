@@ -57,9 +57,10 @@ def main() -> None:
         model = rows[0]["method"].split(",")[0]
         results[model] = {k: float(rows[0][k]) for k in SHOWN if rows[0].get(k) not in (None, "")}
         results["topological baseline"] = {k: float(rows[1][k]) for k in SHOWN if rows[1].get(k) not in (None, "")}
+        done = set(binned)
         with open(folder / "efficiency_binned.csv") as f:
             for r in csv.DictReader(f):
-                if r["variable"] == "nearest":
+                if r["variable"] == "nearest" and (r["method"] != "topological" or "topological baseline" not in done):
                     name = model if r["method"] != "topological" else "topological baseline"
                     binned.setdefault(name, []).append((r["lo"], r["hi"], r["n"], r["efficiency"], r["merge_rate"]))
     print("| method | " + " | ".join(SHOWN) + " |")

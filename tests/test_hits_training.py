@@ -4,6 +4,7 @@ variable-length batches resumed bitwise identical to its uninterrupted twin."""
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import textwrap
@@ -129,12 +130,18 @@ def test_a_hit_clustering_run_trains_and_writes_its_figures(workdir: Path, model
     folder = sweep.task(0).path / "clusters"
     rows = (folder / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("method,efficiency") and rows[2].startswith("topological baseline,")
+    model_row = next(csv.DictReader(rows))
+    # the figures score the saved predictions, cluster types included: the same numbers as the run's test metrics
+    for key in ("efficiency", "purity", "pid_accuracy"):
+        assert float(model_row[key]) == pytest.approx(result["final"][f"test_{key}"], abs=1e-9), key
     assert (folder / "efficiency_binned.png").exists() and list(folder.glob("event_*.png"))
     saved = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
     assert saved["hit_scale"]["preset"] == scaling and saved["hit_scale"] == trainer.data.scale.to_dict()
     run = children(sweep)[0]
     assert run.data.metrics["test_efficiency"] == result["final"]["test_efficiency"]
     assert run.data.params["data.task"] == "hit_clustering"
+    table = hpcvit("compare", str(sweep.root), cwd=workdir)
+    assert table.returncode == 0 and "ev/s" in table.stdout and "img/s" not in table.stdout, table.stdout
 
 
 @pytest.mark.slow

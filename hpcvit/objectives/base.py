@@ -51,6 +51,8 @@ class Objective:
     """The checkpoint entries :meth:`state_dict` writes and :meth:`build_data` reads back."""
     compare_columns: ClassVar[tuple[Column, ...]] = ()
     """What ``hpcvit compare`` shows of each run beside the primary metric."""
+    sample_word: ClassVar[str] = "img"
+    """What one training sample is called in a throughput header (``img/s``)."""
     model_inputs: ClassVar[str] = "image"
     """What its models read (a registered model's ``inputs``): ``image`` or ``hits``."""
     arrange: Any = None

@@ -57,6 +57,7 @@ class HitClustering(Objective):
     """Each hit of an event to its particle; the particles' types and kinematics besides."""
 
     name = "hit_clustering"
+    sample_word = "ev"
     metrics = (
         Metric("efficiency", "max", "particles with a cluster holding > 50% of their calorimeter energy"),
         Metric("efficiency_close", "max", "the efficiency of particles within 100 mm of another"),
@@ -220,7 +221,8 @@ class HitClustering(Objective):
         predictions = {"event": np.array([e[0] for e in events], np.int64),
                        "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
                        "pred": np.concatenate([e[1] for e in events]).astype(np.int32) if events else np.zeros(0),
-                       "truth": np.concatenate([e[4] for e in events]).astype(np.int32) if events else np.zeros(0)}
+                       "truth": np.concatenate([e[4] for e in events]).astype(np.int32) if events else np.zeros(0),
+                       "types": np.stack([e[2] for e in events]).astype(np.float32) if events else np.zeros((0, 0, 0))}
         return metrics, predictions
 
     def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
@@ -241,7 +243,8 @@ class HitClustering(Objective):
             lo, hi = int(p["offsets"][i]), int(p["offsets"][i + 1])
             raw, particle, labels = item["raw"], item["particle"], item["labels"]
             base = E.baseline(raw, cols)
-            model_events.append(E.event(raw, particle, labels, p["pred"][lo:hi], None, cols))
+            types = p["types"][i] if "types" in p else None
+            model_events.append(E.event(raw, particle, labels, p["pred"][lo:hi], types, cols))
             base_events.append(E.event(raw, particle, labels, base, None, cols))
             if len(shown) < DISPLAYS:
                 shown.append((raw, np.where(labels[:, 1] == 0, -1, particle), p["pred"][lo:hi], base, int(event)))

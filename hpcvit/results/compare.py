@@ -67,7 +67,7 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
             if c.bound:
                 row[f"{c.key}_bound"] = bool(metrics.get(f"{c.metric}_is_bound"))
         rows.append({**row, "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
-                     "run_id": run.info.run_id})
+                     "run_id": run.info.run_id, "sample_word": objective.sample_word})
     rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0) if maximise else (r["best"] or 0)))
     _add_rungs(sweep, rows)
     return rows
@@ -103,7 +103,6 @@ def _outcome(record: dict[str, Any], index: int) -> str:
     return "running"
 
 
-# Terminal table: (row key, header, digits); "run" is left out, task index and model name say it.
 # Terminal table: (row key, header, digits, priority: the highest is left out first on a narrow terminal).
 _HEAD = (("task", "#", 0, 0), ("model", "model", 0, 0), ("status", "status", 0, 3), ("params_M", "Mparams", 2, 2),
          ("epochs", "ep", 0, 2), ("best", "best", 4, 0), ("final", "final", 4, 1))
@@ -115,7 +114,11 @@ def _table(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, int, int], ...]:
     known = _known_columns()
     extra = tuple((k, known[k].header, known[k].digits, known[k].priority) for k in _columns(rows)
                   if k in known)
-    return (*_HEAD, *extra, *_END)
+    per_second = (("img_s", f"{rows[0]['sample_word']}/s", *_END[0][2:]),) if rows and "sample_word" in rows[0] \
+        else _END[:1]
+    return (*_HEAD, *extra, *per_second, *_END[1:])
+
+
 _STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
                 "SCHEDULED": "queued"}
 
