@@ -21,6 +21,7 @@ from hpcvit.search import decide
 from hpcvit.sweep import load_sweep
 from hpcvit.training.loop import Trainer
 from hpcvit.yamlio import SpecError
+from tests.conftest import hpcvit
 from tests.test_train_features import make_sweep
 
 
@@ -103,6 +104,33 @@ def test_the_spec_names_only_registered_objectives_and_their_metrics(tmp_path: P
         load_sweep(path)
     message = str(info.value)
     assert message.startswith(str(tmp_path / where)) and words in message and "\n" not in message, message
+
+
+MODELS = """
+name: bad
+data: {{format: {fmt}, paths: [x.h5], task: {task}}}
+model: {{name: {model}}}
+{sweep}"""
+
+
+@pytest.mark.parametrize("fmt,task,model,sweep,where,words", [
+    ("hdf5", "hit_clustering", "cnn_small", "", "spec.yaml:3 model.name",
+     "model 'cnn_small' reads image, this task's data are hits (its models: clusters_finder, hit_set_transformer)"),
+    ("hdf5", "binary", "hit_set_transformer", "", "spec.yaml:3 model.name",
+     "model 'hit_set_transformer' reads hits, this task's data are image"),
+    ("hdf5", "hit_clustering", "hit_set_transformer", "sweep: {grid: {optim.lr: [0.1, 0.2]}, search: {metric: "
+     "val_roc_auc}}", "spec.yaml:4 sweep.search.metric", "val_roc_auc does not apply to a hit_clustering task"),
+    ("synthetic", "hit_clustering", "hit_set_transformer", "", "spec.yaml:2 data.format",
+     "hit clustering reads hit lists from hdf5 or parquet files"),
+])
+def test_each_objective_takes_only_its_models_data_and_metrics(tmp_path: Path, fmt: str, task: str, model: str,
+                                                               sweep: str, where: str, words: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(MODELS.format(fmt=fmt, task=task, model=model, sweep=sweep)).lstrip())
+    done = hpcvit("validate", str(path), cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert where in lines[0] and words in lines[0], lines[0]
 
 
 REGRESSION = """
