@@ -312,7 +312,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(render(rows, args.format))
     if args.plot:
         png = plot_overlay(sweep_dir, args.plot)
-        err.print(f"ROC overlay written to {png} and {png.with_suffix('.pdf')}")
+        err.print(f"figure over the runs written to {png} and {png.with_suffix('.pdf')}")
     return 0
 
 
@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sweep_cmd("compare", "compare the runs of a sweep by their metrics", cmd_compare)
     p.add_argument("--metric", help="metric to sort by (default: val_roc_auc or val_mae)")
     p.add_argument("--format", choices=["table", *RECORD_FORMATS, "markdown"], default="table")
-    p.add_argument("--plot", metavar="PNG", help="also write the ROC overlay of the sweep's runs to this file")
+    p.add_argument("--plot", metavar="PNG", help="also write the figure over the sweep's runs to this file (ROC curves of a classifier, "
+                   "residuals of a regression, binned efficiencies of hit clustering)")
 
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)  # a module that fails to import is a broken install

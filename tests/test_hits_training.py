@@ -142,6 +142,8 @@ def test_a_hit_clustering_run_trains_and_writes_its_figures(workdir: Path, model
     assert run.data.params["data.task"] == "hit_clustering"
     table = hpcvit("compare", str(sweep.root), cwd=workdir)
     assert table.returncode == 0 and "ev/s" in table.stdout and "img/s" not in table.stdout, table.stdout
+    plotted = hpcvit("compare", str(sweep.root), "--plot", str(workdir / "sweep.png"), cwd=workdir)
+    assert plotted.returncode == 0 and (workdir / "sweep.png").stat().st_size > 10_000, plotted.stderr
 
 
 @pytest.mark.slow

@@ -68,9 +68,10 @@ def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -
     assert 85 <= val_out.mean() <= 500, "predictions are in the target's units"
     assert model_mae < 0.5 * mean_mae, (model_mae, mean_mae)
     assert result["metric"] == "val_mre" and result["best_metric"] < 0.2
-    from hpcvit.results.compare import _curves
+    from hpcvit.results.compare import plot_overlay
 
-    assert _curves(sweep) == {}, "no ROC curves (nor their overlay on the parent run) for a regression"
+    png = plot_overlay(sweep, workdir / "residuals.png")
+    assert png.stat().st_size > 10_000 and png.with_suffix(".pdf").exists(), "a regression's figure: residuals"
 
     saved = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
     assert saved["target_scale"] == scale.to_dict(), "the target statistics travel with the checkpoint"

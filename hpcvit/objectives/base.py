@@ -129,9 +129,14 @@ class Objective:
         """Files that show a finished run (``predictions``: split -> :meth:`evaluate`'s arrays); [] for none."""
         return []
 
+    overlay: ClassVar[str | None] = None
+    """The sweep figure drawn over every finished run (a name of :data:`hpcvit.results.plots.OVERLAYS`), from
+    each run's :meth:`overlay_data`; None: the objective has none."""
+
     @classmethod
-    def curve(cls, predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(truth, score) of one run to overlay with the sweep's others; None when it has none to draw."""
+    def overlay_data(cls, folder: Path, predictions: dict[str, np.ndarray]) -> Any | None:
+        """What one finished run adds to the sweep's :attr:`overlay` (``folder``: the task's folder;
+        ``predictions``: its validation arrays by name); None when it has nothing to draw."""
         return None
 
     # -- state ---------------------------------------------------------------------------------------------

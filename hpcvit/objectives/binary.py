@@ -166,7 +166,9 @@ class BinaryObjective(ImageObjective):
                 return write_roc_artifacts(folder, p["y"], p["out"], label, name)
         return []
 
+    overlay = "roc"
+
     @classmethod
-    def curve(cls, predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    def overlay_data(cls, folder: Path, predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         y, out = predictions.get("y"), predictions.get("out")
         return (y, out) if y is not None and out is not None and both_classes(y) else None

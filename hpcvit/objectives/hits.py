@@ -258,6 +258,19 @@ class HitClustering(Objective):
             written += E.display(folder, raw, truth, pred, base, cols, f"event_{event}")
         return written
 
+    overlay = "binned"
+
+    @classmethod
+    def overlay_data(cls, folder: Path, predictions: dict[str, np.ndarray]) -> list[dict[str, Any]] | None:
+        """The run's binned efficiencies (``efficiency_binned.csv``: the model's and the baseline's rows)."""
+        import csv
+
+        path = folder / cls.artifacts_dir / "efficiency_binned.csv"
+        if not path.is_file():
+            return None
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
     def state_dict(self) -> dict[str, Any]:
         return {"hit_scale": self.data.scale.to_dict()}
 

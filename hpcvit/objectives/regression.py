@@ -44,6 +44,7 @@ class RegressionObjective(ImageObjective):
     artifacts_dir = "residuals"
     compare_columns = (Column("mae", "MAE", "val_mae", 3, 1), Column("mre", "MRE", "val_mre", 3, 1))
     state_keys: ClassVar[tuple[str, ...]] = (*ImageObjective.state_keys, "target_scale")
+    overlay = "residuals"
     scale: TargetScale
 
     @classmethod
@@ -87,3 +88,8 @@ class RegressionObjective(ImageObjective):
             if p is not None and len(p["y"]):
                 return write_residual_artifacts(folder, p["y"], p["out"], label, name, self.spec.data.target_key)
         return []
+
+    @classmethod
+    def overlay_data(cls, folder: Path, predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        y, out = predictions.get("y"), predictions.get("out")
+        return (y, out) if y is not None and out is not None and len(y) else None

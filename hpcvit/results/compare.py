@@ -201,40 +201,54 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def _curves(sweep: SweepDir, split: str = "val") -> dict[str, tuple[Any, Any]]:
+def overlay_runs(sweep: SweepDir) -> dict[str, Any]:
+    """Each finished run's part of the sweep figure (the objective's ``overlay_data``), by run label."""
     import numpy as np
 
     from hpcvit.objectives import get_objective
 
     labels = sweep.labels
-    curves: dict[str, tuple[Any, Any]] = {}
     objective = get_objective(sweep.run_spec(0).data.task)
+    runs: dict[str, Any] = {}
+    if objective.overlay is None:
+        return runs
     for task in sweep.tasks():
         path = task.file(task.PREDICTIONS)
-        if path.exists():
-            with np.load(path) as data:
-                prefix = split if f"{split}_y" in data else "val"
-                curve = objective.curve({k.removeprefix(f"{prefix}_"): data[k] for k in data.files
-                                         if k.startswith(f"{prefix}_")})
-            if curve is not None:
-                curves[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = curve
-    return curves
+        if not path.exists():
+            continue
+        with np.load(path) as data:
+            predictions = {k.removeprefix("val_"): data[k] for k in data.files if k.startswith("val_")}
+        part = objective.overlay_data(task.path, predictions)
+        if part is not None:
+            runs[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = part
+    return runs
 
 
 def plot_overlay(sweep: SweepDir, path: Any) -> Any:
-    """ROC overlay of every finished run of the sweep (validation predictions of each run's best epoch)."""
+    """The objective's sweep figure over every finished run (ROC curves, residuals, binned efficiencies)."""
     from pathlib import Path
 
-    from hpcvit.results.plots import roc_overlay
+    from hpcvit.objectives import get_objective
+    from hpcvit.results.plots import OVERLAYS
 
-    curves = _curves(sweep)
-    if not curves:
-        raise ValueError(f"no finished binary-classification runs with predictions in {sweep.sweep_id}")
-    return roc_overlay(curves, Path(path), sweep.sweep_id)
+    objective = get_objective(sweep.run_spec(0).data.task)
+    runs = overlay_runs(sweep)
+    if not runs:
+        what = "no figure over runs" if objective.overlay is None else "no finished run with predictions"
+        raise ValueError(f"{what} for a {objective.name} sweep in {sweep.sweep_id}")
+    return OVERLAYS[objective.overlay](runs, Path(path), sweep.sweep_id)
+
+
+def overlay_name(sweep: SweepDir) -> str:
+    """File name of the sweep figure on the parent run (``roc_overlay.png``, ...)."""
+    from hpcvit.objectives import get_objective
+
+    return f"{get_objective(sweep.run_spec(0).data.task).overlay}_overlay.png"
 
 
 def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
-    """Once every task is final: the sweep's summary table and ROC overlay on the parent run, then close it."""
+    """Once every task is final: the sweep's summary table and its figure over the runs on the parent run, then
+    close it."""
     from hpcvit.tracking import mlflow_client
 
     m = sweep.manifest
@@ -249,8 +263,8 @@ def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
         (out / "summary.md").write_text(render(rows, "markdown"))
         client.log_artifact(parent.info.run_id, str(out / "summary.csv"))
         client.log_artifact(parent.info.run_id, str(out / "summary.md"))
-        if _curves(sweep):
-            png = plot_overlay(sweep, out / "roc_overlay.png")
+        if overlay_runs(sweep):
+            png = plot_overlay(sweep, out / overlay_name(sweep))
             client.log_artifact(parent.info.run_id, str(png))
             client.log_artifact(parent.info.run_id, str(png.with_suffix(".pdf")))
         client.set_tag(parent.info.run_id, names.SUMMARY_TAG, "logged")

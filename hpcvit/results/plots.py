@@ -1,4 +1,6 @@
-"""The sweep's figures: every finished run's ROC curve (and rejection) on one plot, for its parent run."""
+"""The sweep's figures, every finished run on one plot for its parent run and ``compare --plot``: ROC curves
+(and rejection) of classifiers, residuals of regressions, binned clustering efficiencies. Each objective names
+its figure (``Objective.overlay``) and hands over each run's data (``Objective.overlay_data``)."""
 
 from __future__ import annotations
 
@@ -25,9 +27,72 @@ def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
     ax2.set(xlabel=r"signal efficiency $\varepsilon_S$", ylabel=r"$1/\varepsilon_B$",
             title="background rejection (triangles: lower bounds)")
     ax2.grid(alpha=0.3)
+    return _write(plt, fig, path)
+
+
+def residual_overlay(runs: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
+                     split: str = "validation") -> Path:
+    """Every run's relative residual distribution and its median in bins of the true value; ``runs``: label ->
+    (true, predicted)."""
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for label, (y, pred) in sorted(runs.items()):
+        y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+        keep = np.abs(y) > 0
+        y, rel = y[keep], (pred[keep] - y[keep]) / np.abs(y[keep])
+        if not len(rel):
+            continue
+        mre = float(np.mean(np.abs(rel)))
+        ax1.hist(np.clip(rel, -1, 1), bins=60, range=(-1, 1), histtype="step", label=f"{label} (MRE {mre:.3f})")
+        edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)))
+        which = np.clip(np.digitize(y, edges[1:-1]), 0, len(edges) - 2)
+        centres = [(edges[i] + edges[i + 1]) / 2 for i in range(len(edges) - 1) if (which == i).any()]
+        medians = [float(np.median(rel[which == i])) for i in range(len(edges) - 1) if (which == i).any()]
+        ax2.plot(centres, medians, "o-", label=label)
+    ax1.set(xlabel="(predicted - true) / |true| (clipped to +-1)", ylabel=f"{split} samples",
+            title=f"{title}: residuals")
+    ax1.legend(fontsize=7)
+    ax2.axhline(0, ls=":", c="grey")
+    ax2.set(xlabel="true value (deciles)", ylabel="median relative residual", title="bias against the true value")
+    ax2.grid(alpha=0.3)
+    return _write(plt, fig, path)
+
+
+def binned_overlay(runs: dict[str, list[dict[str, str]]], path: Path, title: str) -> Path:
+    """Every run's clustering efficiency and merge rate against particle energy and against the distance to the
+    nearest particle, with the topological baseline of the first run (the same test events for every run of a
+    sweep); ``runs``: label -> rows of its ``efficiency_binned.csv``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex="col")
+    variables = (("true_energy", "particle energy (GeV)"), ("nearest", "distance to the nearest particle (mm)"))
+    baseline = next(([r for r in rows if r["method"] == "topological"] for rows in runs.values()), [])
+    lines = {**{label: [r for r in rows if r["method"] != "topological"] for label, rows in sorted(runs.items())},
+             "topological baseline": baseline}
+    for col, (key, xlabel) in enumerate(variables):
+        for label, rows in lines.items():
+            sel = [r for r in rows if r["variable"] == key and int(r["n"]) > 0]
+            x = [float(r["lo"]) if float(r["hi"]) == np.inf else (float(r["lo"]) + float(r["hi"])) / 2 for r in sel]
+            style = ":" if label == "topological baseline" else "-"
+            axes[0, col].plot(x, [float(r["efficiency"]) for r in sel], "o" + style, label=label)
+            axes[1, col].plot(x, [float(r["merge_rate"]) for r in sel], "x" + style, label=label)
+        axes[0, col].set(ylabel="efficiency", ylim=(0, 1.02))
+        axes[1, col].set(xlabel=xlabel, ylabel="merge rate", ylim=(0, 1.02))
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{title}: clustering of each run's test events (bins with particles)")
+    return _write(plt, fig, path)
+
+
+def _write(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save(fig, path)
     plt.close(fig)
     return path
+
+
+OVERLAYS = {"roc": roc_overlay, "residuals": residual_overlay, "binned": binned_overlay}
+"""The sweep figures by the name an objective gives (``Objective.overlay``)."""
