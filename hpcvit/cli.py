@@ -144,6 +144,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot be used as given (exit 2, like a bad spec)."""
+
+
+def _check_output(path: Path, sweep: Sweep) -> None:
+    """Refuse an output file that is an input of the sweep, a folder, or in a folder that does not exist."""
+    inputs = [Path(sweep.file), *{Path(p) for r in sweep.runs for p in r.spec.data.paths}]
+    for source in inputs:
+        if path.exists() and source.exists() and path.samefile(source) or path.resolve() == source.resolve():
+            raise UsageError(f"-o {path}: is an input of the sweep ({source}); write the script elsewhere")
+    if path.is_dir():
+        raise UsageError(f"-o {path}: is a folder; name a file")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"-o {path}: folder {path.parent} does not exist")
+
+
 def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
     """On a terminal: the runs, the checks, the plan and the script(s). In a pipe or with ``-o``: exactly the
     sbatch script(s) on stdout (or in the file), one per array, everything else on stderr."""
@@ -151,6 +167,8 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
     from hpcvit.scheduler.adapter import for_executor
 
     kind = sweep.base.executor
+    if args.output:
+        _check_output(Path(args.output), sweep)
     scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
     script_only = bool(args.output) or not sys.stdout.isatty()
     info = err if script_only else console
@@ -378,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_cli(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except SpecError as exc:
+    except (SpecError, UsageError, DamagedFileError) as exc:  # bad input: a spec, an argument, a run folder
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return EXIT_INVALID
-    except (ValueError, RuntimeError, DamagedFileError) as exc:
+    except (ValueError, RuntimeError) as exc:
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         return 1
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do

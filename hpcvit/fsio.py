@@ -38,7 +38,7 @@ class DamagedFileError(ValueError):
 
 def describe_os_error(exc: OSError) -> str:
     """One line for an I/O error: what failed, on which path (``no space left on device: /runs/x/state.json``)."""
-    what = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    what = exc.strerror[:1].lower() + exc.strerror[1:] if exc.strerror else str(exc) or type(exc).__name__
     paths = [p for p in (exc.filename, exc.filename2) if p]
     return f"{what}: {' -> '.join(map(str, paths))}" if paths else what
 
@@ -140,6 +140,21 @@ def read_json(path: Path, default: Any = _MISSING) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise DamagedFileError(path, f"damaged JSON ({exc})") from None
+
+
+def read_object(path: Path, default: Any = _MISSING) -> Any:
+    """The JSON object (a mapping) in ``path``, as :func:`read_json`; any other JSON value raises
+    :class:`DamagedFileError` naming the file."""
+    data = read_json(path, default)
+    if data is not default and not isinstance(data, dict):
+        raise DamagedFileError(path, f"not a JSON object (holds {type(data).__name__})")
+    return data
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a text file; bytes that are not UTF-8 are replaced (the line then fails its own parse,
+    which names the line) instead of failing the whole file."""
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines()
 
 
 def append_line(path: Path, line: str) -> None:

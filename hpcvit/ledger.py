@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -127,7 +128,7 @@ class TaskDir:
 
     # -- state.json: the launcher's record ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return fsio.read_json(self.path / self.STATE, {})
+        return fsio.read_object(self.path / self.STATE, {})
 
     def write_state(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into state.json (only the task's launcher and ``resume`` write it)."""
@@ -139,28 +140,28 @@ class TaskDir:
     # -- the trainer's reports ----------------------------------------------------------------------------
     def progress(self) -> dict[str, Any]:
         """What the trainer last reported (epoch, step, metrics); written by rank 0 only."""
-        return fsio.read_json(self.path / self.PROGRESS, {})
+        return fsio.read_object(self.path / self.PROGRESS, {})
 
     def write_progress(self, progress: dict[str, Any]) -> None:
         fsio.write_json(self.path / self.PROGRESS, {**progress, "updated": now_iso()})
 
     def result(self) -> dict[str, Any] | None:
         """``result.json`` of a finished training, or None."""
-        return fsio.read_json(self.path / self.RESULT, None) or None
+        return fsio.read_object(self.path / self.RESULT, None) or None
 
     def write_result(self, result: dict[str, Any]) -> None:
         fsio.write_json(self.path / self.RESULT, {**result, "finished": now_iso()})
 
     def stopped(self) -> dict[str, Any] | None:
         """``stopped.json``: where the trainer stopped for a signal, or None."""
-        return fsio.read_json(self.path / self.STOPPED, None) or None
+        return fsio.read_object(self.path / self.STOPPED, None) or None
 
     def write_stopped(self, stopped: dict[str, Any]) -> None:
         fsio.write_json(self.path / self.STOPPED, {**stopped, "time": now_iso()})
 
     def failure(self) -> dict[str, Any] | None:
         """``failed.json``: the trainer's error, or None."""
-        return fsio.read_json(self.path / self.FAILED, None) or None
+        return fsio.read_object(self.path / self.FAILED, None) or None
 
     def write_failure(self, error: str, summary: str | None = None) -> None:
         """``error``: the traceback; ``summary``: one line for ``status`` (default: the traceback's last)."""
@@ -172,7 +173,7 @@ class TaskDir:
     def budget(self) -> dict[str, Any] | None:
         """``budget.json``: ``{"rung": k, "epochs": E}`` of a search's rung: train to epoch E, then stop; None
         outside a search."""
-        return fsio.read_json(self.path / self.BUDGET, None) or None
+        return fsio.read_object(self.path / self.BUDGET, None) or None
 
     def write_budget(self, rung: int, epochs: int) -> None:
         self.ensure()
@@ -180,7 +181,7 @@ class TaskDir:
 
     def rung_done(self) -> dict[str, Any] | None:
         """``rung_done.json``: the trainer reached its rung's budget (rung, epoch, metric value), or None."""
-        return fsio.read_json(self.path / self.RUNG_DONE, None) or None
+        return fsio.read_object(self.path / self.RUNG_DONE, None) or None
 
     def write_rung_done(self, record: dict[str, Any]) -> None:
         fsio.write_json(self.path / self.RUNG_DONE, {**record, "time": now_iso()})
@@ -230,9 +231,12 @@ class TaskDir:
     def run_id(self) -> str | None:
         """The MLflow run id of this task, once its first start opened the run."""
         try:
-            return (self.path / self.RUN_ID).read_text().strip() or None
+            text = (self.path / self.RUN_ID).read_bytes().decode("ascii", errors="replace").strip()
         except FileNotFoundError:
             return None
+        if text and not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", text):
+            raise DamagedFileError(self.path / self.RUN_ID, f"not an MLflow run id ({text[:40]!r})")
+        return text or None
 
     def write_run_id(self, run_id: str) -> None:
         fsio.write_text(self.path / self.RUN_ID, run_id)
@@ -274,7 +278,14 @@ class SweepDir:
 
     @property
     def n_tasks(self) -> int:
-        return int(self.manifest["n_tasks"])
+        m = self.manifest
+        n, labels = m.get("n_tasks"), m.get("labels")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise DamagedFileError(self.root / self.MANIFEST, f"n_tasks is {n!r}, not a number of tasks")
+        if isinstance(labels, list) and len(labels) != n:
+            raise DamagedFileError(self.root / self.MANIFEST, f"n_tasks is {n} but {len(labels)} runs are labelled "
+                                   "(the sweep folder was edited by hand?)")
+        return n
 
     @property
     def labels(self) -> list[str]:
@@ -288,7 +299,7 @@ class SweepDir:
 
     def _run_lines(self) -> list[str]:
         try:
-            return (self.root / self.RUNS).read_text().splitlines()
+            return fsio.read_text_lines(self.root / self.RUNS)
         except FileNotFoundError:
             raise DamagedFileError(self.root / self.RUNS, "missing (the sweep folder is incomplete)") from None
 
@@ -310,7 +321,7 @@ class SweepDir:
 
     def search(self) -> dict[str, Any] | None:
         """``search.json`` of an adaptive search, or None."""
-        return fsio.read_json(self.root / self.SEARCH, None)
+        return fsio.read_object(self.root / self.SEARCH, None)
 
     def write_search(self, record: dict[str, Any]) -> None:
         fsio.write_json(self.root / self.SEARCH, record)
@@ -335,7 +346,7 @@ class SweepDir:
         """Every submission record; a torn last line (a writer killed mid-append) is skipped with a warning."""
         path = self.root / self.SUBMISSIONS
         try:
-            lines = path.read_text().splitlines()
+            lines = fsio.read_text_lines(path)
         except FileNotFoundError:
             return []
         out = []
@@ -381,11 +392,12 @@ def find_sweep(ref: str | None, output_dir: Path) -> SweepDir:
     """A sweep by path, by id under ``output_dir``, or the newest one there when ``ref`` is None."""
     output_dir = Path(output_dir)
     if ref:
-        for candidate in (Path(ref), output_dir / ref):
+        candidates = list(dict.fromkeys((Path(ref), output_dir / ref)))
+        for candidate in candidates:
             if (candidate / SweepDir.MANIFEST).exists():
                 return SweepDir(candidate)
-        raise FileNotFoundError(f"no sweep {ref!r} (looked for {ref}/manifest.json and "
-                                f"{output_dir / ref}/manifest.json)")
+        looked = " and ".join(str(c / SweepDir.MANIFEST) for c in candidates)
+        raise FileNotFoundError(f"no sweep {ref!r} (looked for {looked})")
     sweeps = sorted(output_dir.glob(f"*/{SweepDir.MANIFEST}"), key=lambda p: p.stat().st_mtime)
     if not sweeps:
         raise FileNotFoundError(f"no sweeps under {output_dir}/ (submit one with `hpcvit submit SPEC`)")

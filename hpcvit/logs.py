@@ -27,6 +27,8 @@ def configure_cli(verbose: bool = False) -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("hpcvit").setLevel(logging.DEBUG if verbose else logging.INFO)
     _quiet_libraries()
+    if not verbose:  # an unreachable server is reported once, in hpcvit's own words, not per HTTP retry
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def configure_task(task_key: str) -> None:

@@ -12,12 +12,16 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
 from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
 from hpcvit.scheduler.status import TaskStatus, task_statuses
 from hpcvit.sweep import Sweep
 from hpcvit.yamlio import SpecError
+
+if TYPE_CHECKING:
+    from hpcvit.config import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +53,34 @@ def check_data(sweep: Sweep) -> list[str]:
 
     checked = []
     for spec in {r.spec.data.model_dump_json(): r.spec.data for r in sweep.runs}.values():
+        problem = _data_folders_problem(spec)
+        if problem is not None:
+            raise SpecError(problem[1], file=sweep.file, line=sweep.line_of(problem[0]), field=problem[0])
         try:
             checked.append(get_objective(spec.task).check_data(spec))
         except data.DataError as exc:
             field = exc.field or "data.paths"
             raise SpecError(str(exc), file=sweep.file, line=sweep.line_of(field), field=field) from None
     return checked
+
+
+def _data_folders_problem(spec: DataSpec) -> tuple[str, str] | None:
+    """(field, message) when the cache folder is a file or one data file is listed twice under two names."""
+    import os
+
+    if spec.cache_dir is not None and os.path.exists(spec.cache_dir) and not os.path.isdir(spec.cache_dir):
+        return "data.cache_dir", f"{spec.cache_dir} is a file, not a folder: name a folder for the cache"
+    seen: dict[tuple[int, int], str] = {}
+    for path in spec.paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # the objective's check names missing files
+        if (st.st_dev, st.st_ino) in seen:
+            return "data.paths", (f"{path} and {seen[st.st_dev, st.st_ino]} are the same file: its samples would "
+                                  "be in training and validation alike")
+        seen[st.st_dev, st.st_ino] = path
+    return None
 
 
 def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> list[tuple[range, str]]:
@@ -101,6 +127,7 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
     base = sweep.base
     output_dir = Path(output_dir or base.output_dir)
     check_data(sweep)  # fails fast on data the spec does not fit, before anything is written
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
     specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
@@ -115,12 +142,19 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
             from hpcvit.tracking import resolve_uri, setup_sweep
 
             uri = resolve_uri(base.tracking.uri, output_dir)
-            experiment_id, parent = setup_sweep(uri, base.tracking.experiment or base.name, sweep_dir.sweep_id,
-                                                output_dir, sweep_dir.root / SweepDir.SPEC, len(specs),
-                                                base.description)
+            try:
+                experiment_id, parent = setup_sweep(uri, base.tracking.experiment or base.name, sweep_dir.sweep_id,
+                                                    output_dir, sweep_dir.root / SweepDir.SPEC, len(specs),
+                                                    base.description)
+            except Exception as exc:  # noqa: BLE001 - one line for whatever the tracking store answered
+                raise SpecError(f"the tracking store {uri} cannot be used ({_short_reason(exc)}); nothing was "
+                                "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
+                                line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
             sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
     except BaseException:
         shutil.rmtree(sweep_dir.root, ignore_errors=True)
+        if created:
+            _remove_if_empty(output_dir)
         raise
     if submit:
         from hpcvit.scheduler.submission import PartialSubmission
@@ -139,6 +173,28 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
             _discard(sweep_dir)  # nothing went in: leave nothing behind
             raise
     return sweep_dir
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The cause of a tracking error in a few words (``[Errno 111] Connection refused``, ``HTTP 403``)."""
+    import re
+
+    text = " ".join(str(exc).split())
+    found = re.search(r"\[Errno -?\d+\] [^'\")(]+", text) or re.search(r"(Read timed out|timed out|"
+                                                                      r"Name or service not known)", text)
+    if found:
+        return found.group(0).strip()
+    return text[:160] + ("..." if len(text) > 160 else "") or type(exc).__name__
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` (made by this submission) when nothing but an empty tracking store is in it."""
+    try:
+        left = [p for p in folder.iterdir() if p.name not in ("mlflow.db", "mlartifacts")]
+        if not left:
+            shutil.rmtree(folder)
+    except OSError:
+        pass
 
 
 def _discard(sweep_dir: SweepDir) -> None:

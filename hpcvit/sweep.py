@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,9 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
             spec = JobSpec.model_validate(run_raw)
         except ValidationError as exc:
             raise _to_spec_error(exc, file, lines, combo=combo, sweep=sweep, run=index) from None
+        problem = _resources_problem(spec)
+        if problem is not None:
+            raise _located(problem[1], problem[0], file, lines, combo=combo, sweep=sweep, run=index)
         key = (spec.data.task, spec.checkpoint.best_metric, spec.model.name)
         if key not in objectives_ok:
             problem = _objective_problem(spec)
@@ -187,6 +191,21 @@ def expand(raw: dict[str, Any], lines: dict[Loc, int] | None = None, file: str =
         _check_search(search, runs, file, lines)
     return Sweep(file=file, raw={**raw, "sweep": sweep_raw} if sweep_raw else raw, runs=runs, lines=lines,
                  search=search)
+
+
+def _resources_problem(spec: JobSpec) -> tuple[str, str] | None:
+    """(field, message) when the run's resources contradict each other or its executor."""
+    from hpcvit.scheduler.adapter import SCHEDULERS, for_executor
+
+    res = spec.resources
+    if res.nodes > 1 and not for_executor(spec.executor).multi_node:
+        able = ", ".join(k for k, s in SCHEDULERS.items() if s.multi_node)
+        return "resources.nodes", (f"{res.nodes} nodes need executor: {able} (the {for_executor(spec.executor).title} "
+                                   "runs a task on this machine only)")
+    if res.signal_delay_s >= res.time_min * 60:
+        return "resources.signal_delay_s", (f"{res.signal_delay_s} s is not shorter than time_min ({res.time_min} "
+                                            "min): the warning to checkpoint would come before the task starts")
+    return None
 
 
 def _objective_problem(spec: JobSpec) -> tuple[str, str] | None:
@@ -237,8 +256,12 @@ def _to_spec_error(exc: ValidationError, file: str, lines: dict[Loc, int], *, pr
                    run: int | None = None) -> SpecError:
     err = exc.errors(include_url=False)[0]
     loc: Loc = prefix + tuple(err["loc"])
-    return _located(err["msg"].removeprefix("Value error, "), ".".join(str(p) for p in loc), file, lines,
-                    combo=combo, sweep=sweep, run=run, loc=loc)
+    message = err["msg"].removeprefix("Value error, ")
+    named = re.match(r"([A-Za-z_]\w*(?:\.\w+)+): (.+)", message)
+    if named and tuple(named.group(1).split("."))[:len(loc)] == tuple(str(p) for p in loc):
+        # a section's check that names the field inside it: point at that field
+        loc, message = tuple(named.group(1).split(".")), named.group(2)
+    return _located(message, ".".join(str(p) for p in loc), file, lines, combo=combo, sweep=sweep, run=run, loc=loc)
 
 
 def _located(message: str, dotted: str, file: str, lines: dict[Loc, int], *, combo: dict[str, Any] | None = None,

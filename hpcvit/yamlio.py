@@ -59,12 +59,18 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of values a spec may have (its deepest field, a model kwarg's list, is a few levels)."""
+
+
 def _construct(node: yaml.Node, loader: _Loader, loc: Loc, lines: dict[Loc, int], count: list[int]) -> Any:
     count[0] += 1
     if count[0] > MAX_NODES:
         raise SpecError(f"the spec expands to more than {MAX_NODES:,} values (aliases included); refused",
                         line=node.start_mark.line + 1)
     lines[loc] = node.start_mark.line + 1
+    if len(loc) > MAX_DEPTH:
+        raise SpecError(f"values nested more than {MAX_DEPTH} levels deep; refused", line=node.start_mark.line + 1)
     if not node.tag.startswith(_STANDARD_TAGS):
         raise SpecError(f"YAML tag {node.tag!r} is not allowed in a spec (plain values only)",
                         line=node.start_mark.line + 1, field=".".join(map(str, loc)) or None)
@@ -108,6 +114,9 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[Loc, int]]:
         if exc.context and exc.context_mark and exc.problem_mark:
             problem = f"{problem} ({exc.context} at line {exc.context_mark.line + 1})"
         raise SpecError(f"YAML syntax: {problem}", file=str(path), line=mark.line + 1 if mark else None) from None
+    except RecursionError:  # the YAML parser itself recurses once per level of nesting
+        raise SpecError(f"values nested too deeply to read (a spec needs at most {MAX_DEPTH} levels)",
+                        file=str(path)) from None
     finally:
         loader.dispose()
     return data, lines

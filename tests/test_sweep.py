@@ -87,7 +87,7 @@ def test_sbatch_script_matches_golden_file(tmp_path: Path) -> None:
     assert script == golden.read_text()
 
 
-def _tiny_jets(path: Path, n: int = 4) -> None:
+def _tiny_jets(path: Path, n: int = 40) -> None:
     """A few jets in the published quark/gluon layout (the data a spec's paths name)."""
     import numpy as np
 
@@ -109,7 +109,8 @@ def test_dry_run_prints_array_and_submits_nothing(tmp_path: Path) -> None:
     assert "#SBATCH --requeue" in proc.stdout and "#SBATCH --signal=USR2@" in proc.stdout
     assert "nothing submitted" in proc.stderr, "in a pipe, stdout holds the script alone"
     assert not (tmp_path / "runs").exists()
-    assert "checked data: 2 parquet file(s) readable, 8 rows of 3x8x8 images, columns y present" in proc.stderr
+    assert ("checked data: 2 parquet file(s) readable, 80 rows of 3x8x8 images, columns y present; 80 selected, "
+            "64/8/8 train/val/test, targets fit the task") in proc.stderr, proc.stderr
     script = tmp_path / "job.sh"
     script.write_text(proc.stdout)
     assert proc.stdout.startswith("#!/bin/bash\n") and subprocess.run(["bash", "-n", str(script)]).returncode == 0

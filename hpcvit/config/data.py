@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ class PreprocessSpec(Section):
 class SyntheticSpec(Section):
     """A deterministic toy data set in the HDF5 electron/photon layout (X: N x H x W x C float32, y)."""
 
-    n_samples: int = Field(2048, gt=1)
+    n_samples: int = Field(2048, gt=1, le=100_000_000)
     """Number of images written, half of each class."""
     image_size: int = Field(32, ge=8, le=256)
     """Height and width in pixels."""
@@ -108,7 +109,7 @@ class DataSpec(Section):
     """Fraction held out for a final test evaluation; 0 disables it."""
     split_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed of the train/validation/test split."""
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=1024)
     """DataLoader worker processes per rank."""
     preprocessing: PreprocessSpec = PreprocessSpec()
     """Preprocessing steps (GSoC study defaults)."""
@@ -168,6 +169,16 @@ class DataSpec(Section):
         if self.channels is not None and (not self.channels or len(set(self.channels)) != len(self.channels)
                                           or min(self.channels) < 0):
             raise ValueError("data.channels: give distinct, non-negative channel indices (or null for all)")
+        if self.format == "synthetic" and self.channels and max(self.channels) >= self.synthetic.channels:
+            raise ValueError(f"data.channels: channel {max(self.channels)} does not exist; the synthetic images have "
+                             f"{self.synthetic.channels} (0-{self.synthetic.channels - 1})")
+        seen: dict[str, str] = {}
+        for path in self.paths:
+            same = os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+            if same in seen:
+                raise ValueError(f"data.paths: {path!r} is listed twice (also as {seen[same]!r}): its samples would "
+                                 "be in training and validation alike")
+            seen[same] = path
         return self
 
 

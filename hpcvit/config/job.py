@@ -61,22 +61,22 @@ class OptimSpec(Section):
     ``step_epochs``), ``exponential`` (``gamma`` every epoch, as the mass-regression seed), ``constant``."""
     warmup_epochs: float = Field(0.0, ge=0)
     """Linear warm-up length in epochs (fractions allowed)."""
-    step_epochs: int = Field(10, gt=0)
+    step_epochs: int = Field(10, gt=0, le=1_000_000)
     """``step`` schedule: multiply the lr by ``gamma`` every this many epochs."""
     gamma: float = Field(0.1, gt=0, le=1)
     """Decay factor of the ``step`` and ``exponential`` schedules."""
-    epochs: int = Field(10, gt=0)
+    epochs: int = Field(10, gt=0, le=1_000_000)
     """Training epochs."""
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=1_048_576)
     """Batch size per rank and forward pass (a micro-batch when ``grad_accum_steps`` > 1); the global batch of
     one optimiser step is this times ``grad_accum_steps`` times the number of ranks."""
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, le=65_536)
     """Micro-batches of ``batch_size`` whose gradients are accumulated into one optimiser step (DDP all-reduces
     only on the last one). A step is one optimiser step everywhere: ``max_steps_per_epoch``,
     ``checkpoint.every_steps``, warm-up and schedule; each micro-batch's loss is weighted by its share of the
     step's samples, so the update equals that of one batch of ``batch_size * grad_accum_steps`` (for models
     without batch statistics). An epoch's last step may have fewer micro-batches."""
-    max_steps_per_epoch: int | None = Field(None, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0, le=10**12)
     """Cap on optimiser steps per epoch (for smoke tests); null runs whole epochs."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     """Mixed precision: ``auto`` is bf16 on GPUs that support it, fp16 with a grad scaler on older ones, off on CPU."""
@@ -115,11 +115,11 @@ class OptimSpec(Section):
 class CheckpointSpec(Section):
     """Periodic, atomic checkpoints; a task that finds one resumes from it."""
 
-    every_steps: int | None = Field(None, gt=0)
+    every_steps: int | None = Field(None, gt=0, le=10**12)
     """Save every this many optimiser steps (null: only at epoch ends and on signals)."""
-    every_minutes: float | None = Field(10.0, gt=0)
+    every_minutes: float | None = Field(10.0, gt=0, le=10**6)
     """Save when this many minutes have passed since the last save (null: off)."""
-    keep: int = Field(2, ge=1)
+    keep: int = Field(2, ge=1, le=10_000)
     """Number of recent checkpoints kept (the best one is kept besides)."""
     keep_best: bool = True
     """Keep a copy of the checkpoint with the best validation metric."""
@@ -132,32 +132,34 @@ class CheckpointSpec(Section):
 class ResourcesSpec(Section):
     """Per-task resources and scheduler settings."""
 
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, le=100_000)
     """Nodes per task; with more than one, torchrun rendezvous on the allocation's first node."""
-    gpus_per_node: int = Field(0, ge=0)
+    gpus_per_node: int = Field(0, ge=0, le=1024)
     """GPUs per node (0 trains on the CPU with the gloo backend)."""
-    nproc_per_node: int | None = Field(None, ge=1)
+    nproc_per_node: int | None = Field(None, ge=1, le=4096)
     """torchrun processes per node; default: one per GPU, or 1 on the CPU."""
-    cpus_per_task: int = Field(2, ge=1)
+    cpus_per_task: int = Field(2, ge=1, le=100_000)
     """CPU cores per node for the task (shared by its ranks and data workers)."""
-    mem_gb: float | None = Field(None, gt=0)
+    mem_gb: float | None = Field(None, gt=0, le=10**7)
     """Memory per node in GiB (null: the cluster's default)."""
-    time_min: int = Field(60, ge=1)
-    """Wall-clock limit per run of the task, in minutes; the task is requeued and resumes when it hits it."""
+    time_min: int = Field(60, ge=1, le=527_040)
+    """Wall-clock limit per run of the task, in minutes (at most 366 days); the task is requeued and resumes when
+    it hits it."""
     partition: str | None = None
     """Slurm partition."""
     account: str | None = None
     """Slurm account to charge."""
     qos: str | None = None
     """Slurm quality of service."""
-    max_array_size: int | None = Field(None, ge=1)
+    max_array_size: int | None = Field(None, ge=1, le=4_000_001)
     """Most tasks in one Slurm array; a larger sweep is submitted as several arrays (one ledger, one status).
     Null reads ``MaxArraySize`` from ``scontrol show config`` (Slurm's default, 1001, when it cannot be read)."""
-    array_parallelism: int = Field(16, ge=1)
+    array_parallelism: int = Field(16, ge=1, le=4_000_001)
     """Most tasks of the sweep running at once (``--array=0-N%K``; enforced on the local executor too)."""
-    signal_delay_s: int = Field(120, ge=10)
-    """Seconds before the time limit at which Slurm warns the task (USR2) so it checkpoints and requeues."""
-    max_requeues: int = Field(3, ge=0)
+    signal_delay_s: int = Field(120, ge=10, le=65_535)
+    """Seconds before the time limit at which Slurm warns the task (USR2) so it checkpoints and requeues; shorter
+    than ``time_min`` (Slurm takes at most 65535)."""
+    max_requeues: int = Field(3, ge=0, le=100_000)
     """Times a task may be requeued after hitting its time limit before it counts as failed."""
     sbatch_extra: dict[str, str | int | bool] = {}
     """Further sbatch options from a vetted allow-list (e.g. ``constraint``, ``gres``, ``reservation``)."""

@@ -72,10 +72,11 @@ def resolve_paths(spec: DataSpec, sweep_dir: Path) -> list[Path]:
     return [Path(p).expanduser().resolve() for p in spec.paths]
 
 
-def check(spec: DataSpec) -> dict[str, Any]:
+def check(spec: DataSpec, targets: TargetRule | None = None) -> dict[str, Any]:
     """What can be known about the inputs without reading their images: the files exist and are regular files
-    in the format, the image column and channels are there, the target and cut columns too. Raises a
-    :class:`DataError` naming the file and the spec field; returns what was checked."""
+    in the format, the image column and channels are there, the target and cut columns too; with ``targets``
+    (the objective's rule), the samples the cuts select, their split and their targets as training will judge
+    them. Raises a :class:`DataError` naming the file and the spec field; returns what was checked."""
     if spec.format == "synthetic":
         s = spec.synthetic
         return {"format": "synthetic", "files": 0, "rows": s.n_samples, "shape": [s.channels, s.image_size,
@@ -94,10 +95,36 @@ def check(spec: DataSpec) -> dict[str, Any]:
                    or missing_columns(store, list(spec.scalar_inputs), "data.scalar_inputs"))
         if problem is not None:
             raise problem
-        return {"format": spec.format, "files": len(paths), "rows": int(store.n), "shape": list(store.shape),
-                "columns": [spec.target_key, *cut_columns(spec), *spec.scalar_inputs]}
+        facts = {"format": spec.format, "files": len(paths), "rows": int(store.n), "shape": list(store.shape),
+                 "columns": [spec.target_key, *cut_columns(spec), *spec.scalar_inputs]}
+        if targets is not None:
+            facts.update(_check_samples(store, spec, targets, paths[0]))
+        return facts
     finally:
         store.close()
+
+
+def _check_samples(store: Any, spec: DataSpec, rule: TargetRule, first: Path) -> dict[str, Any]:
+    """The selection, split and targets training will make, from the scalar columns alone (no image is read):
+    the objective's rule on the target column, its check of the splits, finite scalar inputs."""
+    rows, columns = select(store, spec, [spec.target_key, *spec.scalar_inputs])
+    values = rule.make(columns[spec.target_key], spec, lambda i: store.where(int(rows[i])))
+    train_pos, val_pos, test_pos = split_indices(len(rows), spec)
+    _check_split_sizes(len(rows), len(train_pos), len(val_pos), spec, first)
+    summary = rule.describe(values, {"train": train_pos, "val": val_pos, "test": test_pos})
+    rule.check(summary, spec, first)
+    _scalar_inputs(spec, columns, train_pos, lambda i: store.where(int(rows[i])), None)
+    return {"selected": len(rows), "splits": [len(train_pos), len(val_pos), len(test_pos)]}
+
+
+def _check_split_sizes(n: int, n_train: int, n_val: int, spec: DataSpec, first: Path) -> None:
+    field = "data.cuts" if spec.cuts and n == 0 else "data.max_samples" if spec.max_samples else "data.paths"
+    if n_train == 0:
+        raise DataError(f"{first}: no training samples ({n} selected, val_fraction {spec.val_fraction}, "
+                        f"test_fraction {spec.test_fraction})", field=field)
+    if n_val == 0:
+        raise DataError(f"{first}: no validation samples ({n} selected x val_fraction {spec.val_fraction} rounds "
+                        "to 0)", field=field if n < 10 else "data.val_fraction")
 
 
 def prepare(spec: DataSpec, sweep_dir: Path) -> list[Path]:
@@ -236,9 +263,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
                          for k, (p, r) in enumerate(zip(store.paths, store.file_rows))]
         info["cache"] = None
         store.close()  # reopened lazily by whichever process reads
-    if len(train_pos) == 0:
-        raise DataError(f"{paths[0]}: no training samples ({n} selected, val_fraction {spec.val_fraction}, "
-                        f"test_fraction {spec.test_fraction})")
+    _check_split_sizes(n, len(train_pos), len(val_pos), spec, paths[0])
 
     row_where = where if spec.cache_dir is not None else None
     scalars, scalar_scale = _scalar_inputs(spec, columns, train_pos, where, scalar_scale)

@@ -47,6 +47,19 @@ def guess_layout(row: tuple[int, int, int]) -> str | None:
     return "NHWC" if c < a else "NCHW"
 
 
+def _why_not_scalar(obj: Any, rows: int, input_key: str) -> str:
+    """Why an HDF5 object is not a column of one number per image."""
+    if not isinstance(obj, h5py.Dataset):
+        return "is a group, not a data set"
+    if obj.dtype.kind not in "fiub":
+        return f"holds {obj.dtype} values, not numbers"
+    if obj.ndim == 2 and obj.shape[0] == rows:
+        return f"has shape {obj.shape}: one number per image is needed (one-hot labels? store the class index)"
+    if obj.ndim != 1:
+        return f"has shape {obj.shape}, not one number per image"
+    return f"has {obj.shape[0]} values but {input_key} has {rows} images"
+
+
 class HDF5Store(Store):
     """One data set over several HDF5 files with the same image shape and layout."""
 
@@ -62,9 +75,14 @@ class HDF5Store(Store):
         self.file_rows, self._chunk_rows, self._chunk_bytes, self._info = [], [], [], []
         file_shape = None
         scalar_sets: list[set[str]] = []
+        self._not_scalar: dict[str, str] = {}
         for path in self.paths:
             with _open_h5(path) as f:
-                if input_key not in f or not isinstance(f[input_key], h5py.Dataset):
+                if input_key in f and not isinstance(f[input_key], h5py.Dataset):
+                    inside = ", ".join(list(f[input_key].keys())[:8]) if isinstance(f[input_key], h5py.Group) else ""
+                    raise DataError(f"{path}: {input_key!r} is a group, not a data set of images (it holds: "
+                                    f"{inside or 'nothing'})", field="data.input_key")
+                if input_key not in f:
                     raise DataError(f"{path}: no data set {input_key!r} (has: {', '.join(f.keys()) or 'nothing'})",
                                     field="data.input_key")
                 d = f[input_key]
@@ -97,6 +115,9 @@ class HDF5Store(Store):
                                    "compression": d.compression, "row_bytes": row_bytes})
                 scalar_sets.append({k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.ndim == 1
                                     and v.shape[0] == d.shape[0] and v.dtype.kind in "fiub"})
+                for k, v in f.items():
+                    if k != input_key and k not in scalar_sets[-1]:
+                        self._not_scalar.setdefault(k, f"{path}: {k} {_why_not_scalar(v, d.shape[0], input_key)}")
         h, w, c = file_shape
         self._channels = select_channels(channels, c, str(self.paths[0]))
         self.shape = (len(self._channels), h, w)
@@ -195,6 +216,9 @@ class HDF5Store(Store):
     # -- scalars --------------------------------------------------------------------------------------------
     def scalar_columns(self) -> list[str]:
         return list(self._scalars)
+
+    def not_scalar(self, name: str) -> str | None:
+        return self._not_scalar.get(name) if name not in self._scalars else None
 
     def column(self, name: str) -> np.ndarray:
         parts = []

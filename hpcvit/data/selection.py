@@ -43,6 +43,9 @@ def missing_columns(store: Store, names: list[str], field: str | None = None) ->
     """An error naming the first of ``names`` that ``store`` lacks (and the spec ``field`` that asks for it)."""
     have = store.scalar_columns()
     for name in names:
+        why = store.not_scalar(name) if name not in have else None
+        if why:
+            return DataError(why, field=field)
         if name not in have:
             return DataError(f"{store.paths[0]}: no scalar column {name!r} (has: {', '.join(have) or 'none'})",
                              field=field)
@@ -66,6 +69,9 @@ def select(store: Store, spec: DataSpec, columns: list[str]) -> tuple[np.ndarray
     rows = np.flatnonzero(selection_mask(cols, spec, store.n)).astype(np.int64)
     if spec.max_samples is not None:
         rows = rows[:spec.max_samples]
+    if store.n == 0:
+        files = "the file holds" if len(store.paths) == 1 else f"the {len(store.paths)} files hold"
+        raise DataError(f"{store.paths[0]}: {files} no rows", field="data.paths")
     if len(rows) == 0:
-        raise DataError(f"{store.paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})")
+        raise DataError(f"{store.paths[0]}: no samples pass the cuts {spec.cuts} (of {store.n})", field="data.cuts")
     return rows, {k: v[rows] for k, v in cols.items() if k in columns}

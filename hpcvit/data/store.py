@@ -134,6 +134,10 @@ class Store:
         """Names of the numeric per-sample columns present in every file (targets, pt, m0, ...)."""
         raise NotImplementedError
 
+    def not_scalar(self, name: str) -> str | None:
+        """Why ``name``, present in a file, is not a scalar column (one line naming the file), or None."""
+        return None
+
     def column(self, name: str) -> np.ndarray:
         """A scalar column over all rows, as float64."""
         raise NotImplementedError

@@ -45,7 +45,8 @@ def nonfinite_error(raw: np.ndarray, spec: DataSpec, where: Where | None) -> Dat
     if not len(bad):
         return None
     at = where(int(bad[0])) if where else f"row {int(bad[0])}"
-    return DataError(f"{at}: target {spec.target_key!r} is {raw[bad[0]]} ({len(bad)} non-finite targets)")
+    return DataError(f"{at}: target {spec.target_key!r} is {raw[bad[0]]} ({len(bad)} non-finite targets)",
+                     field="data.target_key")
 
 
 class Values:

@@ -76,7 +76,13 @@ class ClassLabels:
 
         raw = np.asarray(raw, dtype=np.float64)
         if spec.positive_value is not None:  # every other value, NaN included, is the negative class
-            return (raw == spec.positive_value).astype(np.float32)
+            labels = (raw == spec.positive_value).astype(np.float32)
+            if len(raw) and not labels.any():
+                values = np.unique(raw[np.isfinite(raw)])
+                raise DataError(f"no selected sample has {spec.target_key} = {spec.positive_value:g} (values: "
+                                f"{', '.join(f'{v:g}' for v in values[:8])}{' ...' if len(values) > 8 else ''})",
+                                field="data.positive_value")
+            return labels
         problem = nonfinite_error(raw, spec, where)
         if problem is not None:
             raise problem
@@ -86,7 +92,7 @@ class ClassLabels:
             at = where(int(odd[0])) if where else f"row {int(odd[0])}"
             raise DataError(f"{at}: binary target {spec.target_key!r} is {raw[odd[0]]:g}, not 0/1 (values: "
                             f"{', '.join(f'{v:g}' for v in values[:8])}{' ...' if len(values) > 8 else ''}); "
-                            "set data.positive_value")
+                            "set data.positive_value", field="data.target_key")
         return raw.astype(np.float32)
 
     def describe(self, targets: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -49,12 +49,16 @@ class ImageObjective(Objective):
     def check_data(cls, spec: Any) -> str:
         from hpcvit.data import check
 
-        facts = check(spec)
+        from hpcvit.data.targets import Values
+
+        facts = check(spec, cls.target_rule() or Values())
         shape = "x".join(map(str, facts["shape"]))
         if facts["format"] == "synthetic":
             return f"data: synthetic, {facts['rows']} images of {shape} (written at submission)"
+        train, val, test = facts["splits"]
         return (f"data: {facts['files']} {facts['format']} file(s) readable, {facts['rows']} rows of {shape} images, "
-                f"columns {', '.join(facts['columns'])} present")
+                f"columns {', '.join(dict.fromkeys(facts['columns']))} present; {facts['selected']} selected, "
+                f"{train}/{val}/{test} train/val/test, targets fit the task")
 
     @classmethod
     def prepare_data(cls, spec: Any, sweep_root: Any) -> None:

@@ -42,6 +42,8 @@ class Scheduler:
     title: ClassVar[str]
     """How messages name the scheduler (``Slurm: JobHeldUser``)."""
     has_after_jobs: ClassVar[bool] = False
+    multi_node: ClassVar[bool] = False
+    """Whether a task may span several nodes (``resources.nodes`` > 1)."""
     """Whether :meth:`after` submits jobs that wait for others (else the last task's launcher runs it)."""
     preview_note: ClassVar[str] = "for --executor slurm"
     """What ``submit --dry-run`` says of the sbatch script it shows."""
@@ -138,6 +140,7 @@ class SlurmScheduler(Scheduler):
     kind = "slurm"
     title = "Slurm"
     has_after_jobs = True
+    multi_node = True
     preview_note = "would be submitted"
 
     def executor(self, folder: Path, spec: JobSpec) -> Any:

@@ -99,8 +99,8 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
         folder = os.path.join(tasks_dir, f"{index:05d}")
         job_id, executor = latest.get(index, ("", ""))
         try:
-            state = fsio.read_json(os.path.join(folder, TaskDir.STATE), {})
-            progress = fsio.read_json(os.path.join(folder, TaskDir.PROGRESS), {})
+            state = fsio.read_object(os.path.join(folder, TaskDir.STATE), {})
+            progress = fsio.read_object(os.path.join(folder, TaskDir.PROGRESS), {})
             recorded = _recorded(state, job_id, task)
             queued, reason = queue.get(job_id, (None, ""))
             effective = effective_state(

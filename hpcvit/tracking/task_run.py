@@ -122,12 +122,15 @@ class TaskTracker:
         """Replay the buffered calls in order (the first one opens the run); return how many."""
         if not self.buffer.exists():
             return 0
-        lines = [json.loads(line) for line in self.buffer.read_text().splitlines() if line.strip()]
+        lines = read_buffer(self.buffer)
         for entry in lines:
             op = entry.pop("op")
             if op != "open" and self.run_id is None:
                 self._op_open(**self._open_args)
-            getattr(self, f"_op_{op}")(**entry)
+            try:
+                getattr(self, f"_op_{op}")(**entry)
+            except TypeError as exc:  # arguments the call does not take: the file was edited or damaged
+                raise fsio.DamagedFileError(self.buffer, f"call {op!r}: {exc}") from None
         self.buffer.rename(self.buffer.with_suffix(f".synced-{int(time.time())}"))
         self._offline_since = None
         return len(lines)
@@ -161,3 +164,30 @@ class TaskTracker:
 def sync_task(uri: str, experiment_id: str, parent_run_id: str, task: TaskDir) -> int:
     """Replay a task's buffered tracking calls (``hpcvit sync``); return how many were sent."""
     return TaskTracker(uri, experiment_id, parent_run_id, task, tags={}, connect=False).flush()
+
+
+BUFFERED_OPS = frozenset({"open", "params", "epoch", "final", "tags", "artifact", "text", "end"})
+"""The calls a task buffers while the tracking server is unreachable (``_op_<name>`` of :class:`TaskTracker`)."""
+
+
+def read_buffer(path: Path) -> list[dict[str, Any]]:
+    """The buffered calls of ``path``, in order; a torn last line (a process killed mid-append) is skipped with
+    a warning, any other line that is not a call raises :class:`~hpcvit.fsio.DamagedFileError` naming it."""
+    from hpcvit.fsio import DamagedFileError, read_text_lines
+
+    lines = read_text_lines(path)
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or entry.get("op") not in BUFFERED_OPS:
+                raise ValueError("not a buffered tracking call")
+        except ValueError as exc:
+            if n == len(lines):
+                log.warning("%s:%d: torn last line skipped (%s)", path, n, exc)
+                continue
+            raise DamagedFileError(path, f"line {n}: {exc}") from None
+        out.append(entry)
+    return out

@@ -34,7 +34,7 @@ from hpcvit.training.guard import NonFiniteGuard
 from hpcvit.training.meter import EpochMeter
 from hpcvit.training.report import TaskReport
 from hpcvit.training.sampler import ShardSampler, StepPlan
-from hpcvit.training.state import TrainProgress, TrainState
+from hpcvit.training.state import CheckpointFormatError, TrainProgress, TrainState
 
 RUN_LOCK_WAIT_S = 300.0
 """How long a new trainer waits for a previous copy of its task to exit before it refuses to start."""
@@ -148,7 +148,14 @@ class Trainer:
 
     # -- checkpoint --------------------------------------------------------------------------------
     def _restore(self, saved: dict[str, Any]) -> None:
-        self.state.load_state_dict(saved)
+        try:
+            self.state.load_state_dict(saved)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # another model's or optimiser's state
+            where = self.task.checkpoints / str((self.ckpt_meta or {}).get("file", "?"))
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointFormatError(
+                f"{where}: does not fit model {self.spec.model.name} {self.spec.model.kwargs or ''} ({first}); "
+                "move the task's checkpoints away to train it from scratch") from None
         if saved["world_size"] == self.d.world:
             distributed.set_rng_state(saved["rng"][self.d.rank], self.d)
             partial = saved.get("epoch_partial")

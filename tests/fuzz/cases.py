@@ -163,3 +163,32 @@ for fragment, words in [
     ("gird: {optim.lr: [0.1]}", "Extra inputs"), ("grid: {data.cuts.pt: [[1, 0]]}", "must be below max"),
 ]:
     _with("sweep", fragment, words)
+
+# absurd sizes: refused by a bound that says what is allowed
+for section, fragment, words in [
+    ("optim", "epochs: 1000000000000000000000000000000", "optim.epochs: Input should be less than or equal to 1000000"),
+    ("optim", "batch_size: 9223372036854775808", "optim.batch_size: Input should be less than or equal to 1048576"),
+    ("optim", "grad_accum_steps: 100000000", "less than or equal to 65536"),
+    ("resources", "time_min: 100000000", "resources.time_min: Input should be less than or equal to 527040"),
+    ("resources", "signal_delay_s: 70000", "less than or equal to 65535"),
+    ("resources", "cpus_per_task: 10000000", "less than or equal to 100000"),
+    ("checkpoint", "keep: 1000000", "less than or equal to 10000"),
+    ("data", "num_workers: 100000", "less than or equal to 1024"),
+    ("data", "synthetic: {n_samples: 10000000000}", "less than or equal to 100000000"),
+]:
+    _with(section, fragment, words)
+
+# fields that contradict each other or the executor, pointed at the field
+for section, fragment, words in [
+    ("resources", "nodes: 2", "resources.nodes: 2 nodes need executor: slurm"),
+    ("resources", "time_min: 1\nsignal_delay_s: 60", "resources.signal_delay_s: 60 s is not shorter than time_min"),
+    ("data", "channels: [5]", "data.channels: channel 5 does not exist; the synthetic images have 2"),
+    ("data", "synthetic: {channels: 3}\nchannels: [0, 3]", "channel 3 does not exist"),
+    ("data", "format: hdf5\npaths: [a.h5, ./a.h5]", "data.paths: './a.h5' is listed twice"),
+    ("data", "format: hdf5\npaths: [a.h5, b/../a.h5]", "is listed twice"),
+    ("checkpoint", "best_metric: val_mae", "checkpoint.best_metric: val_mae does not apply to a binary task"),
+]:
+    _with(section, fragment, words)
+
+_add("nested 40 levels", BASE + "description: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32 levels")
+_add("nested 5000 levels", BASE + "description: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to read")
