@@ -97,11 +97,25 @@ def check(spec: DataSpec, targets: TargetRule | None = None) -> dict[str, Any]:
             raise problem
         facts = {"format": spec.format, "files": len(paths), "rows": int(store.n), "shape": list(store.shape),
                  "columns": [spec.target_key, *cut_columns(spec), *spec.scalar_inputs]}
+        _sample_images(store, spec)
         if targets is not None:
             facts.update(_check_samples(store, spec, targets, paths[0]))
         return facts
     finally:
         store.close()
+
+
+SAMPLED_IMAGES = 32
+"""Images read at validation, spread over the rows: a ragged or non-finite image among them is found early."""
+
+
+def _sample_images(store: Any, spec: DataSpec) -> None:
+    """Decode a few images spread over every file (what the metadata cannot tell: ragged rows, NaN)."""
+    if store.n == 0:
+        return
+    rows = np.unique(np.linspace(0, store.n - 1, min(store.n, SAMPLED_IMAGES)).astype(np.int64))
+    for got, x in store.iter_read(rows, block=len(rows)):
+        check_finite(x, got, store.where, spec.nonfinite)
 
 
 def _check_samples(store: Any, spec: DataSpec, rule: TargetRule, first: Path) -> dict[str, Any]:

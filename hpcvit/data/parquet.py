@@ -178,6 +178,7 @@ class ParquetStore(Store):
             raise DataError("no Parquet files given")
         self.file_rows, self._rg_start, self._rg_rows, self._keys = [], [], [], []
         scalar_sets = []
+        self._not_scalar: dict[str, str] = {}
         shape = None
         for k, path in enumerate(self.paths):
             pf = _open_parquet(path)
@@ -190,6 +191,12 @@ class ParquetStore(Store):
             self._rg_start.append(np.concatenate([[0], np.cumsum(rg_rows)]).astype(np.int64))
             self.file_rows.append(int(md.num_rows))
             scalar_sets.append({f.name for f in pf.schema_arrow if _is_scalar(f.type)})
+            for f in pf.schema_arrow:
+                if f.name != key and not _is_scalar(f.type):
+                    self._not_scalar.setdefault(f.name, f"{path}: column {f.name} holds {f.type}, not one number "
+                                                        "per row (one-hot labels? store the class index)"
+                                                if "list" in str(f.type) else
+                                                f"{path}: column {f.name} holds {f.type}, not numbers")
             first = int(np.argmax(rg_rows > 0)) if md.num_rows else None
             if first is not None:
                 try:
@@ -347,6 +354,9 @@ class ParquetStore(Store):
     # -- scalars --------------------------------------------------------------------------------------------
     def scalar_columns(self) -> list[str]:
         return list(self._scalars)
+
+    def not_scalar(self, name: str) -> str | None:
+        return self._not_scalar.get(name) if name not in self._scalars else None
 
     def column(self, name: str) -> np.ndarray:
         parts = []

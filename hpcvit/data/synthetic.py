@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import h5py
@@ -51,8 +53,12 @@ def write_synthetic_hdf5(path: str | Path, n: int, image_size: int = 32, channel
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x, y = make_showers(n, image_size, channels, seed)
-    with fsio.atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # Built in memory, then written as plain bytes: HDF5's own writes to a full disk leave a file object that
+    # crashes the process when it is freed; a plain write fails with one OSError and leaves nothing.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.create_dataset("X", data=x, chunks=(min(n, 512), image_size, image_size, channels))
         f.create_dataset("y", data=y)
         f.attrs.update({"generator": "hpcvit.synthetic", "seed": seed, "layout": "NHWC"})
+    fsio.write_bytes(path, buffer.getbuffer().tobytes())
     return path

@@ -90,6 +90,12 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
             except ValidationError:
                 want = str(hints[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
                 raise ValueError(f"model {name!r} argument {key!r} takes {want}, not {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"model {name!r} argument {key!r} is {value}: sizes, counts and rates are not negative")
+        default = params[key].default
+        if (value == 0 and isinstance(value, int) and not isinstance(value, bool) and isinstance(default, int)
+                and not isinstance(default, bool) and default > 0):
+            raise ValueError(f"model {name!r} argument {key!r} is 0: it must be at least 1 (default {default})")
 
 
 def check_inputs(name: str, inputs: str) -> None:

@@ -72,7 +72,12 @@ class Trainer:
         self.data = self.objective.build_data(saved)
         startup.mark("data")
         self.metric_name, self.metric_mode = self.objective.primary_metric(self.spec.checkpoint.best_metric)
-        model = self.objective.build_model()
+        try:
+            model = self.objective.build_model()
+        except (ValueError, RuntimeError, TypeError, ZeroDivisionError, AssertionError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"model.kwargs: model {self.spec.model.name} with {self.spec.model.kwargs or 'no kwargs'} "
+                             f"cannot be built for {self.data.info.get('shape', 'this data')} inputs ({first})") from None
         self.n_params = sum(p.numel() for p in model.parameters())
         model.train()
         self.model = model.to(self.d.device)

@@ -192,3 +192,9 @@ for section, fragment, words in [
 
 _add("nested 40 levels", BASE + "description: " + "[" * 40 + "]" * 40 + "\n", "nested more than 32 levels")
 _add("nested 5000 levels", BASE + "description: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply to read")
+
+# model sizes that no model can be built with
+_add("model-kwargs-negative", BASE.replace("  name: cnn_small", "  name: cnn_small\n  kwargs: {width: -8}"),
+     "model.kwargs: model 'cnn_small' argument 'width' is -8: sizes, counts and rates are not negative")
+_add("model-kwargs-zero", BASE.replace("  name: cnn_small", "  name: cnn_small\n  kwargs: {width: 0}"),
+     "argument 'width' is 0: it must be at least 1 (default 32)")
