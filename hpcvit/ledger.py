@@ -261,9 +261,10 @@ class SweepDir:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        data = fsio.read_json(self.root / self.MANIFEST, None)
-        if data is None:
-            raise FileNotFoundError(f"{self.root}: not a sweep directory (no manifest.json)")
+        try:
+            data = fsio.read_json(self.root / self.MANIFEST)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.root}: not a sweep directory (no manifest.json)") from None
         if not isinstance(data, dict):
             raise DamagedFileError(self.root / self.MANIFEST, "not a JSON object")
         return data

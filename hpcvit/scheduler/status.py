@@ -100,7 +100,10 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
         job_id, executor = latest.get(index, ("", ""))
         try:
             state = fsio.read_object(os.path.join(folder, TaskDir.STATE), {})
-            progress = fsio.read_object(os.path.join(folder, TaskDir.PROGRESS), {})
+            try:  # the trainer's report only informs; damaged, it must not change what the task's state is
+                progress, progress_problem = fsio.read_object(os.path.join(folder, TaskDir.PROGRESS), {}), ""
+            except DamagedFileError as exc:
+                progress, progress_problem = {}, f"damaged ledger file {exc}"
             recorded = _recorded(state, job_id, task)
             queued, reason = queue.get(job_id, (None, ""))
             effective = effective_state(
@@ -109,7 +112,7 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
                 launcher_alive=lambda s=state: process_alive(s.get("pid"), s.get("pid_start")),
                 job_alive=lambda j=job_id: pid_alive(j), trainer_alive=task.trainer_running,
                 stop_cause=state.get("stop_cause"))
-            message = state.get("message", "")
+            message = "; ".join(m for m in (state.get("message", ""), progress_problem) if m)
             if effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
                 message = f"{message}; its job ended without being requeued".lstrip("; ")
             elif effective in (TaskState.HELD, TaskState.PENDING) and reason and reason != "None":
