@@ -144,6 +144,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranges(indices: list[int]) -> str:
+    """``0-3, 7, 9-10``: task indices as runs of consecutive numbers."""
+    out: list[str] = []
+    for i in sorted(set(indices)):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out) or "none"
+
+
 class UsageError(ValueError):
     """A command-line argument that cannot be used as given (exit 2, like a bad spec)."""
 
@@ -268,7 +279,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     sweep_dir = _sweep(args)
     indices = orchestrate.cancel(sweep_dir)
-    console.print(f"cancelled {len(indices)} task(s) of {sweep_dir.sweep_id}: {indices}")
+    console.print(f"cancelled {len(indices)} task(s) of {sweep_dir.sweep_id}: {_ranges(indices)}")
     return 0
 
 
@@ -335,7 +346,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpcvit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hpcvit", description="Train the Vision Transformer family on detector images (and hit clustering on "
+        "calorimeter hits) in Slurm sweeps from one YAML job spec: validate it, submit it, follow it with status, "
+        "resume what did not finish, compare the runs. `hpcvit COMMAND --help` tells more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log hpcvit's debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 

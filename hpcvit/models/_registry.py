@@ -46,6 +46,8 @@ def register_model(name: str, target: str, family: str, description: str, inputs
 
 def list_models(pattern: str = "*", inputs: str | None = "image") -> list[str]:
     """Registered names matching a shell-style wildcard, sorted; those taking ``inputs`` (None: all)."""
+    if not any(ch in pattern for ch in "*?["):
+        pattern = f"*{pattern}*"  # a plain word matches any name that holds it
     return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and inputs in (None, e.inputs))
 
 

@@ -182,10 +182,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``models`` command to an ``argparse`` sub-parser set; sets ``func(args) -> int``."""
     parser = subparsers.add_parser(
         "models", help="list registered models with parameters, FLOPs and supported input sizes",
-        description="List the registered models (shell wildcards select names) with their family, parameters "
-                    "and GFLOPs per image for the given input, and whether each builds and runs on 2x32x32 and "
-                    "3x125x125 images. Builds every model on the CPU: takes a few seconds per model.")
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard over names (default: all)")
+        description="List the registered models with their family and description. With a PATTERN (a part of "
+                    "the name, or shell wildcards), --build, --in-chans or --img-size, also build each one on the "
+                    "CPU (a few seconds per model): parameters, GFLOPs per image for the given input, and whether "
+                    "it runs on 2x32x32 and 3x125x125 images.")
+    parser.add_argument("pattern", nargs="?", default="*",
+                        help="part of a name (vit) or shell wildcards (vit_*, *net*); default: all")
     parser.add_argument("--in-chans", type=int, default=None, help="input channels (default 2; implies --build)")
     parser.add_argument("--img-size", type=int, default=None, help="image side in pixels (default 32; implies --build)")
     parser.add_argument("--build", action="store_true", help="build every model: parameters, FLOPs, input sizes")
