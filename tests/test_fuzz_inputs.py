@@ -217,7 +217,7 @@ def test_ledger_readers_read_or_name_the_file(tmp_path: Path, content: bytes) ->
             assert str(exc).startswith(str(target)) and "\n" not in str(exc), str(exc)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(x_shape=st.lists(st.integers(0, 9), min_size=1, max_size=4),
        x_kind=st.sampled_from(["f4", "f8", "i2", "u1", "S2", "?"]),
        y_shape=st.lists(st.integers(0, 9), min_size=0, max_size=2),

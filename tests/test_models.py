@@ -89,7 +89,8 @@ def test_new_models_registered_with_families() -> None:
     assert model_entry("resnet15").family == "cnn"
     assert model_entry("effswin").family == "hybrid"
     assert list_models("resnet*") == ["resnet15", "resnet18"]
-    assert list_models("vit") == ["deepvit", "vit_seed", "vit_small", "vit_tiny"], "a plain word matches names holding it"
+    assert list_models("vit") == ["davit_tiny", "deepvit", "maxvit_tiny", "vit_seed", "vit_small", "vit_tiny"], \
+        "a plain word matches names holding it"
     assert list_models("net_b0") == ["efficientnet_b0"] and list_models("nothing") == []
 
 

@@ -111,3 +111,27 @@ def test_a_promoted_configuration_ends_bitwise_identical_to_its_straight_twin(wo
     run = task.run_id()
     assert steps(sweep, run, "val_loss") == [0, 1, 2, 3], "one run per configuration, every epoch once"
     assert sweep.task(0).result()["best_metric"] == twin.task(0).result()["best_metric"]
+
+
+def test_a_rung_ends_only_once_its_checkpoint_is_durable(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rung's marker may promote the task at once: a new trainer must find the rung's last checkpoint whole,
+    however slowly the background writer goes (a loaded node)."""
+    import time
+
+    from hpcvit.checkpoint import CheckpointManager
+
+    save = CheckpointManager.save
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(1.0)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", slow_save)
+    sweep = make_sweep(fresh(workdir / "slow"), search_spec("slow", max_epochs=4))
+    task = sweep.task(0)
+    task.write_budget(0, 1)
+    trainer = Trainer(task)
+    assert trainer.run() == 0 and task.rung_done() is not None
+    newest = CheckpointManager(task.checkpoints).candidates()[0][0]
+    assert newest["step"] == trainer.global_step and newest["epoch"] == 1, "the rung's checkpoint is on disk"
+    trainer.run_lock.release()

@@ -89,6 +89,8 @@ class HDF5Store(Store):
                 if d.ndim not in (3, 4) or d.dtype.kind not in "fiu":
                     raise DataError(f"{path}: {input_key} has shape {d.shape} and type {d.dtype}; expected numeric "
                                     "(N, H, W, C), (N, C, H, W) or (N, H, W)")
+                if 0 in d.shape[1:]:
+                    raise DataError(f"{path}: {input_key} images are {tuple(d.shape[1:])}: empty (an axis of size 0)")
                 if d.ndim == 3:
                     lay = "NHW"
                 elif layout == "auto":

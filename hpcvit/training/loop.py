@@ -386,6 +386,9 @@ class Trainer:
 
     def _rung_done(self, budget: dict[str, Any]) -> int:
         """The rung's epochs are trained and checkpointed: its last epoch's metrics for the rung's decision."""
+        # The rung's end may promote the task at once (a new trainer reading this checkpoint): it must be durable
+        # before the marker says so.
+        self.wait_for_checkpoint()
         last = self.task.progress().get("last") if self.d.main else None
         self.report.rung_done(int(budget.get("rung", 0)), self.epoch, last or {})
         self._report_progress(TaskState.RUNG_DONE, last=last)

@@ -89,6 +89,7 @@ _hdf5_case("X of strings", "data.paths", "expected numeric", X=np.array([b"x"] *
 _hdf5_case("X one value per row", "data.paths", "expected numeric", X=np.ones(40), y=Y40)
 _hdf5_case("NaN pixels", "data.nonfinite", "non-finite pixel(s)", X=np.where(RNG.random(X40.shape) < 0.01, np.nan, X40).astype(np.float32),
            y=Y40)
+_hdf5_case("images of no pixels", "data.paths", "empty (an axis of size 0)", X=np.ones((40, 0, 0), np.float32), y=Y40)
 _hdf5_case("images of five axes", "data.paths", "expected numeric", X=np.ones((40, 2, 2, 2, 2)), y=Y40)
 _hdf5_case("height, width and channels all equal", "data.layout", "cannot be told apart",
            X=np.ones((40, 4, 4, 4), np.float32), y=Y40)
