@@ -11,11 +11,15 @@ direction, channels in the CMS end-to-end order:
 1. d0 (cm) and 2. dz (cm) of those tracks: a conversion leg's d0 is its conversion radius times the sine of
    its bend, the underlying event's d0 ~ N(0, 0.01) and dz ~ N(0, 5);
 3. ECAL energy (GeV): the showers, smeared and zero-suppressed, the channel the mass is in;
-4. HCAL energy (GeV): 1 % leakage of each shower summed in 5 x 5 towers (a rough stand-in);
-5.-7. pixel barrel layers 1-3 (r = 2.9, 6.8, 10.9 cm): a hit per track that exists at that radius.
+4. HCAL energy (GeV) in 5 x 5 towers: each shower's leakage behind the crystals (a fraction drawn around
+   1 %), the underlying event's charged hadrons at their bent impact (30-90 % of their energy) and its
+   neutral hadrons (Poisson 2);
+5.-7. pixel barrel layers 1-3 (r = 2.9, 6.8, 10.9 cm): a hit where each track crosses the layer, bent by the
+   field by then (a soft track's hits move along phi from layer to layer; a conversion leg hits only the
+   layers outside its conversion radius).
 
-Channels 0-2 and 4-7 are not modelled faithfully (no tracker simulation, no pile-up); channel 3 is what the
-mass is measured from. Rows: ``X_jet`` (8 x 125 x 125), ``m`` (GeV), ``pt``, ``eta``, ``phi``, ``ieta``,
+Channels 0-2 and 4-7 are simplified (no tracker simulation, no pile-up, no hadron showers); channel 3 is what
+the mass is measured from. Rows: ``X_jet`` (8 x 125 x 125), ``m`` (GeV), ``pt``, ``eta``, ``phi``, ``ieta``,
 ``iphi`` (the A direction's crystal indices), one row per row group by default, snappy.
 """
 
@@ -62,6 +66,12 @@ def _decay(m: float, pt: float, eta: float, phi: float, rng: np.random.Generator
     return out
 
 
+def _add(image: np.ndarray, ie: float, ip: float, value: float) -> None:
+    i, j = int(ie), int(ip)
+    if 0 <= i < image.shape[0] and 0 <= j < image.shape[1]:
+        image[i, j] += value
+
+
 def _wrap(dphi: float) -> float:
     return (dphi + math.pi) % (2 * math.pi) - math.pi
 
@@ -77,35 +87,48 @@ def simulate(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np
     centre = IMAGE / 2
     for k in range(n):
         canvas, times = np.zeros((IMAGE, IMAGE)), np.zeros((IMAGE, IMAGE))
-        tracks: list[tuple[float, float, float, float, float, float]] = []  # (ieta, iphi, pT, d0, dz, radius)
+        hcal = np.zeros((IMAGE, IMAGE))
+        # (ieta, iphi of the direction at its origin, pT, d0, dz, origin radius, charge, phi change to the ECAL)
+        tracks: list[tuple[float, float, float, float, float, float, int, float]] = []
+        t0 = showers.T0_SPREAD_NS * rng.standard_normal()
         for e_g, eta_g, phi_g in _decay(m[k], pt[k], eta[k], phi[k], rng):
             ie = centre + (eta_g - eta[k]) / showers.CRYSTAL
             ip = centre + _wrap(phi_g - phi[k]) / showers.CRYSTAL
             x0 = float(showers.material_x0(eta_g))
-            legs = showers.photon_path(rng, e_g, eta_g, x0)
-            r_conv = showers.R_TRACKER * rng.random() if len(legs) > 1 else None
-            for e_leg, dphi, charge in legs:
-                showers.deposit(canvas, times, ie, ip + dphi / showers.CRYSTAL, e_leg, 0.0, rng)
-                if charge and r_conv is not None and r_conv < CONVERSION_TRACKING:
-                    tracks.append((ie, ip + dphi / showers.CRYSTAL, e_leg / math.cosh(eta_g),
-                                   100 * r_conv * abs(math.sin(dphi)), 0.0, r_conv))
-        for _ in range(rng.poisson(UE_TRACKS)):
-            tracks.append((rng.uniform(0, IMAGE), rng.uniform(0, IMAGE), rng.exponential(UE_PT),
-                           rng.normal(0, 0.01), rng.normal(0, 5.0), 0.0))
+            for leg in showers.photon_path(rng, e_g, eta_g, x0):
+                ip_leg = ip + leg.dphi / showers.CRYSTAL
+                showers.deposit(canvas, times, ie, ip_leg, leg.energy, t0 + leg.delay_ns, rng)
+                _add(hcal, ie, ip_leg, leg.energy * rng.gamma(2.0, HCAL_LEAK / 2))  # the shower's leakage
+                if leg.charge and leg.origin_m < CONVERSION_TRACKING:
+                    tracks.append((ie, ip, leg.energy / math.cosh(eta_g), 100 * leg.origin_m * abs(math.sin(leg.dphi)),
+                                   0.0, leg.origin_m, leg.charge, leg.dphi))
+        for _ in range(rng.poisson(UE_TRACKS)):  # charged hadrons of the underlying event: tracks and HCAL
+            ie, ip, tpt, q = rng.uniform(0, IMAGE), rng.uniform(0, IMAGE), rng.exponential(UE_PT), int(rng.choice([-1, 1]))
+            dphi = showers.track_dphi(0.0, showers.R_ECAL, tpt, q)
+            tracks.append((ie, ip, tpt, rng.normal(0, 0.01), rng.normal(0, 5.0), 0.0, q, dphi))
+            if math.isfinite(dphi):
+                _add(hcal, ie, ip + dphi / showers.CRYSTAL, tpt * math.cosh(eta[k]) * rng.uniform(0.3, 0.9))
+        for _ in range(rng.poisson(UE_TRACKS / 2)):  # neutral hadrons: HCAL only
+            _add(hcal, rng.uniform(0, IMAGE), rng.uniform(0, IMAGE),
+                 rng.exponential(UE_PT) * math.cosh(eta[k]) * rng.uniform(0.5, 1.0))
         energy, _ = showers.digitise(canvas, times, rng)
         img = x[k]
         img[3] = energy
-        towers = energy.reshape(IMAGE // TOWER, TOWER, IMAGE // TOWER, TOWER).sum(axis=(1, 3)) * HCAL_LEAK
+        towers = hcal.reshape(IMAGE // TOWER, TOWER, IMAGE // TOWER, TOWER).sum(axis=(1, 3))
         img[4] = np.kron(towers, np.ones((TOWER, TOWER))) / TOWER ** 2
-        for ie, ip, tpt, d0, dz, r0 in tracks:
-            i, j = int(ie), int(ip)
+        for ie, ip, tpt, d0, dz, r0, q, at_ecal in tracks:
+            i = int(ie)
+            j = int(ip + at_ecal / showers.CRYSTAL) if math.isfinite(at_ecal) else -1  # -1: curled up before
             if 0 <= i < IMAGE and 0 <= j < IMAGE:
                 img[0, i, j] += tpt
                 img[1, i, j] = d0
                 img[2, i, j] = dz
-                for layer, radius in enumerate(PIXEL_RADII):
-                    if r0 < radius:
-                        img[5 + layer, i, j] += 1.0
+            for layer, radius in enumerate(PIXEL_RADII):  # where the track crosses each layer (bent by then)
+                if r0 < radius:
+                    dphi = showers.track_dphi(r0, radius, tpt, q)
+                    jl = int(ip + dphi / showers.CRYSTAL) if math.isfinite(dphi) else -1
+                    if 0 <= i < IMAGE and 0 <= jl < IMAGE:
+                        img[5 + layer, i, jl] += 1.0
     ieta = np.floor((eta + 2.5) / showers.CRYSTAL)
     iphi = np.floor((phi + math.pi) / showers.CRYSTAL)
     return x, {"m": m, "pt": pt, "eta": eta, "phi": phi, "ieta": ieta, "iphi": iphi}
@@ -154,7 +177,12 @@ def generate_diphoton(n: int, out: Path, seed: int = 1, workers: int = 1, shard_
     shards = [s for s in plan(n, seed, shard_size) if s.label == 1]  # one class: every shard is an A sample
     meta = {"process": "diphoton-mass", "seed": seed, "n": n, "shard_size": shard_size, "channels": CHANNELS,
             "m_gev": list(M_RANGE), "pt_gev": list(PT_RANGE), "abs_eta_max": ETA_MAX,
-            "generator": "hpcvit.data.generate_diphoton"}
+            "generator": "hpcvit.data.generate_diphoton",
+            "modelling": {"ECAL": "showers through the tracker's material and the crystals (hpcvit.data.showers)",
+                          "track pT, d0, dz, BPix layers": "simplified: conversion legs and underlying-event tracks "
+                          "bent in the field, no tracker simulation, no pile-up",
+                          "HCAL": "simplified: the showers' leakage and the underlying event's hadrons in 5 x 5 "
+                          "towers, no hadron showers"}}
     t0 = time.monotonic()
     writer = None
     try:

@@ -2,7 +2,7 @@
 
 One file per class, as published (``SinglePhotonPt50...hdf5`` with ``y = 0``, ``SingleElectronPt50...hdf5``
 with ``y = 1``): ``X`` (N, 32, 32, 2) float32 (crystal energy in GeV, arrival time in ns) cropped around the
-most energetic crystal, and ``y`` (N,) float32. The particles come from a particle gun (uniform in |eta| < 1.4
+most energetic crystal, ``y`` (N,) float32, and the gun's ``pt``, ``eta``, ``phi`` (N,) float32. The particles come from a particle gun (uniform in |eta| < 1.4
 and in phi, both charges for electrons); their path through the tracker and their showers are
 :mod:`hpcvit.data.showers`. Work is split into shards of one class, each seeded from the run's seed, so the
 files depend on the seed, ``n`` and the shard size only, not on the number of worker processes.
@@ -26,6 +26,8 @@ PT = 50.0
 ETA_MAX = 1.4
 CROP = 32
 CANVAS = 64
+SCALARS = ("pt", "eta", "phi")
+"""Per-particle columns beside ``X`` and ``y``: the gun's pT (GeV), eta and phi (for cuts and scalar inputs)."""
 FILES = {0: "SinglePhotonPt50_IMGCROPS_n{n}_hpcvit.hdf5", 1: "SingleElectronPt50_IMGCROPS_n{n}_hpcvit.hdf5"}
 
 
@@ -49,24 +51,26 @@ def simulate(label: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     """``n`` images (n, 32, 32, 2) of class ``label`` (0 photon, 1 electron) and what made each one."""
     x = np.zeros((n, CROP, CROP, 2), dtype=np.float32)
     eta = rng.uniform(-ETA_MAX, ETA_MAX, n)
+    phi = rng.uniform(-math.pi, math.pi, n)
     converted = np.zeros(n, dtype=bool)
     for k in range(n):
         energy = PT * math.cosh(eta[k])
         x0 = float(showers.material_x0(eta[k]))
         if label == 1:
-            parts = showers.electron_path(rng, energy, eta[k], x0, charge=int(rng.choice([-1, 1])))
+            legs = showers.electron_path(rng, energy, eta[k], x0, charge=int(rng.choice([-1, 1])))
         else:
-            parts = showers.photon_path(rng, energy, eta[k], x0)
-            converted[k] = len(parts) > 1
+            legs = showers.photon_path(rng, energy, eta[k], x0)
+            converted[k] = len(legs) != 1 or legs[0].charge != 0
         canvas, times = np.zeros((CANVAS, CANVAS)), np.zeros((CANVAS, CANVAS))
         ie0 = CANVAS / 2 + rng.random()  # where in a crystal the particle points
         ip0 = CANVAS / 2 + rng.random()
-        for e, dphi, _ in parts:
-            showers.deposit(canvas, times, ie0, ip0 + dphi / showers.CRYSTAL, e, 0.0, rng)
+        t0 = showers.T0_SPREAD_NS * rng.standard_normal()  # the collision's time, common to the event
+        for leg in legs:
+            showers.deposit(canvas, times, ie0, ip0 + leg.dphi / showers.CRYSTAL, leg.energy, t0 + leg.delay_ns, rng)
         energy_img, time_img = showers.digitise(canvas, times, rng)
         ce, ct = showers.crop(energy_img, time_img, CROP)
         x[k, :, :, 0], x[k, :, :, 1] = ce, ct
-    return x, {"eta": eta, "converted": converted}
+    return x, {"eta": eta, "phi": phi, "converted": converted}
 
 
 def _work(shard: EGammaShard) -> dict[str, Any]:
@@ -93,6 +97,8 @@ def generate_egamma(n: int, out_dir: Path, seed: int = 1, workers: int = 1, shar
                 f.create_dataset("X", shape=(0, CROP, CROP, 2), maxshape=(None, CROP, CROP, 2), dtype=np.float32,
                                  chunks=(256, CROP, CROP, 2))
                 f.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.float32)
+                for column in SCALARS:
+                    f.create_dataset(column, shape=(0,), maxshape=(None,), dtype=np.float32)
                 f.attrs.update({"generator": "hpcvit.data.generate_egamma", "seed": seed, "pt_gev": PT,
                                 "abs_eta_max": ETA_MAX, "label": ["photon", "electron"][lab],
                                 "channels": "ECAL energy (GeV), arrival time (ns)"})
@@ -105,6 +111,9 @@ def generate_egamma(n: int, out_dir: Path, seed: int = 1, workers: int = 1, shar
                     f["X"][-m:] = res["x"]
                     f["y"].resize(f["y"].shape[0] + m, axis=0)
                     f["y"][-m:] = float(res["label"])
+                    for column, values in (("pt", np.full(m, PT)), ("eta", res["eta"]), ("phi", res["phi"])):
+                        f[column].resize(f[column].shape[0] + m, axis=0)
+                        f[column][-m:] = values
                     converted[res["label"]] += int(res["converted"].sum())
         finally:
             for f in files.values():
