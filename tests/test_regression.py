@@ -6,6 +6,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from hpcvit.objectives.regression import RegressionObjective
@@ -52,7 +53,7 @@ def _blobs(path: Path, n: int = 800, seed: int = 0) -> Path:
 
 def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -> None:
     path = _blobs(workdir / "blobs.h5")
-    sweep = make_sweep(workdir, SPEC.format(name="mass", path=path, epochs=4, best="val_mre"), tracking=False)
+    sweep = make_sweep(workdir, SPEC.format(name="mass", path=path, epochs=4, best="val_mre"))
     trainer = Trainer(sweep.task(0))
     scale = trainer.objective.scale
     train_y = trainer.data.train.targets
@@ -68,7 +69,12 @@ def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -
     assert 85 <= val_out.mean() <= 500, "predictions are in the target's units"
     assert model_mae < 0.5 * mean_mae, (model_mae, mean_mae)
     assert result["metric"] == "val_mre" and result["best_metric"] < 0.2
-    from hpcvit.results.compare import plot_overlay
+    from hpcvit.results.compare import compare_rows, plot_overlay
+
+    assert compare_rows(sweep)[0]["metric"] == "val_mre", "compare ranks by the spec's checkpoint.best_metric"
+    assert compare_rows(sweep, "test_mre")[0]["metric"] == "test_mre"
+    with pytest.raises(ValueError, match="--metric val_roc_auc: not a metric of this regression sweep"):
+        compare_rows(sweep, "val_roc_auc")
 
     png = plot_overlay(sweep, workdir / "residuals.png")
     assert png.stat().st_size > 10_000 and png.with_suffix(".pdf").exists(), "a regression's figure: residuals"

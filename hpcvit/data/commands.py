@@ -236,9 +236,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                   f"max {rg.get('max')}), compression {d['compression']}, image column {d['image_column']}")
             print("  columns: " + ", ".join(f"{k} {v}" for k, v in d["columns"].items()))
             if "generator" in d:
-                g = d["generator"]
-                print(f"  generator: {g.get('process')} seed {g.get('seed')}, pythia8mc "
-                      f"{g.get('generator', {}).get('pythia8mc')}, cuts {json.dumps(g.get('cuts'))}")
+                g = d["generator"] if isinstance(d["generator"], dict) else {}
+                made_by = g.get("generator")
+                what = (f"pythia8mc {made_by.get('pythia8mc')}, cuts {json.dumps(g.get('cuts'))}"
+                        if isinstance(made_by, dict) else str(made_by or ""))  # Pythia jets, or the ECAL model
+                print(f"  generator: {g.get('process')} seed {g.get('seed')}, {what}")
         else:
             print(f"  {d.get('dtype')} {d.get('shape')} ({d.get('layout')}), chunks {d.get('chunks')}, "
                   f"compression {d.get('compression')}")
@@ -268,9 +270,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = p.add_subparsers(dest="data_command", metavar="{generate,convert,inspect}")
     sub.required = True
 
-    g = sub.add_parser("generate", help="Monte-Carlo jet images (Pythia 8 + anti-kT) in the published Parquet layout",
-                       description="Generate jets of two classes (half each) with Pythia 8 and write them as "
-                                   "3 x 125 x 125 images (tracks, ECAL, HCAL) in the published Parquet layout.")
+    g = sub.add_parser("generate", help="simulated data sets in the published layouts (jets, showers, hits)",
+                       description="Generate a data set in a published layout: top-vs-qcd and quark-vs-gluon jets "
+                                   "from Pythia 8 as 3 x 125 x 125 Parquet images (tracks, ECAL, HCAL; half of "
+                                   "each class); electron-vs-photon showers as 32 x 32 x 2 HDF5 (one file per "
+                                   "class); diphoton-mass A -> gamma gamma as 8 x 125 x 125 Parquet with target m; "
+                                   "calo-hits events as per-event hit lists in HDF5 or Parquet.")
     g.add_argument("--process", required=True, choices=sorted([*PROCESSES, *DETECTOR_ONLY]),
                    help="jets from Pythia 8 (top-vs-qcd, quark-vs-gluon) or particles into the ECAL model "
                         "(electron-vs-photon: two HDF5 files in -o DIR; diphoton-mass: X_jet Parquet)")

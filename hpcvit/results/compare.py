@@ -46,7 +46,15 @@ def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, A
     m = sweep.manifest
     specs = sweep.run_specs()
     objective = get_objective(specs[0].data.task)
-    metric = metric or objective.primary_metric()[0]
+    if metric:
+        from hpcvit.objectives import check_metric
+
+        problem = check_metric(objective.name, "val_" + metric.removeprefix("test_").removeprefix("val_"), "")
+        if problem or not metric.startswith(("val_", "test_")):
+            valid = [f"val_{m.name}" for m in objective.metrics]
+            raise ValueError(f"--metric {metric}: not a metric of this {objective.name} sweep (one of "
+                             f"{', '.join(valid)}, or test_ instead of val_)")
+    metric = metric or objective.primary_metric(specs[0].checkpoint.best_metric)[0]  # what the spec ranks by
     maximise = metric_mode(metric) == "max"
     client = mlflow_client(m["tracking_uri"])
     rows = []
