@@ -60,6 +60,14 @@ def test_the_data_corpus_covers_both_formats_and_every_field() -> None:
                                              "data.scalar_inputs", "data.val_fraction"}
 
 
+@pytest.mark.parametrize("job,target", [("egamma_generated", "make data-egamma"), ("mass_generated", "make data-mass"),
+                                        ("sweep_hits", "make data-hits"), ("quark_gluon", "make data-qg")])
+def test_a_shipped_jobs_missing_data_names_the_make_target(tmp_path: Path, job: str, target: str) -> None:
+    spec = Path(__file__).parents[1] / "jobs" / f"{job}.yaml"
+    line = _one_line_refusal(hpcvit("validate", str(spec), cwd=tmp_path))
+    assert "data.paths: file(s) not found" in line and f"`{target}` writes" in line, line
+
+
 # -- run folders --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

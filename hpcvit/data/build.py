@@ -29,7 +29,7 @@ from hpcvit.data.preprocess import (
     stats_block,
 )
 from hpcvit.data.selection import cut_columns, missing_columns, select
-from hpcvit.data.store import DataError
+from hpcvit.data.store import DataError, not_found
 from hpcvit.data.targets import TargetRule, Values
 from hpcvit.config import DataSpec, data_fields
 
@@ -84,7 +84,7 @@ def check(spec: DataSpec, targets: TargetRule | None = None) -> dict[str, Any]:
     paths = resolve_paths(spec, Path.cwd())
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise DataError(f"file(s) not found: {', '.join(missing)}", field="data.paths")
+        raise not_found(missing)
     odd = [str(p) for p in paths if not p.is_file()]
     if odd:
         raise DataError(f"not regular file(s): {', '.join(odd)}", field="data.paths")

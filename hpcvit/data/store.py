@@ -161,3 +161,16 @@ def select_channels(channels: list[int] | None, n_file: int, where: str) -> list
         raise DataError(f"{where}: data.channels {bad} out of range: the images have {n_file} channels",
                         field="data.channels")
     return list(channels)
+
+
+MADE_BY = {"top_vs_qcd_n8000.parquet": "make data-top", "quark_gluon_n6000.parquet": "make data-qg",
+           "_IMGCROPS_n8000_hpcvit.hdf5": "make data-egamma", "diphoton_mass_n4000_seed1.parquet": "make data-mass",
+           "calo_hits_n20000_seed1.h5": "make data-hits"}
+"""The shipped jobs' generated files (name endings) and the make target that writes each."""
+
+
+def not_found(missing: list[str]) -> DataError:
+    """The error for data files that do not exist, saying which ``make`` target writes those the jobs name."""
+    targets = sorted({t for m in missing for end, t in MADE_BY.items() if m.endswith(end)})
+    hint = f" (`{'`, `'.join(targets)}` writes {'them' if len(missing) > 1 else 'it'})" if targets else ""
+    return DataError(f"file(s) not found: {', '.join(missing)}{hint}", field="data.paths")

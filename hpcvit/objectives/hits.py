@@ -92,6 +92,7 @@ class HitClustering(Objective):
         columns are there (the events themselves are checked when the cache is built)."""
         from hpcvit.config import HitsSpec
         from hpcvit.data import DataError, resolve_paths
+        from hpcvit.data.store import not_found
         from hpcvit.data.selection import cut_columns
         from hpcvit.hits.cache import hit_store
 
@@ -102,7 +103,7 @@ class HitClustering(Objective):
         paths = resolve_paths(spec, Path.cwd())
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise DataError(f"file(s) not found: {', '.join(missing)}", field="data.paths")
+            raise not_found(missing)
         store = hit_store(spec, paths)
         try:
             have = store.scalar_columns()
