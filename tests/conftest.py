@@ -130,6 +130,36 @@ def final_weights(sweep: SweepDir, index: int) -> dict[str, torch.Tensor]:
     return torch.load(ckpts[-1], weights_only=False)["model"]
 
 
+def checkpoint_differences(sweep_a: SweepDir, sweep_b: SweepDir, index: int = 0, index_b: int | None = None
+                           ) -> list[str]:
+    """Every entry (weights, optimiser, schedule, every generator of every rank, counters) in which the newest
+    checkpoints of task ``index`` of ``sweep_a`` and task ``index_b`` (default: the same) of ``sweep_b`` differ."""
+
+    def flat(value: object, key: str = "") -> Iterator[tuple[str, object]]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from flat(v, f"{key}[{i}]")
+        else:
+            yield key, value
+
+    def newest(sweep: SweepDir, i: int) -> dict[str, object]:
+        path = sorted(sweep.task(i).checkpoints.glob("ckpt-*.pt"))[-1]
+        return dict(flat(torch.load(path, weights_only=False)))
+
+    a, b = newest(sweep_a, index), newest(sweep_b, index if index_b is None else index_b)
+    differ = sorted(set(a) ^ set(b))
+    for key in sorted(set(a) & set(b)):
+        x, y = a[key], b[key]
+        same = (isinstance(y, torch.Tensor) and x.shape == y.shape and torch.equal(x, y)) if isinstance(x, torch.Tensor) \
+            else x == y or (x != x and y != y)  # NaN equals NaN here
+        if not same:
+            differ.append(key)
+    return differ
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[str]:
     """A real single-node Slurm cluster started by slurm/local-cluster.sh (root only); yields SLURM_CONF."""

@@ -12,7 +12,7 @@ from hpcvit.config import SearchSpec
 from hpcvit.sweep import load_sweep
 from hpcvit.training.loop import Trainer
 from hpcvit.yamlio import SpecError
-from tests.conftest import SPEC, final_weights, steps, write_spec
+from tests.conftest import SPEC, checkpoint_differences, final_weights, steps, write_spec
 from tests.test_train_features import make_sweep
 
 SEARCH = """
@@ -108,6 +108,7 @@ def test_a_promoted_configuration_ends_bitwise_identical_to_its_straight_twin(wo
     assert Trainer(twin.task(0)).run() == 0
     a, b = final_weights(sweep, 0), final_weights(twin, 0)
     assert all(torch.equal(a[k], b[k]) for k in a), "a promotion must be an exact resume"
+    assert checkpoint_differences(sweep, twin) == [], "every tensor and generator state of the checkpoint too"
     run = task.run_id()
     assert steps(sweep, run, "val_loss") == [0, 1, 2, 3], "one run per configuration, every epoch once"
     assert sweep.task(0).result()["best_metric"] == twin.task(0).result()["best_metric"]

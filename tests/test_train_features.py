@@ -26,7 +26,7 @@ from hpcvit.models import build_model
 from hpcvit.orchestrate import create_sweep
 from hpcvit.sweep import load_sweep
 from hpcvit.training.loop import Trainer
-from tests.conftest import children, hpcvit, start_lines, wait_for, write_spec
+from tests.conftest import checkpoint_differences, children, hpcvit, start_lines, wait_for, write_spec
 
 TINY = """
 name: {name}
@@ -219,6 +219,7 @@ sweep:
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert checkpoint_differences(sweep, sweep, 0, 1) == [], "every tensor and generator state, every rank"
     runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
     for metric in ("val_loss", "val_raw_loss", "train_loss"):  # a resumed epoch's train_loss covers the whole epoch
         assert runs["0"].data.metrics[metric] == runs["1"].data.metrics[metric], metric

@@ -10,6 +10,7 @@ from typing import Any
 
 from hpcvit import fsio
 from hpcvit.ledger import TaskDir
+from hpcvit.rngs import host_generators_kept
 from hpcvit.tracking import names
 from hpcvit.tracking.client import mlflow_client
 from hpcvit.tracking.outage import is_transient
@@ -105,6 +106,10 @@ class TaskTracker:
         fsio.append_line(self.buffer, json.dumps({"op": op, **kwargs}))
 
     def _call(self, op: str, **kwargs: Any) -> None:
+        with host_generators_kept():  # MLflow's retry jitter draws from them
+            self._dispatch(op, **kwargs)
+
+    def _dispatch(self, op: str, **kwargs: Any) -> None:
         if self._offline_since is not None and time.monotonic() - self._offline_since < self.RETRY_S:
             self._append(op, kwargs)
             return

@@ -27,6 +27,7 @@ from hpcvit.checkpoint import CheckpointManager
 from hpcvit.ledger import TaskDir
 from hpcvit.objectives import Objective, get_objective, is_better
 from hpcvit.scheduler.jobenv import JobEnv
+from hpcvit.rngs import host_generators_kept
 from hpcvit.states import TaskState
 from hpcvit.training import distributed, optim, startup, stop
 from hpcvit.training.distributed import Dist
@@ -105,6 +106,7 @@ class Trainer:
         self.guard = NonFiniteGuard(o.nonfinite, self.d)
         self.meter = EpochMeter(self.d.device)
         self._resumed_partial: dict[str, Any] | None = None
+        self._resumed_rng: dict[str, Any] | None = None
         self.progress = TrainProgress()
         self.state = TrainState(self.progress, {
             "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
@@ -162,7 +164,7 @@ class Trainer:
                 f"{where}: does not fit model {self.spec.model.name} {self.spec.model.kwargs or ''} ({first}); "
                 "move the task's checkpoints away to train it from scratch") from None
         if saved["world_size"] == self.d.world:
-            distributed.set_rng_state(saved["rng"][self.d.rank], self.d)
+            self._resumed_rng = saved["rng"][self.d.rank]  # set just before training: see _run
             partial = saved.get("epoch_partial")
             self._resumed_partial = partial[self.d.rank] if partial else None
         else:
@@ -328,15 +330,21 @@ class Trainer:
         indices = list(range(self.d.rank, len(dataset), self.d.world))
         loader = self._loader(torch.utils.data.Subset(dataset, indices), None, self.spec.optim.batch_size * 2)
         collect = self.objective.evaluator()
-        for x, y in loader:
-            with optim.autocast(self.d.device, self.amp_dtype):
-                collect.add(model(*self.objective.inputs(x, self.d.device)), y)
-        return self.objective.evaluate(distributed.gather(collect.local(), self.d))
+        with host_generators_kept():  # metrics import lazily, and imports draw: see hpcvit.rngs
+            for x, y in loader:
+                with optim.autocast(self.d.device, self.amp_dtype):
+                    collect.add(model(*self.objective.inputs(x, self.d.device)), y)
+            return self.objective.evaluate(distributed.gather(collect.local(), self.d))
 
     def _facts(self) -> dict[str, Any]:
-        """What the MLflow run records beside the spec."""
-        return {"model.n_params": self.n_params, **self.objective.facts(self._fresh_model),
-                "dist.world_size": self.d.world}
+        """What the MLflow run records beside the spec; on a first start only, so it leaves every generator as
+        it found it (the FLOP count builds and runs a model and imports what draws: see hpcvit.rngs)."""
+        state = distributed.rng_state(self.d)
+        try:
+            return {"model.n_params": self.n_params, **self.objective.facts(self._fresh_model),
+                    "dist.world_size": self.d.world}
+        finally:
+            distributed.set_rng_state(state, self.d)
 
     def run(self) -> int:
         try:
@@ -360,6 +368,10 @@ class Trainer:
         p = self.progress
         budget = self.task.budget()  # an adaptive search's rung: stop after its epochs, the schedule unchanged
         until = min(o.epochs, budget["epochs"]) if budget else o.epochs
+        if self._resumed_rng is not None:
+            # restored last: what a restarted process does first must not move them (see hpcvit.rngs)
+            distributed.set_rng_state(self._resumed_rng, self.d)
+            self._resumed_rng = None
         while p.epoch < until:
             train_metrics = self.train_epoch()
             if train_metrics is None:
