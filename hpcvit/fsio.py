@@ -18,7 +18,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -161,6 +161,28 @@ def read_text_lines(path: Path) -> list[str]:
     """The lines of a text file; bytes that are not UTF-8 are replaced (the line then fails its own parse,
     which names the line) instead of failing the whole file."""
     return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+def read_records(path: Path, valid: Callable[[Any], bool], what: str) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only log, one per line, that ``valid`` accepts; a torn last line (a writer
+    killed mid-append) is skipped with a warning, any other bad line raises :class:`DamagedFileError` naming
+    it (``what`` says what a line should be). FileNotFoundError when there is no log."""
+    lines = read_text_lines(path)
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not valid(record):
+                raise ValueError(f"not {what}")
+        except ValueError as exc:
+            if n == len(lines):
+                log.warning("%s:%d: torn last line skipped (%s)", path, n, exc)
+                continue
+            raise DamagedFileError(path, f"line {n}: {exc}") from None
+        out.append(record)
+    return out
 
 
 def append_line(path: Path, line: str) -> None:

@@ -347,24 +347,9 @@ class SweepDir:
         """Every submission record; a torn last line (a writer killed mid-append) is skipped with a warning."""
         path = self.root / self.SUBMISSIONS
         try:
-            lines = fsio.read_text_lines(path)
+            return fsio.read_records(path, lambda record: isinstance(record.get("jobs"), dict), "a submission record")
         except FileNotFoundError:
             return []
-        out = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("jobs"), dict):
-                    raise ValueError("not a submission record")
-            except ValueError as exc:
-                if n == len(lines):
-                    log.warning("%s:%d: torn last line skipped (%s)", path, n, exc)
-                    continue
-                raise DamagedFileError(path, f"line {n}: {exc}") from None
-            out.append(record)
-        return out
 
     def latest_jobs(self) -> dict[int, tuple[str, str]]:
         """Task index -> (job id, executor) of its most recent submission."""

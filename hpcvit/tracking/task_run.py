@@ -178,21 +178,4 @@ BUFFERED_OPS = frozenset({"open", "params", "epoch", "final", "tags", "artifact"
 def read_buffer(path: Path) -> list[dict[str, Any]]:
     """The buffered calls of ``path``, in order; a torn last line (a process killed mid-append) is skipped with
     a warning, any other line that is not a call raises :class:`~hpcvit.fsio.DamagedFileError` naming it."""
-    from hpcvit.fsio import DamagedFileError, read_text_lines
-
-    lines = read_text_lines(path)
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict) or entry.get("op") not in BUFFERED_OPS:
-                raise ValueError("not a buffered tracking call")
-        except ValueError as exc:
-            if n == len(lines):
-                log.warning("%s:%d: torn last line skipped (%s)", path, n, exc)
-                continue
-            raise DamagedFileError(path, f"line {n}: {exc}") from None
-        out.append(entry)
-    return out
+    return fsio.read_records(path, lambda entry: entry.get("op") in BUFFERED_OPS, "a buffered tracking call")
