@@ -50,7 +50,7 @@ def run(doc: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
     sweep = next(p.parent for p in out.glob("*/manifest.json"))
     rows = json.loads(hpcvit("compare", str(sweep.name), "--output-dir", str(out), "--format", "json", cwd=workdir))
     labels = json.loads((sweep / "manifest.json").read_text())["labels"]
-    return {"wall_s": wall, "configs": {labels[r["task"]]: {"final": r["final"], "epochs": r["epochs"],
+    return {"wall_s": wall, "configs": {labels[r["task"]]: {"final": r[f"{r['metric']}_last"], "epochs": r["epochs"],
                                                             "outcome": r.get("outcome", "completed")}
                                         for r in rows}}
 

@@ -34,7 +34,7 @@ console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap
 err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2
-SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.results.ui")
+SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.results.ui", "hpcvit.inference.commands")
 """Modules that add their own sub-commands (``add_parser(subparsers)``)."""
 
 _COLOURS = {TaskState.COMPLETED: "green", TaskState.RUNNING: "cyan", TaskState.FAILED: "red", TaskState.LOST: "red",
@@ -209,7 +209,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
 
 def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
-    from hpcvit.results.compare import compare_table
+    from hpcvit.results.compare import compare_rows
 
     if console.is_terminal:  # a live table of the tasks, redrawn at every poll
         from rich.live import Live
@@ -233,8 +233,7 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
 
         final = orchestrate.wait(sweep_dir, show)
     console.print(_status_table(sweep_dir, final, console))
-    console.print(compare_table(sweep_dir, getattr(args, "metric", None), width=_width(console)))
-    _print_search(sweep_dir)
+    _print_comparison(sweep_dir, compare_rows(sweep_dir, getattr(args, "metric", None)))
     return 0 if all(s.state in FINAL for s in final) else 1
 
 
@@ -320,29 +319,46 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
-    from hpcvit.results.compare import (
-        compare_rows,
-        compare_table,
-        plot_overlay,
-        render,
-        seed_table,
-    )
+    from hpcvit.results.compare import compare_rows, plot_overlay, render
 
     sweep_dir = _sweep(args)
+    if args.metric:
+        from hpcvit.objectives import get_objective
+        from hpcvit.results.rows import check_metric_choice
+
+        try:
+            check_metric_choice(get_objective(sweep_dir.run_spec(0).data.task), args.metric)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     orchestrate.finalize(sweep_dir)
-    rows = compare_rows(sweep_dir, args.metric)
+    result = compare_rows(sweep_dir, args.metric)
+    empty = result.empty_reason()
     if args.format == "table":
-        console.print(compare_table(sweep_dir, args.metric, rows, width=_width(console)))
-        over_seeds = seed_table(sweep_dir, rows)
-        if over_seeds is not None:
-            console.print(over_seeds)
-        _print_search(sweep_dir)
+        _print_comparison(sweep_dir, result)
     else:
-        print(render(rows, args.format))
+        print(render(result, args.format))
+        if empty:
+            err.print(escape(empty), highlight=False)
     if args.plot:
-        png = plot_overlay(sweep_dir, args.plot)
+        png = plot_overlay(sweep_dir, args.plot, args.split)
         err.print(f"figure over the runs written to {png} and {png.with_suffix('.pdf')}")
-    return 0
+    return 1 if empty else 0
+
+
+def _print_comparison(sweep_dir: Any, result: Any) -> None:
+    """The runs' table and, when configurations ran with several seeds, their mean +- std; or the line that
+    says why there is nothing to compare."""
+    from hpcvit.results.compare import compare_table, seed_table
+
+    empty = result.empty_reason()
+    if empty:
+        err.print(escape(empty), highlight=False)
+        return
+    console.print(compare_table(result, width=_width(console)))
+    over_seeds = seed_table(sweep_dir, result)
+    if over_seeds is not None:
+        console.print(over_seeds)
+    _print_search(sweep_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,10 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir")
     p.set_defaults(func=cmd_logs)
     p = sweep_cmd("compare", "compare the runs of a sweep by their metrics", cmd_compare)
-    p.add_argument("--metric", help="metric to sort by (default: val_roc_auc or val_mae)")
+    p.add_argument("--metric", help="metric to sort by, val_<name> (best epoch) or test_<name> (default: the spec's "
+                   "checkpoint.best_metric, else the task's: val_roc_auc, val_mae, val_efficiency)")
     p.add_argument("--format", choices=["table", *RECORD_FORMATS, "markdown"], default="table")
-    p.add_argument("--plot", metavar="PNG", help="also write the figure over the sweep's runs to this file (ROC curves of a classifier, "
-                   "residuals of a regression, binned efficiencies of hit clustering)")
+    p.add_argument("--plot", metavar="PNG", help="also write the figure over the sweep's runs to this file (ROC curves of a "
+                   "classifier, predicted vs true and resolution of a regression, binned efficiencies of hit clustering)")
+    p.add_argument("--split", choices=["val", "test"], help="the split --plot draws (default: test when the sweep has "
+                   "one, else val)")
 
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parser(sub)  # a module that fails to import is a broken install

@@ -53,7 +53,14 @@ def test_evaluation_reports_exactly_the_declared_metrics_and_flags() -> None:
     assert set(regression_metrics(out, y + 1)) == {m.name for m in regression.metrics}
     # hand-computed: errors 1 and -1 on targets 2 and 4
     r = regression_metrics(np.array([3.0, 3.0]), np.array([2.0, 4.0]), target_std=2.0)
-    assert r == {"loss": 0.25, "mae": 1.0, "mre": pytest.approx((1 / 2 + 1 / 4) / 2)}
+    assert r == {"loss": 0.25, "mae": 1.0, "mre": pytest.approx((1 / 2 + 1 / 4) / 2),
+                 "resolution": pytest.approx((0.84 - 0.16) * 0.75 / 2)}  # +0.5 and -0.25, interpolated
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(50, 200, 200_000)
+    wide = regression_metrics(truth * (1 + rng.normal(0, 0.1, truth.size)), truth)
+    assert wide["resolution"] == pytest.approx(0.1, rel=0.02), "a Gaussian relative error's sigma"
+    tails = regression_metrics(np.where(np.arange(truth.size) % 20 == 0, truth * 5, truth * 1.1), truth)
+    assert tails["resolution"] == pytest.approx(0.0, abs=1e-9) and tails["mre"] > 0.2, "the 68 % core ignores tails"
 
 
 def test_better_and_the_primary_metric_come_from_the_registry() -> None:
@@ -62,7 +69,7 @@ def test_better_and_the_primary_metric_come_from_the_registry() -> None:
     assert get_objective("binary").primary_metric() == ("val_roc_auc", "max")
     assert get_objective("regression").primary_metric("val_mre") == ("val_mre", "min")
     assert check_metric("regression", "val_roc_auc", "") == (
-        "val_roc_auc does not apply to a regression task (its metrics: val_mae, val_mre, val_loss)")
+        "val_roc_auc does not apply to a regression task (its metrics: val_mae, val_mre, val_resolution, val_loss)")
     assert check_metric("binary", "val_loss", "") is None and check_metric("binary", "auto", "") is None
 
 

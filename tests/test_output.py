@@ -19,28 +19,40 @@ def _rendered(table, width: int) -> list[str]:
     return out.export_text().splitlines()
 
 
-ROWS = [{"task": i, "run": f"000{i}-x", "model": m, "status": "FINISHED", "params_M": p, "epochs": 30,
-         "best": b, "best_epoch": 3, "final": b - 0.01, "rej@0.3": 295.0, "rej@0.5": 7.4, "img_s": 461.0,
-         "wall_min": 12.5, "metric": "val_roc_auc", "run_id": "r", "rej@0.3_bound": i == 0, "rej@0.5_bound": False}
-        for i, (m, p, b) in enumerate([("cnn_small", 0.24, 0.949213), ("maxvit_tiny", 28.52, 0.794512)])]
+def _comparison():
+    from hpcvit.results.rows import Col, Comparison
+
+    rows = [{"task": i, "run": f"000{i}-x", "model": m, "optim.lr": lr, "status": "FINISHED", "params_M": p,
+             "epochs": 30, "best_epoch": 3, "val_roc_auc": b, "test_roc_auc": b - 0.002, "val_roc_auc_last": b - 0.01,
+             "test_rejection_at_eff_0.3": 295.0, "test_rejection_at_eff_0.5": 7.4, "img_s": 461.0, "wall_min": 12.5,
+             "metric": "val_roc_auc", "run_id": "r", "_bounds": {"test_rejection_at_eff_0.3": i == 0}}
+            for i, (m, lr, p, b) in enumerate([("cnn_small", 0.003, 0.24, 0.949213), ("maxvit_tiny", 0.0001, 28.52, 0.794512)])]
+    columns = [Col("task", "#", 0), Col("model", "model", 0, numeric=False), Col("optim.lr", "lr", 4, 1, numeric=False),
+               Col("status", "status", 0, 3, numeric=False), Col("params_M", "Mparams", 2, 2), Col("epochs", "ep", 0, 2),
+               Col("val_roc_auc", "val roc_auc"), Col("test_roc_auc", "test roc_auc"),
+               Col("val_roc_auc_last", "val last", 4, 2), Col("test_rejection_at_eff_0.3", "test 1/eB@.3", 1, 1),
+               Col("test_rejection_at_eff_0.5", "test 1/eB@.5", 1, 3), Col("img_s", "img/s", 0, 4),
+               Col("wall_min", "min", 1, 4)]
+    return Comparison("smoke-20261123-001111-0669", "binary", "val_roc_auc", rows, columns, ["optim.lr"])
 
 
 def test_the_comparison_fits_80_columns_with_every_number_whole() -> None:
-    sweep = SimpleNamespace(sweep_id="smoke-20261123-001111-0669")
+    result = _comparison()
+    headers = {c.header for c in result.columns}
     for width in (80, 60, 200):
-        lines = _rendered(compare_table(sweep, rows=ROWS, width=width), width)
+        lines = _rendered(compare_table(result, width=width), width)
         assert max(len(line) for line in lines) <= width, (width, lines)
         text = "\n".join(lines)
-        assert "0.9492" in text and "0.7945" in text and "…" not in text, text
-        header = next(line for line in lines if " best " in line)
+        assert "0.9492" in text and "0.7945" in text and "0.9472" in text and "…" not in text, text
+        assert "0.0001" in text and "0.003" in text, "the swept learning rate is a column"
+        header = next(line for line in lines if " roc_auc" in line)
         for column, value in (("img/s", "461"), ("Mparams", "28.52"), ("1/eB@.5", "7.4"), ("min", "12.5")):
             assert (f" {column}" not in header) or value in text, (column, text)
-            assert header.rstrip().split()[-1] in {"#", "model", "status", "Mparams", "ep", "best", "final",
-                                                    "1/eB@.3", "1/eB@.5", "img/s", "min"}, header
-    narrow = "\n".join(_rendered(compare_table(sweep, rows=ROWS, width=80), 80))
+        assert any(header.rstrip().endswith(h) for h in headers), header
+    narrow = "\n".join(_rendered(compare_table(result, width=80), 80))
     assert ">=295.0" in narrow, "a rejection that is the background count's lower bound says so"
-    wide = "\n".join(_rendered(compare_table(sweep, rows=ROWS, width=200), 200))
-    assert "left out" not in wide and "12.5" in wide
+    wide = "\n".join(_rendered(compare_table(result, width=200), 200))
+    assert "left out" not in wide and "12.5" in wide and "test roc_auc" in wide and "val roc_auc" in wide
 
 
 def test_the_status_table_fits_80_columns() -> None:

@@ -133,7 +133,9 @@ _ON_A_SWEEP = ("status", "compare", "logs")
 def test_the_commands_on_a_sweep_run_as_written_on_a_finished_one(tmp_path: Path) -> None:
     from tests.conftest import SPEC, TWO_MODELS, write_spec
 
-    spec = write_spec(tmp_path, SPEC.format(name="readme", n=96, size=16, epochs=1) + TWO_MODELS + "executor: local\n")
+    text = SPEC.format(name="readme", n=96, size=16, epochs=1).replace("  val_fraction: 0.25\n",
+                                                                       "  val_fraction: 0.25\n  test_fraction: 0.25\n")
+    spec = write_spec(tmp_path, text + TWO_MODELS + "executor: local\n")
     submitted = hpcvit("submit", str(spec), "--wait", cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     sweep_id = next(p.parent.name for p in (tmp_path / "runs").glob("*/manifest.json"))
@@ -149,3 +151,12 @@ def test_the_commands_on_a_sweep_run_as_written_on_a_finished_one(tmp_path: Path
             assert proc.returncode == 0 and proc.stdout.strip(), f"README: `{command}` as {words}: {proc.stderr}"
             ran += 1
     assert ran >= 3, f"only {ran} README command(s) read a sweep"
+    shown = next(body for lang, body in BLOCKS if body.lstrip().startswith("$ hpcvit compare"))
+    printed = hpcvit("compare", cwd=tmp_path, check=True).stdout
+
+    def header(text: str) -> list[str]:
+        return next(line for line in text.splitlines() if line.lstrip().startswith("# ")).split()
+
+    assert header(shown) == header(printed), "the README's compare example has the columns compare prints"
+    title = next(line for line in shown.splitlines() if "runs by" in line).split(": ", 1)[1]
+    assert title in printed, title

@@ -71,8 +71,13 @@ def test_a_small_model_beats_the_mean_predictor_in_target_units(workdir: Path) -
     assert result["metric"] == "val_mre" and result["best_metric"] < 0.2
     from hpcvit.results.compare import compare_rows, plot_overlay
 
-    assert compare_rows(sweep)[0]["metric"] == "val_mre", "compare ranks by the spec's checkpoint.best_metric"
-    assert compare_rows(sweep, "test_mre")[0]["metric"] == "test_mre"
+    result = compare_rows(sweep)
+    assert result.metric == "val_mre", "compare ranks by the spec's checkpoint.best_metric"
+    headers = [c.header for c in result.columns]
+    assert "val mre" in headers and "val MAE" in headers and "val res68" in headers, headers
+    assert not any("1/eB" in h for h in headers), "no binary columns for a regression"
+    assert result.rows[0]["val_resolution"] > 0
+    assert compare_rows(sweep, "test_mre").metric == "test_mre"
     with pytest.raises(ValueError, match="--metric val_roc_auc: not a metric of this regression sweep"):
         compare_rows(sweep, "val_roc_auc")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcvit.data.dataset import ImageDataset
+from hpcvit.data.dataset import ImageDataset, SourceRows
 from hpcvit.data.formats import open_store
 from hpcvit.data.preprocess import (
     ChannelStats,
@@ -231,6 +231,8 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         sources = raw.meta["sources"]
         starts = np.concatenate([[0], np.cumsum(raw.meta["rows_per_file"])])
 
+        source = SourceRows([s["path"] for s in sources], starts, source_rows)
+
         def where(i: int) -> str:
             k = int(np.searchsorted(starts, i, side="right") - 1)
             return f"{sources[k]['path']} (sample {int(source_rows[i])} of the data set)"
@@ -272,6 +274,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         else:
             channel = None
         transform, shape = pre, store.shape
+        source = SourceRows([str(p) for p in store.paths], store.file_start)
         file_of = store.file_index(rows)
         info["files"] = [{"path": str(p), "rows": int(r), "selected": int(np.sum(file_of == k))}
                          for k, (p, r) in enumerate(zip(store.paths, store.file_rows))]
@@ -286,7 +289,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
 
     def part(pos: np.ndarray) -> ImageDataset:
         return ImageDataset(store, rows[pos], values[pos], transform, channel, spec.nonfinite, row_where,
-                            scalars[pos] if scalars is not None else None)
+                            scalars[pos] if scalars is not None else None, source)
 
     info.update({
         "n_source": int(n_source), "n_selected": int(n), "shape": list(shape),

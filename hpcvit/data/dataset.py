@@ -12,6 +12,25 @@ from hpcvit.data.store import Store
 from hpcvit.config import PreprocessSpec
 
 
+class SourceRows:
+    """Where each row of a store came from: the data set's files and each row's file and index in it."""
+
+    def __init__(self, paths: list[str], starts: np.ndarray, source_rows: np.ndarray | None = None):
+        self.paths = [str(p) for p in paths]
+        self.starts = np.asarray(starts, dtype=np.int64)
+        """First store row of each file."""
+        self.source_rows = source_rows
+        """A cache's row -> the row of its source file (None: the store reads the files themselves)."""
+
+    def of(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """``file`` (path) and ``row`` (index in that file) of store ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        k = np.searchsorted(self.starts, rows, side="right") - 1
+        in_file = rows - self.starts[k] if self.source_rows is None else np.asarray(self.source_rows)[rows]
+        return {"file": np.array(self.paths, dtype=str)[k] if len(rows) else np.zeros(0, str),
+                "row": in_file.astype(np.int64)}
+
+
 class ImageDataset:
     """Map-style data set: ``(image float32 C x H x W, target float32 scalar)`` for rows of a store.
 
@@ -25,8 +44,11 @@ class ImageDataset:
 
     def __init__(self, store: Store, rows: np.ndarray, targets: np.ndarray, pre: PreprocessSpec | None = None,
                  stats: ChannelStats | None = None, nonfinite: str = "zero",
-                 where: Callable[[int], str] | None = None, scalars: np.ndarray | None = None):
+                 where: Callable[[int], str] | None = None, scalars: np.ndarray | None = None,
+                 source: SourceRows | None = None):
         self.store = store
+        self.source = source
+        """Each row's file and index in it (None: unknown)."""
         self.rows = np.asarray(rows, dtype=np.int64)
         self.targets = np.asarray(targets, dtype=np.float32)
         if len(self.rows) != len(self.targets):

@@ -125,6 +125,11 @@ class Objective:
         """Metrics (names without prefix) and predictions (arrays to keep, by name) from every rank's part."""
         raise NotImplementedError
 
+    def sample_ids(self, dataset: Any, order: np.ndarray) -> dict[str, np.ndarray]:
+        """What identifies ``dataset``'s samples at positions ``order`` in their files (``file``, ``row``;
+        kept beside the predictions to join them back to the data); {} when unknown."""
+        return {}
+
     def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
         """Files that show a finished run (``predictions``: split -> :meth:`evaluate`'s arrays); [] for none."""
         return []

@@ -136,8 +136,8 @@ class BinaryObjective(ImageObjective):
     flags = tuple(f"rejection_at_eff_{e}_is_bound" for e in REJECTION_EFFICIENCIES)
     default_metric = "roc_auc"
     artifacts_dir = "roc"
-    compare_columns = (Column("rej@0.3", "1/eB@.3", "val_rejection_at_eff_0.3", 1, 1, bound=True),
-                       Column("rej@0.5", "1/eB@.5", "val_rejection_at_eff_0.5", 1, 3, bound=True))
+    compare_columns = (Column("rej@0.3", "1/eB@.3", "rejection_at_eff_0.3", 1, 1, bound=True),
+                       Column("rej@0.5", "1/eB@.5", "rejection_at_eff_0.5", 1, 3, bound=True))
 
     @classmethod
     def target_rule(cls) -> ClassLabels:
@@ -156,6 +156,10 @@ class BinaryObjective(ImageObjective):
 
     def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return classifier_metrics(out, y)
+
+    def prediction_columns(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        """``score``: the signal probability; ``logit``: the raw output."""
+        return {"score": _sigmoid(np.asarray(out, np.float64)), "logit": np.asarray(out, np.float64)}
 
     def facts(self, fresh_model: Any) -> dict[str, Any]:
         balance = self.data.info[ClassLabels.info_key]

@@ -72,8 +72,8 @@ class HitClustering(Objective):
     )
     default_metric = "efficiency"
     artifacts_dir = "clusters"
-    compare_columns = (Column("purity", "purity", "val_purity", 3, 1), Column("merged", "merged", "val_merge_rate", 3, 2),
-                       Column("ari", "ARI", "val_ari", 3, 2), Column("pid", "PID", "val_pid_accuracy", 3, 3))
+    compare_columns = (Column("purity", "purity", "purity", 3, 1), Column("merged", "merged", "merge_rate", 3, 2),
+                       Column("ari", "ARI", "ari", 3, 2), Column("pid", "PID", "pid_accuracy", 3, 3))
     state_keys: ClassVar[tuple[str, ...]] = ("hit_scale",)
     model_inputs = "hits"
     data: HitBundle

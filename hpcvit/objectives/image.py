@@ -42,7 +42,9 @@ class ScalarOutputs(Evaluator):
 class ImageObjective(Objective):
     """Base of the objectives that train a registered image model to one output per image."""
 
-    state_keys: ClassVar[tuple[str, ...]] = ("data_stats", "scalar_scale")
+    state_keys: ClassVar[tuple[str, ...]] = ("data_stats", "scalar_scale", "input_shape")
+    """``input_shape`` (C, H, W after ``data.channels``) is not read back: it tells a trained run's users what
+    its model takes."""
     data: DataBundle
 
     @classmethod
@@ -98,15 +100,32 @@ class ImageObjective(Objective):
 
     def build_model(self) -> nn.Module:
         """The registered model; with ``data.scalar_inputs`` its features and the scalars feed a small head."""
+        data = self.data
+        return self.network(data.in_chans, data.img_size, data.n_scalars)
+
+    def network(self, in_chans: int, img_size: int, n_scalars: int) -> nn.Module:
+        """The model of ``spec.model`` for images of ``in_chans`` x ``img_size`` x ``img_size`` (and
+        ``n_scalars`` scalar inputs)."""
         from hpcvit.models import build_model
 
-        m, data = self.spec.model, self.data
-        if not data.n_scalars:
-            return build_model(m.name, data.in_chans, data.img_size, 1, **m.kwargs)
+        m = self.spec.model
+        if not n_scalars:
+            return build_model(m.name, in_chans, img_size, 1, **m.kwargs)
         from hpcvit.models.fusion import FUSION_WIDTH, ScalarFusion
 
-        return ScalarFusion(build_model(m.name, data.in_chans, data.img_size, FUSION_WIDTH, **m.kwargs),
-                            data.n_scalars)
+        return ScalarFusion(build_model(m.name, in_chans, img_size, FUSION_WIDTH, **m.kwargs), n_scalars)
+
+    # -- a trained run without its data (predict, evaluate, export) --------------------------------------------
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take a trained run's state (its checkpoint's :attr:`state_keys`) without building its data."""
+        from hpcvit.data.preprocess import ChannelStats, ScalarScale
+
+        self.stats = ChannelStats.from_dict(saved["data_stats"]) if saved.get("data_stats") else None
+        self.scalar_scale = ScalarScale.from_dict(saved["scalar_scale"]) if saved.get("scalar_scale") else None
+
+    def prediction_columns(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        """What ``hpcvit predict`` writes of the model's raw outputs (one per image), by column name."""
+        raise NotImplementedError
 
     def inputs(self, x: Any, device: torch.device) -> list[torch.Tensor]:
         """The image batch (and the scalar inputs, when there are any) on ``device``."""
@@ -140,10 +159,16 @@ class ImageObjective(Objective):
     def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def sample_ids(self, dataset: Any, order: np.ndarray) -> dict[str, np.ndarray]:
+        """``file`` and ``row`` (index in that file) of ``dataset``'s samples at positions ``order``."""
+        source = getattr(dataset, "source", None)
+        return source.of(dataset.rows[order]) if source is not None else {}
+
     def state_dict(self) -> dict[str, Any]:
         data = self.data
         return {"data_stats": data.stats.to_dict() if data.stats else None,
-                "scalar_scale": data.scalar_scale.to_dict() if data.scalar_scale else None}
+                "scalar_scale": data.scalar_scale.to_dict() if data.scalar_scale else None,
+                "input_shape": [int(v) for v in data.info["shape"]] if "shape" in data.info else None}
 
     def facts(self, fresh_model: Any) -> dict[str, Any]:
         info = self.data.info

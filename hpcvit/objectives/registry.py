@@ -39,7 +39,8 @@ class Column:
     header: str
     """Header in the terminal table."""
     metric: str
-    """The MLflow metric shown (its last value)."""
+    """The metric shown, without split prefix (``rejection_at_eff_0.3``): of the test split when the sweep has
+    one, else of validation at the best epoch."""
     digits: int = 3
     priority: int = 1
     """The highest is left out first on a narrow terminal."""

@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 
 def regression_metrics(out: np.ndarray, y: np.ndarray, target_std: float = 1.0) -> dict[str, float]:
     """``loss``: the MSE of the standardised target (what training minimises, ``target_std`` the training
-    split's); ``mae`` and ``mre`` in the target's units (MRE over the nonzero targets)."""
+    split's); ``mae`` in the target's units; ``mre`` and ``resolution`` (half the central 68 % interval of
+    (prediction - target) / |target|, robust to tails) over the nonzero targets."""
     out, y = np.asarray(out, np.float64), np.asarray(y, np.float64)
     err = out - y
     nonzero = np.abs(y) > 0
+    rel = err[nonzero] / np.abs(y[nonzero])
     return {"loss": float(np.mean(err**2)) / target_std**2, "mae": float(np.mean(np.abs(err))),
-            "mre": float(np.mean(np.abs(err[nonzero]) / np.abs(y[nonzero]))) if nonzero.any() else float("nan")}
+            "mre": float(np.mean(np.abs(rel))) if len(rel) else float("nan"),
+            "resolution": float(np.diff(np.quantile(rel, [0.16, 0.84]))[0] / 2) if len(rel) else float("nan")}
 
 
 @register_objective
@@ -38,11 +41,14 @@ class RegressionObjective(ImageObjective):
     metrics = (
         Metric("mae", "min", "mean absolute error, in the target's units"),
         Metric("mre", "min", "mean relative error |prediction - target| / |target| (nonzero targets)"),
+        Metric("resolution", "min", "relative resolution: half the central 68 % interval of (prediction - target) "
+               "/ |target|"),
         Metric("loss", "min", "mean squared error of the standardised target"),
     )
     default_metric = "mae"
     artifacts_dir = "residuals"
-    compare_columns = (Column("mae", "MAE", "val_mae", 3, 1), Column("mre", "MRE", "val_mre", 3, 1))
+    compare_columns = (Column("mae", "MAE", "mae", 3, 1), Column("mre", "MRE", "mre", 3, 1),
+                       Column("resolution", "res68", "resolution", 3, 2))
     state_keys: ClassVar[tuple[str, ...]] = (*ImageObjective.state_keys, "target_scale")
     overlay = "residuals"
     scale: TargetScale
@@ -75,6 +81,16 @@ class RegressionObjective(ImageObjective):
 
     def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return regression_metrics(out, y, self.scale.std)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        from hpcvit.data.preprocess import TargetScale
+
+        super().restore(saved)
+        self.scale = TargetScale.from_dict(saved["target_scale"])
+
+    def prediction_columns(self, out: np.ndarray) -> dict[str, np.ndarray]:
+        """``prediction``: the value in the target's units (the standardised output scaled back)."""
+        return {"prediction": np.asarray(out, np.float64) * self.scale.std + self.scale.mean}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "target_scale": self.scale.to_dict()}

@@ -9,212 +9,133 @@ from typing import Any
 from rich.table import Table
 
 from hpcvit.ledger import SweepDir
+from hpcvit.results.rows import Col, Comparison, comparison
 from hpcvit.tables import RECORD_FORMATS, records_text
 from hpcvit.tracking import names
 
-_BASE = ("task", "run", "model", "status", "params_M", "epochs", "best", "final")
-_TAIL = ("img_s", "wall_min")
+_STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
+                "SCHEDULED": "queued"}
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The record columns: the common ones and the objective's own (those its rows carry)."""
-    extra = [c.key for c in _known_columns().values() if rows and c.key in rows[0]]
-    return [*_BASE, *extra, *_TAIL]
-
-
-def _known_columns() -> dict[str, Any]:
-    from hpcvit.objectives import objective_names
-    from hpcvit.objectives.registry import get_objective
-
-    return {c.key: c for name in objective_names() for c in get_objective(name).compare_columns}
+def compare_rows(sweep: SweepDir, metric: str | None = None) -> Comparison:
+    """The sweep's runs side by side (:func:`hpcvit.results.rows.comparison`)."""
+    return comparison(sweep, metric)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "inf" if math.isinf(value) else "" if math.isnan(value) else f"{value:.{digits}f}"
+        if math.isinf(value) or math.isnan(value):
+            return "inf" if math.isinf(value) else ""
+        return f"{value:.4g}" if digits < 0 else f"{value:.{digits}f}"
     return str(value)
 
 
-def compare_rows(sweep: SweepDir, metric: str | None = None) -> list[dict[str, Any]]:
-    """One row per task with its best/final metric, sorted best first."""
-    from hpcvit.tracking import child_runs, mlflow_client
-
-    from hpcvit.objectives import get_objective, metric_mode
-
-    m = sweep.manifest
-    specs = sweep.run_specs()
-    objective = get_objective(specs[0].data.task)
-    if metric:
-        from hpcvit.objectives import check_metric
-
-        problem = check_metric(objective.name, "val_" + metric.removeprefix("test_").removeprefix("val_"), "")
-        if problem or not metric.startswith(("val_", "test_")):
-            valid = [f"val_{m.name}" for m in objective.metrics]
-            raise ValueError(f"--metric {metric}: not a metric of this {objective.name} sweep (one of "
-                             f"{', '.join(valid)}, or test_ instead of val_)")
-    metric = metric or objective.primary_metric(specs[0].checkpoint.best_metric)[0]  # what the spec ranks by
-    maximise = metric_mode(metric) == "max"
-    client = mlflow_client(m["tracking_uri"])
-    rows = []
-    for run in child_runs(m["tracking_uri"], m["experiment_id"], m["parent_run_id"]):
-        history = client.get_metric_history(run.info.run_id, metric)
-        values = [h.value for h in sorted(history, key=lambda h: h.step)]
-        best = (max(values) if maximise else min(values)) if values else None
-        best_step = next((h.step for h in history if h.value == best), None)
-        index = int(run.data.tags.get(names.TASK_INDEX_TAG, -1))
-        metrics = run.data.metrics
-        wall = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000 if run.info.start_time else None
-        row = {
-            "task": index, "run": run.info.run_name, "model": run.data.tags.get(names.MODEL_TAG, ""),
-            "status": run.info.status, "params_M": float(run.data.params.get("model.n_params", "nan")) / 1e6,
-            "epochs": len(values), "best": best, "best_epoch": best_step, "final": values[-1] if values else None}
-        for c in objective.compare_columns:  # the objective's own columns, and whether a value is a lower bound
-            row[c.key] = metrics.get(c.metric)
-            if c.bound:
-                row[f"{c.key}_bound"] = bool(metrics.get(f"{c.metric}_is_bound"))
-        rows.append({**row, "img_s": metrics.get("throughput_img_s"), "wall_min": wall, "metric": metric,
-                     "run_id": run.info.run_id, "sample_word": objective.sample_word})
-    rows.sort(key=lambda r: (r["best"] is None, -(r["best"] or 0) if maximise else (r["best"] or 0)))
-    _add_rungs(sweep, rows)
-    return rows
-
-
-def _add_rungs(sweep: SweepDir, rows: list[dict[str, Any]]) -> None:
-    """A search's columns, from its record: the last rung each configuration reached, its outcome, and the
-    search metric at each decided rung (``rung0``, ``rung1``, ...; empty where it did not run that rung)."""
-    record = sweep.search()
-    if record is None:
-        return
-    decided = [r for r in record["rungs"] if r["decision"] is not None]
-    for row in rows:
-        i = row["task"]
-        reached = [r["rung"] for r in record["rungs"] if i in r["tasks"]]
-        row["rung"] = reached[-1] if reached else None
-        row["outcome"] = _outcome(record, i)
-        for r in decided:
-            row[f"rung{r['rung']}"] = r["decision"]["values"].get(str(i))
-
-
-def _outcome(record: dict[str, Any], index: int) -> str:
-    """promoted (to a rung still running), stopped_early, completed, lost, or running."""
-    for rung in reversed(record["rungs"]):
-        if index not in rung["tasks"]:
-            continue
-        d = rung["decision"]
-        if d is None:
-            return "running"
-        for outcome in ("stopped", "completed", "lost", "promoted"):
-            if index in d[outcome]:
-                return {"stopped": "stopped_early"}.get(outcome, outcome)
-    return "running"
-
-
-# Terminal table: (row key, header, digits, priority: the highest is left out first on a narrow terminal).
-_HEAD = (("task", "#", 0, 0), ("model", "model", 0, 0), ("status", "status", 0, 3), ("params_M", "Mparams", 2, 2),
-         ("epochs", "ep", 0, 2), ("best", "best", 4, 0), ("final", "final", 4, 1))
-_END = (("img_s", "img/s", 0, 4), ("wall_min", "min", 1, 4))
-
-
-def _table(rows: list[dict[str, Any]]) -> tuple[tuple[str, str, int, int], ...]:
-    """(row key, header, digits, priority: the highest is left out first on a narrow terminal) of each column."""
-    known = _known_columns()
-    extra = tuple((k, known[k].header, known[k].digits, known[k].priority) for k in _columns(rows)
-                  if k in known)
-    per_second = (("img_s", f"{rows[0]['sample_word']}/s", *_END[0][2:]),) if rows and "sample_word" in rows[0] \
-        else _END[:1]
-    return (*_HEAD, *extra, *per_second, *_END[1:])
-
-
-_STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
-                "SCHEDULED": "queued"}
-
-
-def _cell(row: dict[str, Any], key: str, digits: int) -> str:
-    if key == "status":
+def _cell(row: dict[str, Any], col: Col) -> str:
+    if col.key == "status":
         if row.get("outcome") == "stopped_early":
             return "pruned"  # STOPPED_EARLY: FINISHED in MLflow, by the search's decision
-        return _STATUS_WORD.get(row[key], str(row[key]).lower())
-    text = _fmt(row.get(key), digits)
-    if row.get(f"{key}_bound") and text:
+        return _STATUS_WORD.get(row[col.key], str(row[col.key]).lower())
+    text = _fmt(row.get(col.key), col.digits)
+    if row.get("_bounds", {}).get(col.key) and text:
         return f">={text}"  # no background event passed: the number of background events is a lower bound
     return text
 
 
-def seed_groups(sweep: SweepDir, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs that differ only in ``optim.seed`` grouped: mean and sample std of their best metric, best first."""
+def seed_groups(sweep: SweepDir, result: Comparison) -> list[dict[str, Any]]:
+    """Runs that differ only in ``optim.seed`` grouped: mean and sample std of the ranking metric (and of its
+    test value when the sweep has a test split), best first."""
     import numpy as np
+
+    from hpcvit.objectives import metric_mode
 
     specs = sweep.run_specs()
     labels = sweep.labels
     groups: dict[str, list[dict[str, Any]]] = {}
     config_names: dict[str, str] = {}
-    for row in rows:
-        if row["best"] is None or not 0 <= row["task"] < len(specs):
+    for row in result.ranked():
+        if not 0 <= row["task"] < len(specs):
             continue
         spec = specs[row["task"]].model_dump(mode="json")
         spec["optim"].pop("seed")
         spec.pop("description")
         key = json.dumps(spec, sort_keys=True)
         groups.setdefault(key, []).append(row)
-        config_names.setdefault(key, " ".join(p for p in labels[row["task"]].split() if not p.startswith("seed=")))
+        label = labels[row["task"]] if row["task"] < len(labels) else row["model"]
+        config_names.setdefault(key, " ".join(p for p in label.split() if not p.startswith("seed=")))
+    base = result.metric.partition("_")[2]
+    test = f"test_{base}" if result.metric != f"test_{base}" and any(f"test_{base}" in r for r in result.rows) \
+        else None
     out = []
     for key, members in groups.items():
-        values = np.array([m["best"] for m in members], dtype=float)
-        out.append({"config": config_names[key], "n_seeds": len(members), "mean": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                    "tasks": sorted(m["task"] for m in members), "metric": members[0]["metric"]})
-    from hpcvit.objectives import metric_mode
-
-    maximise = not rows or metric_mode(rows[0]["metric"]) == "max"
+        group = {"config": config_names[key], "n_seeds": len(members), "metric": result.metric,
+                 "tasks": sorted(m["task"] for m in members)}
+        for name, prefix in ((result.metric, ""), (test, "test_")):
+            if name is None:
+                continue
+            values = np.array([m[name] for m in members if m.get(name) is not None], dtype=float)
+            values = values[np.isfinite(values)]
+            group[f"{prefix}mean"] = float(values.mean()) if len(values) else None
+            group[f"{prefix}std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None
+        out.append(group)
+    maximise = metric_mode(result.metric) == "max"
     return sorted(out, key=lambda g: -g["mean"] if maximise else g["mean"])
 
 
-def seed_table(sweep: SweepDir, rows: list[dict[str, Any]]) -> Table | None:
+def seed_table(sweep: SweepDir, result: Comparison) -> Table | None:
     """Mean +- std over seeds, when the sweep has more than one seed of some configuration."""
-    groups = seed_groups(sweep, rows)
+    groups = seed_groups(sweep, result)
     if not any(g["n_seeds"] > 1 for g in groups):
         return None
-    table = Table(title=f"{sweep.sweep_id}: best {groups[0]['metric']} over seeds (mean +- std)")
-    for col in ("configuration", "seeds", "mean", "std", "tasks"):
+    with_test = any("test_mean" in g for g in groups)
+    base = result.metric.partition("_")[2]
+    table = Table(title=f"{sweep.sweep_id}: {result.metric} over seeds (mean +- std)")
+    headers = ["configuration", "seeds", result.metric, *([f"test_{base}"] if with_test else []), "tasks"]
+    for col in headers:
         table.add_column(col, justify="left" if col in ("configuration", "tasks") else "right")
+
+    def pm(g: dict[str, Any], prefix: str) -> str:
+        mean, std = g.get(f"{prefix}mean"), g.get(f"{prefix}std")
+        return "" if mean is None else f"{mean:.4f} +- {std:.4f}"
+
     for g in groups:
-        table.add_row(g["config"], str(g["n_seeds"]), f"{g['mean']:.4f}", f"{g['std']:.4f}",
+        table.add_row(g["config"], str(g["n_seeds"]), pm(g, ""), *([pm(g, "test_")] if with_test else []),
                       ",".join(map(str, g["tasks"])))
     return table
 
 
-def compare_table(sweep: SweepDir, metric: str | None = None, rows: list[dict[str, Any]] | None = None,
-                  width: int = 200) -> Table:
+def compare_table(result: Comparison, width: int = 200) -> Table:
     from hpcvit.tables import Column, fit
 
-    rows = compare_rows(sweep, metric) if rows is None else rows
-    name = rows[0]["metric"] if rows else (metric or "metric")
-    table = _table(rows)
-    columns = [Column(header, numeric=key not in ("model", "status"), priority=prio)
-               for key, header, _, prio in table]
-    cells = [[_cell(r, key, digits) for key, _, digits, _ in table] for r in rows]
-    return fit(f"{sweep.sweep_id}: runs by {name} (best and final epoch)", columns, cells, width)
+    columns = [Column(c.header, numeric=c.numeric, priority=c.priority) for c in result.columns]
+    cells = [[_cell(r, c) for c in result.columns] for r in result.rows]
+    kept = "test at the kept epoch, " if any(c.key.startswith("test_") for c in result.columns) else ""
+    title = f"{result.sweep_id}: runs by {result.metric} (val: best epoch; {kept}val last: last epoch)"
+    return fit(title, columns, cells, width)
 
 
-def render(rows: list[dict[str, Any]], fmt: str) -> str:
+def render(result: Comparison, fmt: str) -> str:
     if fmt in RECORD_FORMATS:
-        return records_text(rows, fmt, None if rows else list(_columns(rows)))
-    columns = _columns(rows)
-    digits = {key: d for key, _, d, _ in _table(rows)}
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r, c, digits.get(c, 4)) if c != "status" else str(r[c]) for c in columns)
-              + " |" for r in rows]
+        return records_text(result.records(), fmt, None if result.rows else [c.key for c in result.columns])
+    lines = ["| " + " | ".join(c.header for c in result.columns) + " |", "|" + "---|" * len(result.columns)]
+    lines += ["| " + " | ".join(_cell(r, c) if c.key != "status" else str(r[c.key]) for c in result.columns)
+              + " |" for r in result.rows]
     return "\n".join(lines)
 
 
-def overlay_runs(sweep: SweepDir) -> dict[str, Any]:
-    """Each finished run's part of the sweep figure (the objective's ``overlay_data``), by run label."""
+def has_test(sweep: SweepDir) -> bool:
+    return any(s.data.test_fraction > 0 for s in sweep.run_specs())
+
+
+def overlay_runs(sweep: SweepDir, split: str | None = None) -> dict[str, Any]:
+    """Each finished run's part of the sweep figure (the objective's ``overlay_data``) on ``split`` (``val`` or
+    ``test``; default: test when the sweep has a test split), by run label."""
     import numpy as np
 
     from hpcvit.objectives import get_objective
 
+    split = split or ("test" if has_test(sweep) else "val")
     labels = sweep.labels
     objective = get_objective(sweep.run_spec(0).data.task)
     runs: dict[str, Any] = {}
@@ -225,26 +146,30 @@ def overlay_runs(sweep: SweepDir) -> dict[str, Any]:
         if not path.exists():
             continue
         with np.load(path) as data:
-            predictions = {k.removeprefix("val_"): data[k] for k in data.files if k.startswith("val_")}
+            predictions = {k.removeprefix(f"{split}_"): data[k] for k in data.files if k.startswith(f"{split}_")}
         part = objective.overlay_data(task.path, predictions)
         if part is not None:
             runs[f"{task.index}: {labels[task.index] if task.index < len(labels) else ''}"] = part
     return runs
 
 
-def plot_overlay(sweep: SweepDir, path: Any) -> Any:
-    """The objective's sweep figure over every finished run (ROC curves, residuals, binned efficiencies)."""
+def plot_overlay(sweep: SweepDir, path: Any, split: str | None = None) -> Any:
+    """The objective's sweep figure over every finished run (ROC curves, residuals, binned efficiencies), on
+    ``split`` (default: test when the sweep has one)."""
     from pathlib import Path
 
     from hpcvit.objectives import get_objective
     from hpcvit.results.plots import OVERLAYS
 
+    split = split or ("test" if has_test(sweep) else "val")
+    if split == "test" and not has_test(sweep):
+        raise ValueError(f"--split test: sweep {sweep.sweep_id} has no test split (data.test_fraction is 0)")
     objective = get_objective(sweep.run_spec(0).data.task)
-    runs = overlay_runs(sweep)
+    runs = overlay_runs(sweep, split)
     if not runs:
         what = "no figure over runs" if objective.overlay is None else "no finished run with predictions"
         raise ValueError(f"{what} for a {objective.name} sweep in {sweep.sweep_id}")
-    return OVERLAYS[objective.overlay](runs, Path(path), sweep.sweep_id)
+    return OVERLAYS[objective.overlay](runs, Path(path), sweep.sweep_id, {"val": "validation"}.get(split, split))
 
 
 def overlay_name(sweep: SweepDir) -> str:
@@ -266,9 +191,9 @@ def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
     if parent.data.tags.get(names.SUMMARY_TAG) != "logged":
         out = sweep.root / "summary"
         out.mkdir(exist_ok=True)
-        rows = compare_rows(sweep)
-        (out / "summary.csv").write_text(render(rows, "csv"))
-        (out / "summary.md").write_text(render(rows, "markdown"))
+        result = compare_rows(sweep)
+        (out / "summary.csv").write_text(render(result, "csv"))
+        (out / "summary.md").write_text(render(result, "markdown"))
         client.log_artifact(parent.info.run_id, str(out / "summary.csv"))
         client.log_artifact(parent.info.run_id, str(out / "summary.md"))
         if overlay_runs(sweep):

@@ -32,36 +32,51 @@ def roc_overlay(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ti
 
 def residual_overlay(runs: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
                      split: str = "validation") -> Path:
-    """Every run's relative residual distribution and its median in bins of the true value; ``runs``: label ->
-    (true, predicted)."""
+    """Every run's predicted against true values, its relative residual distribution, and its relative
+    resolution (half the central 68 % interval of the relative residual) and median bias in deciles of the true
+    value; ``runs``: label -> (true, predicted)."""
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for label, (y, pred) in sorted(runs.items()):
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(16, 4.8))
+    lo, hi = np.inf, -np.inf
+    for k, (label, (y, pred)) in enumerate(sorted(runs.items())):
         y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+        colour = f"C{k % 10}"
+        ax0.scatter(y, pred, s=3, alpha=0.3, color=colour, label=label, rasterized=True)
+        if len(y):
+            lo, hi = min(lo, float(y.min()), float(pred.min())), max(hi, float(y.max()), float(pred.max()))
         keep = np.abs(y) > 0
         y, rel = y[keep], (pred[keep] - y[keep]) / np.abs(y[keep])
         if not len(rel):
             continue
         mre = float(np.mean(np.abs(rel)))
-        ax1.hist(np.clip(rel, -1, 1), bins=60, range=(-1, 1), histtype="step", label=f"{label} (MRE {mre:.3f})")
+        ax1.hist(np.clip(rel, -1, 1), bins=60, range=(-1, 1), histtype="step", color=colour,
+                 label=f"{label} (MRE {mre:.3f})")
         edges = np.unique(np.quantile(y, np.linspace(0, 1, 11)))
         which = np.clip(np.digitize(y, edges[1:-1]), 0, len(edges) - 2)
-        centres = [(edges[i] + edges[i + 1]) / 2 for i in range(len(edges) - 1) if (which == i).any()]
-        medians = [float(np.median(rel[which == i])) for i in range(len(edges) - 1) if (which == i).any()]
-        ax2.plot(centres, medians, "o-", label=label)
-    ax1.set(xlabel="(predicted - true) / |true| (clipped to +-1)", ylabel=f"{split} samples",
-            title=f"{title}: residuals")
+        bins = [i for i in range(len(edges) - 1) if (which == i).any()]
+        centres = [(edges[i] + edges[i + 1]) / 2 for i in bins]
+        resolution = [float(np.diff(np.quantile(rel[which == i], [0.16, 0.84]))[0] / 2) for i in bins]
+        medians = [float(np.median(rel[which == i])) for i in bins]
+        ax2.plot(centres, resolution, "o-", color=colour, label=f"{label}: resolution")
+        ax2.plot(centres, medians, "x:", color=colour, label=f"{label}: median")
+    if np.isfinite(lo):
+        ax0.plot([lo, hi], [lo, hi], ls=":", c="grey")
+    ax0.set(xlabel="true value", ylabel="predicted value", title=f"{title}: {split} samples")
+    ax0.legend(fontsize=7, markerscale=3)
+    ax1.set(xlabel="(predicted - true) / |true| (clipped to +-1)", ylabel=f"{split} samples", title="residuals")
     ax1.legend(fontsize=7)
     ax2.axhline(0, ls=":", c="grey")
-    ax2.set(xlabel="true value (deciles)", ylabel="median relative residual", title="bias against the true value")
+    ax2.set(xlabel="true value (deciles)", ylabel="relative residual",
+            title="resolution (68 % half-width, o) and median bias (x)")
     ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=6)
     return _write(plt, fig, path)
 
 
-def binned_overlay(runs: dict[str, list[dict[str, str]]], path: Path, title: str) -> Path:
+def binned_overlay(runs: dict[str, list[dict[str, str]]], path: Path, title: str, split: str = "test") -> Path:
     """Every run's clustering efficiency and merge rate against particle energy and against the distance to the
     nearest particle, with the topological baseline of the first run (the same test events for every run of a
-    sweep); ``runs``: label -> rows of its ``efficiency_binned.csv``."""
+    sweep); ``runs``: label -> rows of its ``efficiency_binned.csv`` (always of the test events)."""
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex="col")
     variables = (("true_energy", "particle energy (GeV)"), ("nearest", "distance to the nearest particle (mm)"))

@@ -423,6 +423,10 @@ class Trainer:
         if self.data.test is not None:
             test_metrics, by_split["test"] = self.evaluate(self.data.test)
             final = {f"test_{k}": v for k, v in test_metrics.items()}
+        for split, dataset in (("val", self.data.val), ("test", self.data.test)):
+            if split in by_split:  # the order evaluate gathers in: each rank's share, rank by rank
+                order = np.concatenate([np.arange(r, len(dataset), self.d.world) for r in range(self.d.world)])
+                by_split[split] = {**self.objective.sample_ids(dataset, order), **by_split[split]}
         predictions = {f"{split}_{k}": v for split, arrays in by_split.items() for k, v in arrays.items()}
         label = f"{self.spec.model.name}, best epoch {self.progress.best_epoch}"
         objective = self.objective

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hpcvit import __version__, fsio
+from hpcvit import fsio
 from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.ledger import TaskDir, now_iso
 from hpcvit.config import JobSpec
@@ -31,15 +29,6 @@ Artifacts = tuple[str, Callable[[Path], list[Path]]]
 """(task sub-folder and MLflow artifact path, writer of the files into that folder)."""
 BEST_WEIGHTS_ARTIFACT_LIMIT = 200 * 2**20
 """Best weights larger than this stay in the task folder and are not copied into MLflow."""
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class TaskReport:
@@ -116,11 +105,12 @@ class TaskReport:
             **({names.RUNG_TAG: str(budget["rung"])} if (budget := self.task.budget()) else {})})
         if not tracker.resumed:
             params = names.flatten(spec.model_dump(mode="json"))
-            params.update({"hpcvit.version": __version__, "hpcvit.git_commit": git_commit(),
-                           "torch.version": package_version("torch"), "timm.version": package_version("timm"),
-                           **facts})
+            from hpcvit import provenance
+
+            params.update({**provenance.environment(), **facts})
             tracker.log_params(params)
             tracker.log_text(spec.model_dump_json(indent=1), "spec.json")
+            tracker.log_text(provenance.requirements(), "requirements.txt")
         self._tracker = tracker
         self.log(f"MLflow run {tracker.run_id} ({'continued' if tracker.resumed else 'new'})")
 
