@@ -43,7 +43,26 @@ def check_sweep(sweep: Sweep, data: bool = True) -> list[str]:
             except ValueError as exc:
                 raise SpecError(str(exc), file=sweep.file, line=sweep.line_of("model.kwargs"),
                                 field="model.kwargs") from None
+    init_files(sweep)
     return check_data(sweep) if data else []
+
+
+def init_files(sweep: Sweep) -> dict[str, str]:
+    """Each ``model.init_from`` of the sweep -> the absolute weights file it names; a :class:`SpecError` at its
+    line when it names none."""
+    from hpcvit.inference.runs import RunNotFound, weights_file
+
+    found: dict[str, str] = {}
+    for run in sweep.runs:
+        ref = run.spec.model.init_from
+        if ref is None or ref in found:
+            continue
+        try:
+            found[ref] = str(weights_file(ref, Path(run.spec.output_dir)))
+        except (RunNotFound, FileNotFoundError) as exc:
+            raise SpecError(str(exc), file=sweep.file, line=sweep.line_of("model.init_from"),
+                            field="model.init_from") from None
+    return found
 
 
 def check_data(sweep: Sweep) -> list[str]:
@@ -130,7 +149,11 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     # Tasks may run in another directory (a Slurm node, a requeue): their specs carry absolute paths.
-    specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
+    inits = init_files(sweep)
+    specs = [r.spec.model_copy(update={
+        "data": data.with_absolute_paths(r.spec.data),
+        "model": r.spec.model.model_copy(update={"init_from": inits.get(r.spec.model.init_from)})})
+        for r in sweep.runs]
     sweep_dir = create_sweep_dir(output_dir, new_sweep_id(base.name), Path(sweep.file), specs, base.executor,
                                  [r.label for r in sweep.runs])
     try:

@@ -29,6 +29,12 @@ class ModelSpec(Section):
     """Registered model name, e.g. ``vit_seed``, ``coatnet_0``, ``swin_tiny``."""
     kwargs: dict[str, Any] = {}
     """Keyword arguments of the model builder, checked against its signature."""
+    init_from: str | None = Field(None, min_length=1, max_length=4096)
+    """Start from earlier weights instead of a random initialisation (fine-tuning): a trained run
+    (``SWEEP/TASK``, or its MLflow run id; its best epoch's weights), a checkpoint or weights file (``.pt``,
+    ``.safetensors``) or a safetensors export folder. Loaded without pickle; tensors of another shape (a new
+    head) keep their fresh initialisation and the log says which. Resolved to one file when the sweep is
+    submitted; a resumed task continues from its own checkpoints."""
 
     @field_validator("name")
     @classmethod

@@ -102,3 +102,33 @@ def load_run(task: TaskDir, which: str = "best") -> TrainedRun:
         epoch -= 1  # the counter says how many epochs were done: the last one done is one less
     return TrainedRun(task, task.spec(), weights, {k: v for k, v in state.items() if k not in _NOT_STATE},
                       path, epoch, which)
+
+
+def weights_file(ref: str, output_dir: Path) -> Path:
+    """The file ``model.init_from`` names: a weights or checkpoint file as it is, a safetensors export's weights,
+    or a trained run's (``SWEEP/TASK`` or MLflow run id) verified best checkpoint; absolute."""
+    from hpcvit.checkpoint import CheckpointManager
+    from hpcvit.models.init import WEIGHT_SUFFIXES
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        card = path / "model.json"
+        if not card.exists():
+            raise RunNotFound(f"{ref}: a folder that is neither an export (no model.json) nor a run")
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise RunNotFound(f"{ref}: an export without safetensors weights (export the run with "
+                              "--format safetensors to start from it)")
+        return files[0].resolve()
+    if path.is_file():
+        if path.suffix not in WEIGHT_SUFFIXES:
+            raise RunNotFound(f"{ref}: not a weights file (one of {', '.join(WEIGHT_SUFFIXES)})")
+        return path.resolve()
+    if path.suffix in WEIGHT_SUFFIXES:
+        raise RunNotFound(f"{ref}: file not found")
+    task = find_task(ref, output_dir)
+    best = CheckpointManager(task.checkpoints, keep=10**9).best() if task.checkpoints.is_dir() else None
+    if best is None:
+        raise RunNotFound(f"{ref}: run {task.key} has no verified best checkpoint yet (it has not finished a "
+                          "validation epoch)")
+    return best.resolve()

@@ -80,6 +80,8 @@ class Trainer:
             raise ValueError(f"model.kwargs: model {self.spec.model.name} with {self.spec.model.kwargs or 'no kwargs'} "
                              f"cannot be built for {self.data.info.get('shape', 'this data')} inputs ({first})") from None
         self.n_params = sum(p.numel() for p in model.parameters())
+        if saved is None and self.spec.model.init_from:  # a resumed task continues from its own checkpoint
+            self._init_from(model, self.spec.model.init_from)
         model.train()
         self.model = model.to(self.d.device)
         if o.channels_last:
@@ -124,6 +126,14 @@ class Trainer:
                              lambda self, v: setattr(self.progress, "step_in_epoch", v))
     global_step = property(lambda self: self.progress.global_step,
                            lambda self, v: setattr(self.progress, "global_step", v))
+
+    def _init_from(self, model: nn.Module, source: str) -> None:
+        """Start ``model`` from the weights of ``model.init_from`` (tensors of another shape stay fresh)."""
+        from hpcvit.models.init import load_into, read_state
+
+        notes = load_into(model, read_state(Path(source)), source)
+        self._init_notes = "; ".join(notes) or "every tensor taken"
+        self.report.log(f"model.init_from: weights from {source}; {self._init_notes}")
 
     def _fresh_model(self) -> nn.Module:
         """A new copy of the model (for the FLOP count, which must not touch the trained one or its RNG)."""
@@ -341,8 +351,9 @@ class Trainer:
         it found it (the FLOP count builds and runs a model and imports what draws: see hpcvit.rngs)."""
         state = distributed.rng_state(self.d)
         try:
+            init = {"model.init_from.notes": self._init_notes} if getattr(self, "_init_notes", None) else {}
             return {"model.n_params": self.n_params, **self.objective.facts(self._fresh_model),
-                    "dist.world_size": self.d.world}
+                    "dist.world_size": self.d.world, **init}
         finally:
             distributed.set_rng_state(state, self.d)
 
