@@ -20,6 +20,7 @@ from hpcvit.states import EXECUTORS, FINAL, TaskState
 from hpcvit.sweep import Sweep, load_sweep
 from hpcvit.tables import (
     RECORD_FORMATS,
+    index_ranges,
     Column,
     console_width,
     duration,
@@ -81,11 +82,12 @@ def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
     return fit(f"sweep {sweep_dir.sweep_id}", columns, rows, _width(out))
 
 
-def _load(path: str, executor: str | None = None, data: bool = True) -> tuple[Sweep, list[str]]:
-    """The validated sweep and what was checked beyond the spec itself (the data)."""
+def _load(path: str, executor: str | None = None, data: bool = True, overrides: list[str] | None = None
+          ) -> tuple[Sweep, list[str]]:
+    """The validated sweep (``KEY=VALUE`` overrides applied) and what was checked beyond the spec (the data)."""
     from hpcvit.orchestrate import check_sweep
 
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, overrides)
     if executor:
         sweep = sweep.with_executor(executor)
     return sweep, check_sweep(sweep, data=data)
@@ -112,7 +114,7 @@ def _run_records(sweep: Sweep) -> list[dict[str, Any]]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpcvit.orchestrate import array_plan, search_plan
 
-    sweep, checked = _load(args.spec, data=not args.no_data)
+    sweep, checked = _load(args.spec, data=not args.no_data, overrides=args.overrides)
     info = err if args.format in RECORD_FORMATS else console  # with json|csv stdout holds the records alone
     if args.format in RECORD_FORMATS:
         sys.stdout.write(records_text(_run_records(sweep), args.format))
@@ -131,7 +133,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
 
-    sweep, checked = _load(args.spec, args.executor)
+    sweep, checked = _load(args.spec, args.executor, overrides=args.overrides)
     kind = sweep.base.executor
     if args.dry_run:
         return _dry_run(sweep, checked, args)
@@ -144,15 +146,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ranges(indices: list[int]) -> str:
-    """``0-3, 7, 9-10``: task indices as runs of consecutive numbers."""
-    out: list[str] = []
-    for i in sorted(set(indices)):
-        if out and out[-1].split("-")[-1] == str(i - 1):
-            out[-1] = f"{out[-1].split('-')[0]}-{i}"
-        else:
-            out.append(str(i))
-    return ", ".join(out) or "none"
+_OVERRIDE_HELP = "replace a spec value: optim.epochs=2 data.max_samples=500; a list sweeps it: optim.lr=[1e-3,3e-4]"
 
 
 class UsageError(ValueError):
@@ -278,7 +272,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     sweep_dir = _sweep(args)
     indices = orchestrate.cancel(sweep_dir)
-    console.print(f"cancelled {len(indices)} task(s) of {sweep_dir.sweep_id}: {_ranges(indices)}")
+    console.print(f"cancelled {len(indices)} task(s) of {sweep_dir.sweep_id}: {index_ranges(indices)}")
     return 0
 
 
@@ -371,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a job spec and print its expanded runs")
     p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDE_HELP)
     p.add_argument("--all", action="store_true", help="list every run, not the first and last ones")
     p.add_argument("--no-data", action="store_true", help="check the spec alone, not its data files")
     p.add_argument("--format", choices=["table", *RECORD_FORMATS], default="table",
@@ -379,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a sweep as one array job")
     p.add_argument("spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDE_HELP)
     p.add_argument("--executor", choices=EXECUTORS, help="override the spec's executor")
     p.add_argument("--dry-run", action="store_true", help="print the runs and the sbatch script, submit nothing "
                                                           "(in a pipe: only the script, on stdout)")

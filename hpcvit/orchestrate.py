@@ -156,6 +156,8 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
         for r in sweep.runs]
     sweep_dir = create_sweep_dir(output_dir, new_sweep_id(base.name), Path(sweep.file), specs, base.executor,
                                  [r.label for r in sweep.runs])
+    if sweep.overrides:
+        sweep_dir.update_manifest(overrides=list(sweep.overrides))
     try:
         from hpcvit.objectives import get_objective
 
@@ -174,6 +176,10 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
                                 "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
                                 line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
             sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+            if sweep.overrides:
+                from hpcvit.tracking import mlflow_client
+
+                mlflow_client(uri).set_tag(parent, "hpcvit.overrides", " ".join(sweep.overrides))
     except BaseException:
         shutil.rmtree(sweep_dir.root, ignore_errors=True)
         if created:

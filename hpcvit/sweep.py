@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class Sweep:
     lines: dict[Loc, int] = field(default_factory=dict, repr=False)
     search: SearchSpec | None = None
     """The adaptive search over the runs (``sweep.search``), if any."""
+    overrides: tuple[str, ...] = ()
+    """The command line's ``KEY=VALUE`` overrides applied to the file."""
 
     def line_of(self, dotted: str) -> int | None:
         """The spec line of a dotted field (or of its closest ancestor in the file)."""
@@ -62,7 +65,7 @@ class Sweep:
     def with_executor(self, executor: str) -> Sweep:
         """The same sweep with every run's executor replaced (the command line's ``--executor``)."""
         runs = [Run(r.index, r.spec.model_copy(update={"executor": executor}), r.overrides) for r in self.runs]
-        return Sweep(self.file, self.raw, runs, self.lines, self.search)
+        return Sweep(self.file, self.raw, runs, self.lines, self.search, self.overrides)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
@@ -245,9 +248,14 @@ def _check_search(search: SearchSpec, runs: list[Run], file: str, lines: dict[Lo
                         line=nearest_line(lines, ("sweep", "search", "min_epochs")), field="sweep.search.min_epochs")
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Load, expand and validate a spec file."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Load, expand and validate a spec file, with the command line's ``KEY=VALUE`` ``overrides`` applied."""
     raw, lines = load_yaml(path)
+    if overrides:
+        from hpcvit.overrides import apply
+
+        raw, lines = apply(raw, lines, overrides, str(path))
+        return dataclasses.replace(expand(raw, lines, file=str(path)), overrides=tuple(overrides))
     return expand(raw, lines, file=str(path))
 
 

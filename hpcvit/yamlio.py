@@ -35,8 +35,8 @@ class SpecError(ValueError):
         message, field = _one_line(message), _one_line(field) if field is not None else None
         self.message, self.file, self.line, self.field = message, file, line, field
         where = _one_line(file) if file else "<spec>"
-        if line is not None:
-            where = f"{where}:{line}"
+        if line is not None:  # a negative line is the k-th KEY=VALUE override of the command line
+            where = f"{where}:{line}" if line >= 0 else f"{where}, override {-line}"
         super().__init__(f"{where} {field}: {message}" if field else f"{where}: {message}")
 
 

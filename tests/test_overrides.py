@@ -1,0 +1,66 @@
+"""``KEY=VALUE`` after a spec on the command line: shrink or sweep a job without copying its YAML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpcvit.ledger import find_sweep
+from hpcvit.sweep import load_sweep
+from hpcvit.yamlio import SpecError
+from tests.conftest import REPO, SPEC, children, hpcvit, write_spec
+
+SMOKE = REPO / "jobs" / "smoke.yaml"
+
+
+def test_overrides_replace_values_and_a_list_sweeps() -> None:
+    sweep = load_sweep(SMOKE, ["optim.epochs=2", "data.synthetic.n_samples=500", "optim.lr=[1e-3, 3e-3]"])
+    assert len(sweep.runs) == 4 and {r.spec.optim.epochs for r in sweep.runs} == {2}
+    assert sorted({r.spec.optim.lr for r in sweep.runs}) == [1e-3, 3e-3]
+    assert {r.spec.data.synthetic.n_samples for r in sweep.runs} == {500}
+    one = load_sweep(SMOKE, ["model.name=vit_seed"])
+    assert [r.spec.model.name for r in one.runs] == ["vit_seed"], "one value fixes what the file swept"
+    listed = load_sweep(SMOKE, ["data.channels=[1]"])
+    assert len(listed.runs) == 2 and listed.runs[0].spec.data.channels == [1], "a list field takes the list"
+    assert load_sweep(SMOKE, ["sweep.grid.optim.seed=[0,1,2]"]).runs[5].spec.optim.seed == 2
+    assert load_sweep(SMOKE, []).overrides == ()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.epochs=abc", "smoke.yaml, override 1 optim.epochs: Input should be a valid integer"),
+    ("optim.bogus=1", "override 1 optim.bogus: Extra inputs are not permitted"),
+    ("epochs", "override 1: 'epochs' is not KEY=VALUE"),
+    ("optim.lr=[1e-3", "override 1 optim.lr: value '[1e-3' is not valid YAML"),
+    ("optim.lr=[1e-3,-1]", "override 1 optim.lr: Input should be greater than 0"),
+    ("optim.lr.x=1", "override 1 optim.lr.x: optim.lr is not a section"),
+])
+def test_a_bad_override_is_named_in_one_line(override: str, expected: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_sweep(SMOKE, ["optim.epochs=1", override])
+    assert expected.replace("override 1", "override 2") in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_validate_takes_overrides_as_written_in_the_readme(tmp_path: Path) -> None:
+    proc = hpcvit("validate", str(SMOKE), "optim.epochs=2", "data.synthetic.n_samples=500", "--format", "json",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {r["epochs"] for r in json.loads(proc.stdout)} == {2}
+    bad = hpcvit("validate", str(SMOKE), "optim.epochs=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "override 1 optim.epochs" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_submitted_override_is_recorded_in_the_ledger_and_mlflow(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="over", n=96, size=16, epochs=3) + "executor: local\n")
+    proc = hpcvit("submit", str(spec), "optim.epochs=1", "optim.seed=[1,2]", "--wait", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = find_sweep(None, workdir / "runs")
+    assert sweep.manifest["overrides"] == ["optim.epochs=1", "optim.seed=[1,2]"]
+    assert [s.optim.seed for s in sweep.run_specs()] == [1, 2] and {s.optim.epochs for s in sweep.run_specs()} == {1}
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    assert parent.data.tags["hpcvit.overrides"] == "optim.epochs=1 optim.seed=[1,2]"
+    assert {r.data.params["optim.epochs"] for r in children(sweep)} == {"1"}
