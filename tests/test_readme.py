@@ -35,7 +35,8 @@ def _commands() -> list[str]:
 
 
 _PLACEHOLDERS = {"SPEC": "spec.yaml", "SWEEP": "some-sweep", "TASK": "0", "PATTERN": "vit*", "FILE": "job.sh",
-                 "local\\|slurm": "slurm", "table\\|csv\\|json\\|markdown": "csv"}
+                 "local\\|slurm": "slurm", "table\\|csv\\|json\\|markdown": "csv",
+                 "torchscript\\|onnx\\|safetensors": "onnx"}
 
 
 def _concrete(command: str) -> list[list[str]]:
@@ -158,5 +159,23 @@ def test_the_commands_on_a_sweep_run_as_written_on_a_finished_one(tmp_path: Path
         return next(line for line in text.splitlines() if line.lstrip().startswith("# ")).split()
 
     assert header(shown) == header(printed), "the README's compare example has the columns compare prints"
+    use = next(body for lang, body in BLOCKS if "hpcvit export some-sweep/0" in body)
+    data = next((tmp_path / "runs" / sweep_id / "data").glob("*.h5"))
+    for line in use.splitlines():
+        words = shlex.split(line.split("#")[0])
+        words = [sweep_id + w.removeprefix("some-sweep") if w.startswith("some-sweep") else
+                 str(data) if w == "showers.h5" else w for w in words]
+        proc = hpcvit(*words[1:], cwd=tmp_path)
+        assert proc.returncode == 0, f"README: `{line}`: {proc.stderr}"
+    assert (tmp_path / "scores.parquet").exists() and (tmp_path / "winner" / "model.json").exists()
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 97, "96 images and the header"
+    tune = next(body for lang, body in BLOCKS if lang == "yaml" and "init_from" in body)
+    doc = yaml.safe_load(spec.read_text())
+    doc["model"] = yaml.safe_load(tune)["model"]
+    doc.pop("sweep", None)
+    doc["model"]["init_from"] = doc["model"]["init_from"].replace("some-sweep", sweep_id)
+    tuned = write_spec(tmp_path, yaml.safe_dump(doc), "tune.yaml")
+    checked = hpcvit("validate", str(tuned), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
     title = next(line for line in shown.splitlines() if "runs by" in line).split(": ", 1)[1]
     assert title in printed, title
