@@ -27,13 +27,20 @@ class Column:
     """Narrowest a text column may fold to."""
 
 
+LONGEST_WORD = 24
+"""Words (paths, names) up to this long keep their whole width; longer ones fold."""
+
+
 def fit(title: str, columns: list[Column], rows: list[list[str]], width: int) -> Table:
     """A table of ``rows`` for a console ``width`` wide."""
     need = []
     for k, col in enumerate(columns):
-        cells = [Text.from_markup(r[k]).cell_len for r in rows] if rows else [0]
-        widest = max([len(col.header) if col.numeric else min(len(col.header), col.min_width), *cells])
-        need.append(widest if col.numeric else min(widest, col.min_width))
+        texts = [Text.from_markup(r[k]).plain for r in rows] if rows else [""]
+        widest = max([len(col.header) if col.numeric else min(len(col.header), col.min_width),
+                      *(Text(t).cell_len for t in texts)])
+        # a text column folds between words, never inside one (a path, a name) unless it is longer than that
+        word = max((len(w) for t in texts for w in t.split()), default=0)
+        need.append(widest if col.numeric else min(widest, max(col.min_width, min(word, LONGEST_WORD))))
     keep = list(range(len(columns)))
     while len(keep) > 1 and sum(need[k] + 3 for k in keep) + 2 > width:
         drop = max((k for k in keep if columns[k].priority > 0), key=lambda k: (columns[k].priority, k), default=None)

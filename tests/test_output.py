@@ -70,6 +70,27 @@ def test_the_status_table_fits_80_columns() -> None:
     assert max(len(line) for line in lines) <= 80, lines
     text = "\n".join(lines)
     assert "0.8146" in text and "PREEMPTED" in text and "COMPLETED" in text and "roc_auc" in text
+    assert "tasks/00002/train.log" in text, "a log path is not cut"
+
+
+def test_the_models_table_at_80_columns_breaks_between_words_only() -> None:
+    from hpcvit.models import list_models, model_entry
+    from hpcvit.models.info import models_table
+    from hpcvit.tables import LONGEST_WORD
+
+    rows = [{"name": n, "family": "vit", "params_m": 27.59, "gflops": 0.61, "ok": True,
+             "supports": {"2x32x32": True, "3x125x125": False}, "description": model_entry(n).description}
+            for n in list_models()]
+    for width in (80, 100):
+        lines = _rendered(models_table(rows, 2, 32, width), width)
+        assert max(len(line) for line in lines) <= width
+        text = "\n".join(lines)
+        words = {w for line in lines for w in line.replace("│", " ").split()}
+        for row in rows:
+            assert row["name"] in words, (row["name"], text)
+            for word in row["description"].split():
+                assert word in words or len(word) > LONGEST_WORD, (word, text)
+        assert any(" description" in line for line in lines[:6]), "the description stays at 80 columns"
 
 
 def test_errors_stay_on_one_line_in_a_pipe_however_long(tmp_path: Path) -> None:

@@ -114,27 +114,31 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _print_table(rows: list[dict[str, Any]], in_chans: int, img_size: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def models_table(rows: list[dict[str, Any]], in_chans: int, img_size: int, width: int) -> Any:
+    """The models' table for a console ``width`` wide (names and words never cut)."""
+    from hpcvit.tables import Column, fit
 
     shape = _shape(in_chans, img_size)
-    table = Table(title=f"hpcvit models ({len(rows)}); params and GFLOPs per image at {shape}")
-    table.add_column("name", style="bold")
-    table.add_column("family")
-    table.add_column("params (M)", justify="right")
-    table.add_column(f"GFLOPs {shape}", justify="right")
-    for chans, side in STANDARD_INPUTS:
-        table.add_column(_shape(chans, side), justify="center")
-    table.add_column("description", overflow="fold")
+    columns = [Column("name"), Column("family", priority=2), Column("params (M)", numeric=True),
+               Column(f"GFLOPs {shape}", numeric=True),
+               *(Column(_shape(chans, side), numeric=True, priority=3) for chans, side in STANDARD_INPUTS),
+               Column("description", priority=1, min_width=24)]
+    cells = []
     for row in rows:
         gflops = _fmt(row["gflops"], 3) if row["ok"] else "[red]fails[/red]"
         marks = ["[green]yes[/green]" if ok else "[red]no[/red]" for ok in row["supports"].values()]
-        table.add_row(row["name"], row["family"], _fmt(row["params_m"], 2), gflops, *marks, row["description"])
+        cells.append([f"[bold]{row['name']}[/bold]", row["family"], _fmt(row["params_m"], 2), gflops, *marks,
+                      row["description"]])
+    return fit(f"hpcvit models ({len(rows)}); params and GFLOPs per image at {shape}", columns, cells, width)
+
+
+def _print_table(rows: list[dict[str, Any]], in_chans: int, img_size: int) -> None:
+    from rich.console import Console
+
     console = Console()
-    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and fold every header
-        console = Console(width=160)
-    console.print(table)
+    width = console.width if console.is_terminal else 160  # piped: one line per model, nothing folded
+    console.print(models_table(rows, in_chans, img_size, width))
+    shape = _shape(in_chans, img_size)
     for row in rows:
         if not row["ok"]:
             console.print(f"[red]{row['name']}[/red] on {shape}: {row['error']}", markup=True, highlight=False)

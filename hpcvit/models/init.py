@@ -56,3 +56,8 @@ def load_into(model: Any, state: dict[str, Any], source: str) -> list[str]:
     if unused:
         notes.append(f"unused: {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
     return notes
+
+
+def start_from(model: Any, source: str) -> str:
+    """Load ``model.init_from``'s weights file into ``model``; what was not taken, in one line."""
+    return "; ".join(load_into(model, read_state(Path(source)), source)) or "every tensor taken"

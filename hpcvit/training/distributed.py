@@ -133,3 +133,9 @@ def set_rng_state(state: dict[str, Any], d: Dist) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and d.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], d.device)
+
+
+def gathered_order(n: int, world: int) -> np.ndarray:
+    """Positions of ``n`` samples in the order an evaluation gathers them: rank r evaluates r, r+world, ...,
+    and the ranks' parts are concatenated rank by rank."""
+    return np.concatenate([np.arange(r, n, world) for r in range(world)]) if n else np.zeros(0, np.int64)

@@ -32,6 +32,7 @@ from hpcvit.states import TaskState
 from hpcvit.training import distributed, optim, startup, stop
 from hpcvit.training.distributed import Dist
 from hpcvit.training.guard import NonFiniteGuard
+from hpcvit.training.model import build_model
 from hpcvit.training.meter import EpochMeter
 from hpcvit.training.report import TaskReport
 from hpcvit.training.sampler import ShardSampler, StepPlan
@@ -73,15 +74,8 @@ class Trainer:
         self.data = self.objective.build_data(saved)
         startup.mark("data")
         self.metric_name, self.metric_mode = self.objective.primary_metric(self.spec.checkpoint.best_metric)
-        try:
-            model = self.objective.build_model()
-        except (ValueError, RuntimeError, TypeError, ZeroDivisionError, AssertionError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"model.kwargs: model {self.spec.model.name} with {self.spec.model.kwargs or 'no kwargs'} "
-                             f"cannot be built for {self.data.info.get('shape', 'this data')} inputs ({first})") from None
+        model, self._init_notes = build_model(self.objective, self.data, fresh=saved is None, log=self.report.log)
         self.n_params = sum(p.numel() for p in model.parameters())
-        if saved is None and self.spec.model.init_from:  # a resumed task continues from its own checkpoint
-            self._init_from(model, self.spec.model.init_from)
         model.train()
         self.model = model.to(self.d.device)
         if o.channels_last:
@@ -126,14 +120,6 @@ class Trainer:
                              lambda self, v: setattr(self.progress, "step_in_epoch", v))
     global_step = property(lambda self: self.progress.global_step,
                            lambda self, v: setattr(self.progress, "global_step", v))
-
-    def _init_from(self, model: nn.Module, source: str) -> None:
-        """Start ``model`` from the weights of ``model.init_from`` (tensors of another shape stay fresh)."""
-        from hpcvit.models.init import load_into, read_state
-
-        notes = load_into(model, read_state(Path(source)), source)
-        self._init_notes = "; ".join(notes) or "every tensor taken"
-        self.report.log(f"model.init_from: weights from {source}; {self._init_notes}")
 
     def _fresh_model(self) -> nn.Module:
         """A new copy of the model (for the FLOP count, which must not touch the trained one or its RNG)."""
@@ -351,7 +337,7 @@ class Trainer:
         it found it (the FLOP count builds and runs a model and imports what draws: see hpcvit.rngs)."""
         state = distributed.rng_state(self.d)
         try:
-            init = {"model.init_from.notes": self._init_notes} if getattr(self, "_init_notes", None) else {}
+            init = {"model.init_from.notes": self._init_notes} if self._init_notes else {}
             return {"model.n_params": self.n_params, **self.objective.facts(self._fresh_model),
                     "dist.world_size": self.d.world, **init}
         finally:
@@ -435,8 +421,8 @@ class Trainer:
             test_metrics, by_split["test"] = self.evaluate(self.data.test)
             final = {f"test_{k}": v for k, v in test_metrics.items()}
         for split, dataset in (("val", self.data.val), ("test", self.data.test)):
-            if split in by_split:  # the order evaluate gathers in: each rank's share, rank by rank
-                order = np.concatenate([np.arange(r, len(dataset), self.d.world) for r in range(self.d.world)])
+            if split in by_split:  # each sample's file and row, in the order evaluate gathered them
+                order = distributed.gathered_order(len(dataset), self.d.world)
                 by_split[split] = {**self.objective.sample_ids(dataset, order), **by_split[split]}
         predictions = {f"{split}_{k}": v for split, arrays in by_split.items() for k, v in arrays.items()}
         label = f"{self.spec.model.name}, best epoch {self.progress.best_epoch}"
