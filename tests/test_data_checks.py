@@ -60,9 +60,19 @@ def test_a_corrupt_block_of_huge_values_makes_the_statistics_absurd(tmp_path: Pa
 def test_one_class_left_is_an_error_before_training(tmp_path: Path) -> None:
     photons = write_h5(tmp_path / "photon.h5", np.ones((50, 8, 8, 2), np.float32), np.zeros(50, np.float32))
     electrons = write_h5(tmp_path / "electron.h5", np.ones((50, 8, 8, 2), np.float32), np.ones(50, np.float32))
-    spec = DataSpec(format="hdf5", paths=[str(photons), str(electrons)], max_samples=40)
-    with pytest.raises(DataError, match=r"photon\.h5: the train split has 0 positive and 32 negative samples") as info:
+    spec = DataSpec(format="hdf5", paths=[str(photons), str(electrons)], cuts={"y": [None, 0.5]})
+    with pytest.raises(DataError, match=r"photon\.h5: the train split has 0 positive and \d+ negative samples") as info:
         build_datasets(spec, tmp_path, targets=ClassLabels())
-    assert info.value.field == "data.max_samples"
-    assert build_datasets(spec.model_copy(update={"max_samples": None}), tmp_path, targets=ClassLabels()).info["class_balance"]["val"][
-        "positive"] > 0
+    assert info.value.field == "data.paths"
+
+
+def test_max_samples_takes_from_each_file_so_one_class_per_file_keeps_both(tmp_path: Path) -> None:
+    photons = write_h5(tmp_path / "photon.h5", np.ones((60, 8, 8, 2), np.float32), np.zeros(60, np.float32))
+    electrons = write_h5(tmp_path / "electron.h5", np.ones((30, 8, 8, 2), np.float32), np.ones(30, np.float32))
+    spec = DataSpec(format="hdf5", paths=[str(photons), str(electrons)], max_samples=40)
+    bundle = build_datasets(spec, tmp_path, targets=ClassLabels())
+    files = [(f["path"].rsplit("/", 1)[-1], f["selected"]) for f in bundle.info["files"]]
+    assert files == [("photon.h5", 27), ("electron.h5", 13)], "40 in proportion 60:30, largest remainder first"
+    assert bundle.info["class_balance"]["train"]["positive"] > 0 and bundle.info["class_balance"]["val"]["positive"] > 0
+    rows = np.sort(np.concatenate([bundle.train.rows, bundle.val.rows]))
+    assert list(rows[:27]) == list(range(27)) and list(rows[27:]) == list(range(60, 73)), "the first of each file"

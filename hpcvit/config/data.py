@@ -126,10 +126,11 @@ class DataSpec(Section):
     them; ``zero`` sets them to 0 (before zero suppression and the statistics)."""
     min_per_class: int = Field(1, ge=0)
     """Binary task: the fewest samples of either class the training and validation splits may hold; fewer is an
-    error before training (one class, a cut that removes a class, ``max_samples`` inside one class's file);
+    error before training (one class, a cut that removes a class, too few positives left by ``max_samples``);
     0 turns the check off."""
     max_samples: int | None = Field(None, gt=0)
-    """Use only the first this many samples that pass the cuts (in file order); null uses them all."""
+    """Use only this many of the samples that pass the cuts: from each file in proportion to its selected
+    samples, the first of each (so one class per file keeps both); null uses them all."""
     layout: Literal["auto", "NHWC", "NCHW"] = "auto"
     """Axis order of HDF5 images: ``NHWC`` (electron/photon files), ``NCHW``, or ``auto`` (the two equal axes
     are height and width; without such a pair, channels last when the last axis is shorter than the first; an

@@ -85,8 +85,11 @@ def raw_key(spec: DataSpec, paths: list[Path]) -> str:
     """The raw cache's key: the selection fields of the spec, each source's identity (size, mtime, sampled
     blocks) and the values of every scalar column. What it misses, an image byte changed outside the sampled
     blocks in a file that kept its size and mtime, ``hpcvit data convert --verify`` finds (full hashes)."""
+    # max_samples takes from every file (hpcvit.data.selection.spread): a cache of the first N in file order,
+    # made before, must not be taken for it
+    spread = {"max_samples_from": "each file"} if spec.max_samples else {}
     return digest({"version": CACHE_VERSION, "sources": [file_identity(p) for p in paths],
-                    "columns": columns_digest(spec, paths), **data_fields(spec, "selection")})
+                    "columns": columns_digest(spec, paths), **data_fields(spec, "selection"), **spread})
 
 
 def pre_key(raw_dir: Path, pre: PreprocessSpec, stats: ChannelStats | None, nonfinite: str = "zero") -> str:

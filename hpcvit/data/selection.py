@@ -60,6 +60,19 @@ def read_columns(store: Store, names: list[str]) -> dict[str, np.ndarray]:
     return {name: store.column(name) for name in names}
 
 
+def spread(rows: np.ndarray, file_of: np.ndarray, n_files: int, n: int) -> np.ndarray:
+    """``n`` of the sorted ``rows``: from each file in proportion to its rows (largest remainders rounded up, the
+    earlier file first on a tie), the first of each file. One class per file (the electron/photon layout)
+    keeps both classes."""
+    counts = np.bincount(file_of, minlength=n_files)
+    exact = counts * (n / len(rows))
+    quota = np.floor(exact).astype(np.int64)
+    for k in np.argsort(-(exact - quota), kind="stable")[:n - int(quota.sum())]:
+        quota[k] += 1
+    keep = np.concatenate([np.flatnonzero(file_of == k)[:quota[k]] for k in range(n_files)])
+    return rows[np.sort(keep)]
+
+
 def select(store: Store, spec: DataSpec, columns: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Global rows passing the cuts (the first ``max_samples`` of them) and ``columns`` of those rows.
 
@@ -67,8 +80,8 @@ def select(store: Store, spec: DataSpec, columns: list[str]) -> tuple[np.ndarray
     """
     cols = read_columns(store, sorted({*columns, *cut_columns(spec)}))
     rows = np.flatnonzero(selection_mask(cols, spec, store.n)).astype(np.int64)
-    if spec.max_samples is not None:
-        rows = rows[:spec.max_samples]
+    if spec.max_samples is not None and len(rows) > spec.max_samples:
+        rows = spread(rows, store.file_index(rows), len(store.paths), spec.max_samples)
     if store.n == 0:
         files = "the file holds" if len(store.paths) == 1 else f"the {len(store.paths)} files hold"
         raise DataError(f"{store.paths[0]}: {files} no rows", field="data.paths")
