@@ -21,6 +21,7 @@ from hpcvit.sweep import Sweep, load_sweep
 from hpcvit.tables import (
     RECORD_FORMATS,
     index_ranges,
+    parse_ranges,
     Column,
     console_width,
     duration,
@@ -256,11 +257,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
 
     sweep_dir = _sweep(args)
-    indices, job_ids = orchestrate.resume(sweep_dir, args.executor)
+    indices, job_ids = orchestrate.resume(sweep_dir, args.executor, parse_ranges(args.tasks) if args.tasks else None)
     if not indices:
         console.print(f"nothing to resume in {sweep_dir.sweep_id}: every task is finished, queued or running")
         return 0
-    console.print(f"resubmitted {len(indices)} task(s) of {sweep_dir.sweep_id}: {indices} "
+    console.print(f"resubmitted {len(indices)} task(s) of {sweep_dir.sweep_id}: {index_ranges(indices)} "
                   f"as job(s) {sorted(set(job_ids.values()))[:5]}")
     if args.wait:
         return _wait_and_compare(sweep_dir, args)
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", *RECORD_FORMATS], default="table")
     p = sweep_cmd("resume", "resubmit the tasks of a sweep that did not finish", cmd_resume)
     p.add_argument("--executor", choices=EXECUTORS)
+    p.add_argument("--tasks", metavar="LIST", help="only these tasks, e.g. 3,7 or 0-4,9")
     p.add_argument("--wait", action="store_true")
     sweep_cmd("cancel", "cancel the unfinished tasks of a sweep (they checkpoint first)", cmd_cancel)
     sweep_cmd("sync", "send tracking calls buffered while MLflow was unreachable", cmd_sync)

@@ -326,8 +326,10 @@ def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> li
     return current
 
 
-def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int], dict[int, str]]:
-    """Resubmit, as one new array, every task that is neither finished nor queued/running.
+def resume(sweep_dir: SweepDir, executor: str | None = None, only: list[int] | None = None
+           ) -> tuple[list[int], dict[int, str]]:
+    """Resubmit, as one new array, every task (of ``only``, when given) that is neither finished nor
+    queued/running.
 
     Holds the sweep's resume lock while it decides and submits, so two ``resume`` calls at once cannot
     submit a task twice: the second sees the first one's submission as queued or running.
@@ -337,6 +339,16 @@ def resume(sweep_dir: SweepDir, executor: str | None = None) -> tuple[list[int],
 
     with sweep_dir.lock("resume"):
         current = task_statuses(sweep_dir)
+        if only is not None:
+            unknown = sorted(set(only) - {s.index for s in current})
+            if unknown:
+                raise ValueError(f"--tasks: sweep {sweep_dir.sweep_id} has no task {unknown[0]} (it has "
+                                 f"{len(current)}: 0-{len(current) - 1})")
+            done = [s for s in current if s.index in only and s.state not in RESUMABLE and s.state != TaskState.HELD]
+            if done:
+                raise ValueError(f"--tasks: task {done[0].index} is {done[0].state}, nothing to resume (only "
+                                 f"failed, cancelled, preempted, lost or held tasks are)")
+            current = [s for s in current if s.index in only]
         held = [s for s in current if s.state == TaskState.HELD]
         for kind in sorted({s.executor for s in held}):  # held by the scheduler (a launch failure after a node
             jobs = [s.job_id for s in held if s.executor == kind]  # came back): released, they run again

@@ -112,3 +112,14 @@ def index_ranges(indices: list[int]) -> str:
         else:
             out.append(str(i))
     return ", ".join(out) or "none"
+
+
+def parse_ranges(text: str) -> list[int]:
+    """``3,7`` or ``0-4,9`` -> task indices; a ``ValueError`` naming the part that is not one."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            raise ValueError(f"--tasks {text}: {part.strip()!r} is not a task index or a range like 0-4")
+        out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    return sorted(set(out))

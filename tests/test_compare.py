@@ -90,6 +90,8 @@ def test_a_seeded_grid_with_a_test_split_compares_with_every_split_named(workdir
     for column in ("lr", "seed", "val roc_auc", "test roc_auc", "val last", "test 1/eB@.3"):
         assert column in header, (column, header)
     assert "over seeds" in table and "+-" in table
+    finished = hpcvit("resume", "--tasks", "0,2-3", cwd=workdir)
+    assert finished.returncode != 0 and "task 0 is COMPLETED, nothing to resume" in finished.stderr
     bogus = hpcvit("compare", "--metric", "bogus", cwd=workdir)
     assert bogus.returncode == 2 and "--metric bogus: not a metric of this binary sweep" in bogus.stderr
     for split in ("val", "test"):
@@ -110,3 +112,10 @@ def test_a_sweep_whose_tasks_all_failed_says_so_with_the_first_error(workdir: Pa
     assert "\n" not in line and line in submitted.stderr.replace("\n", ""), "submit --wait says the same"
     no_test = hpcvit("compare", "--plot", str(workdir / "x.png"), "--split", "test", cwd=workdir)
     assert no_test.returncode != 0
+    sweep = find_sweep(None, workdir / "runs")
+    again = hpcvit("resume", "--tasks", "1", "--wait", cwd=workdir)
+    assert "resubmitted 1 task(s)" in again.stdout and again.returncode == 1, again.stdout + again.stderr
+    assert list(sweep.submissions()[-1]["jobs"]) == ["1"], "only the task asked for went in"
+    for words, expected in ((["--tasks", "2"], "has no task 2"), (["--tasks", "1-x"], "'1-x' is not a task index")):
+        refused = hpcvit("resume", *words, cwd=workdir)
+        assert refused.returncode != 0 and expected in refused.stderr, refused.stderr
