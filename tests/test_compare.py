@@ -90,6 +90,19 @@ def test_a_seeded_grid_with_a_test_split_compares_with_every_split_named(workdir
     for column in ("lr", "seed", "val roc_auc", "test roc_auc", "val last", "test 1/eB@.3"):
         assert column in header, (column, header)
     assert "over seeds" in table and "+-" in table
+    parent = client.get_run(sweep.manifest["parent_run_id"])
+    for lr in (0.001, 0.003):
+        name = f"cnn_small lr_{lr:g}"
+        tests = [r["test_roc_auc"] for r in rows if r["optim.lr"] == lr]
+        summary = parent.data.metrics
+        assert summary[f"{name}/test_roc_auc_mean"] == pytest.approx(sum(tests) / 2, abs=1e-12)
+        assert summary[f"{name}/n_seeds"] == 2 and summary[f"{name}/val_roc_auc_std"] > 0
+        assert summary[f"{name}/test_roc_auc_low"] < summary[f"{name}/test_roc_auc_mean"] < \
+            summary[f"{name}/test_roc_auc_high"], "the interval of the seeds' mean holds the mean"
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.html", "summary.csv", "roc_overlay.png"} <= logged, logged
+    page = (sweep.root / "summary" / "summary.html").read_text()
+    assert "cnn_small lr=0.001" in page and "data:image/png;base64," in page
     finished = hpcvit("resume", "--tasks", "0,2-3", cwd=workdir)
     assert finished.returncode != 0 and "task 0 is COMPLETED, nothing to resume" in finished.stderr
     bogus = hpcvit("compare", "--metric", "bogus", cwd=workdir)

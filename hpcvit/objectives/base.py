@@ -134,6 +134,10 @@ class Objective:
         """Files that show a finished run (``predictions``: split -> :meth:`evaluate`'s arrays); [] for none."""
         return []
 
+    score: Any = None
+    """``score(out, y) -> metrics`` (a classmethod): the metrics of a run's saved predictions (the ``out`` and
+    ``y`` arrays of ``predictions.npz``) for the sweep's summary intervals; None when they are not arrays."""
+
     overlay: ClassVar[str | None] = None
     """The sweep figure drawn over every finished run (a name of :data:`hpcvit.results.plots.OVERLAYS`), from
     each run's :meth:`overlay_data`; None: the objective has none."""

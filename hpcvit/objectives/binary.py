@@ -157,6 +157,10 @@ class BinaryObjective(ImageObjective):
     def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return classifier_metrics(out, y)
 
+    @classmethod
+    def score(cls, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        return classifier_metrics(out, y)
+
     def prediction_columns(self, out: np.ndarray) -> dict[str, np.ndarray]:
         """``score``: the signal probability; ``logit``: the raw output."""
         return {"score": _sigmoid(np.asarray(out, np.float64)), "logit": np.asarray(out, np.float64)}

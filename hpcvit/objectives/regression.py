@@ -82,6 +82,11 @@ class RegressionObjective(ImageObjective):
     def metric_values(self, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return regression_metrics(out, y, self.scale.std)
 
+    @classmethod
+    def score(cls, out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """The metrics of predictions in the target's units (the loss unscaled)."""
+        return regression_metrics(out, y)
+
     def restore(self, saved: dict[str, Any]) -> None:
         from hpcvit.data.preprocess import TargetScale
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from rich.table import Table
@@ -191,15 +192,26 @@ def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
     if parent.data.tags.get(names.SUMMARY_TAG) != "logged":
         out = sweep.root / "summary"
         out.mkdir(exist_ok=True)
+        from hpcvit.results.summary import parent_metrics, write_html
+
         result = compare_rows(sweep)
         (out / "summary.csv").write_text(render(result, "csv"))
         (out / "summary.md").write_text(render(result, "markdown"))
         client.log_artifact(parent.info.run_id, str(out / "summary.csv"))
         client.log_artifact(parent.info.run_id, str(out / "summary.md"))
+        png = None
         if overlay_runs(sweep):
             png = plot_overlay(sweep, out / overlay_name(sweep))
             client.log_artifact(parent.info.run_id, str(png))
             client.log_artifact(parent.info.run_id, str(png.with_suffix(".pdf")))
+        groups = seed_groups(sweep, result)
+        summary = parent_metrics(sweep, result, groups)
+        if summary:
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            client.log_batch(parent.info.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in summary.items()])
+        client.log_artifact(parent.info.run_id, str(write_html(out / "summary.html", result, groups, summary, png)))
         client.set_tag(parent.info.run_id, names.SUMMARY_TAG, "logged")
     if parent.info.status != status:
         client.set_terminated(parent.info.run_id, status)
