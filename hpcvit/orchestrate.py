@@ -176,10 +176,13 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
                                 "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
                                 line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
             sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
-            if sweep.overrides:
-                from hpcvit.tracking import mlflow_client
+            from hpcvit.results.view import share
+            from hpcvit.tracking import mlflow_client
 
-                mlflow_client(uri).set_tag(parent, "hpcvit.overrides", " ".join(sweep.overrides))
+            client = mlflow_client(uri)
+            share(client, sweep_dir)  # the UI's view of this sweep: hpcvit ui prints its URL
+            if sweep.overrides:
+                client.set_tag(parent, "hpcvit.overrides", " ".join(sweep.overrides))
     except BaseException:
         shutil.rmtree(sweep_dir.root, ignore_errors=True)
         if created:

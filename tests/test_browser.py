@@ -219,10 +219,7 @@ def test_mlflow_ui_shows_the_sweeps_roc_auc(workdir: Path, browser: Any, ui_serv
     values, names = browser.execute_script(_GRIDS_JS, _section(browser, "Metrics"))
     tops = {browser.execute_script("return arguments[0].scrollTop", g) for g in values + names}
     assert len(tops) == 1, f"metric names and values scrolled apart in the screenshot: {tops}"
-    target = os.environ.get("HPCVIT_SCREENSHOT_DIR")
-    shot_dir = (pytestconfig.invocation_params.dir / target) if target else workdir
-    shot_dir.mkdir(parents=True, exist_ok=True)
-    shot = shot_dir / "mlflow-compare.png"
+    shot = workdir / "mlflow-compare-page.png"
     assert browser.save_screenshot(str(shot))
     data = shot.read_bytes()
     assert len(data) > 1000 and data.startswith(b"\x89PNG\r\n\x1a\n"), f"bad screenshot {shot} ({len(data)} bytes)"
@@ -240,3 +237,89 @@ def test_mlflow_ui_shows_the_sweeps_roc_auc(workdir: Path, browser: Any, ui_serv
         assert cell(rid, "params.`model.name`") == model[rid]
         text = cell(rid, f"metrics.`{METRIC}`")
         assert text is not None and float(text) == pytest.approx(value, rel=1e-9, abs=1e-12), (model[rid], text)
+
+
+_VISIBLE_JS = """
+const [runIds, cols] = arguments;
+const out = {};
+for (const id of runIds) {
+  out[id] = {};
+  for (const col of cols) {
+    const cell = document.querySelector(`div[role="row"][row-id="${id}"] div[col-id="${col}"]`);
+    if (!cell) { out[id][col] = null; continue; }
+    const r = cell.getBoundingClientRect();
+    out[id][col] = {text: cell.textContent.trim(), top: r.top,
+                    inView: r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight};
+  }
+}
+return out;
+"""
+
+
+def test_the_url_hpcvit_ui_prints_opens_on_the_comparison_in_a_fresh_profile(
+        workdir: Path, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """No browser state prepared: the printed URL alone opens the sweep's runs sorted by the test metric, its
+    test and best validation values and the swept model in the first viewport."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} missing: apt-get install -y chromium chromium-driver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: pip install -e '.[dev]'")
+    from selenium.webdriver.chrome.service import Service
+
+    text = SPEC.format(name="glance", n=320, size=16, epochs=2).replace(
+        "  val_fraction: 0.25\n", "  val_fraction: 0.25\n  test_fraction: 0.25\n")
+    spec = write_spec(workdir, text + TWO_MODELS)
+    assert hpcvit("submit", str(spec), "--wait", cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    client = MlflowClient(sweep.manifest["tracking_uri"])
+    runs = {r.info.run_id: client.get_run(r.info.run_id) for r in children(sweep)}
+    test = {rid: r.data.metrics["test_roc_auc"] for rid, r in runs.items()}
+    proc = subprocess.Popen([sys.executable, "-m", "hpcvit.cli", "ui", sweep.sweep_id, "--port", "0"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    lines: list[str] = []
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000",
+                f"--user-data-dir={tmp_path / 'fresh-profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any("side by side" in line for line in lines):
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line.strip())
+        url = next(line for line in lines if "side by side" in line).rsplit(": ", 1)[1]
+        assert "viewStateShareKey=" in url, url
+        driver.get(url)
+        cols = ["metrics.`test_roc_auc`", "metrics.`best_val_roc_auc`", "params.`model.name`"]
+        wait_for(lambda: all(c and c["text"] for cells in driver.execute_script(_VISIBLE_JS, list(test), cols).values()
+                             for c in cells.values()), 90, "the runs table in the shared view")
+        time.sleep(1.0)
+        seen = driver.execute_script(_VISIBLE_JS, list(test), cols)
+        for rid, cells in seen.items():
+            run = runs[rid]
+            for col, cell in cells.items():
+                assert cell["inView"], f"{col} of {run.info.run_name} is outside the first viewport"
+            assert float(cells[cols[0]]["text"].rstrip("…")[:6]) == pytest.approx(test[rid], abs=1e-4)
+            assert float(cells[cols[1]]["text"].rstrip("…")[:6]) == pytest.approx(
+                run.data.metrics["best_val_roc_auc"], abs=1e-4)
+            assert cells[cols[2]]["text"] == run.data.params["model.name"]
+        order = sorted(seen, key=lambda rid: seen[rid][cols[0]]["top"])
+        assert order == sorted(test, key=lambda rid: -test[rid]), "sorted by the test metric, best first"
+        target = os.environ.get("HPCVIT_SCREENSHOT_DIR")
+        shot_dir = (pytestconfig.invocation_params.dir / target) if target else workdir
+        shot_dir.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shot_dir / "mlflow-compare.png"))
+    finally:
+        driver.quit()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)

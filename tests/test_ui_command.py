@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -50,6 +51,11 @@ sweep:
         base = url.split("/#/")[0]
         assert url == compare_url(base, m["experiment_id"], ids), (url, ids)
         assert "comparison of its 2 finished run(s)" in found
+        view = next(line for line in lines if "side by side" in line).rsplit(": ", 1)[1]
+        assert view == f"{base}/#/experiments/{m['experiment_id']}/runs?viewStateShareKey={sweep.sweep_id}", view
+        shared = mlflow_client(m["tracking_uri"]).get_experiment(m["experiment_id"]).tags
+        state = json.loads(shared[f"mlflow.sharedViewState.{sweep.sweep_id}"])
+        assert state["orderByKey"] == "metrics.`best_val_roc_auc`" and "params.`optim.seed`" in state["selectedColumns"]
         with urllib.request.urlopen(f"{base}/health", timeout=10) as resp:
             assert resp.read().decode().strip() == "OK"
     finally:

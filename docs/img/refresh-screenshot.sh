@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HPCVIT_SCREENSHOT_DIR=docs/img exec .venv/bin/python -m pytest -q -p no:cacheprovider \
-    tests/test_browser.py::test_mlflow_ui_shows_the_sweeps_roc_auc "$@"
+    tests/test_browser.py::test_the_url_hpcvit_ui_prints_opens_on_the_comparison_in_a_fresh_profile "$@"

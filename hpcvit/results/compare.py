@@ -3,45 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
 from rich.table import Table
 
 from hpcvit.ledger import SweepDir
-from hpcvit.results.rows import Col, Comparison, comparison
+from hpcvit.results.rows import Comparison, cell, comparison
 from hpcvit.tables import RECORD_FORMATS, records_text
 from hpcvit.tracking import names
-
-_STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
-                "SCHEDULED": "queued"}
-
 
 def compare_rows(sweep: SweepDir, metric: str | None = None) -> Comparison:
     """The sweep's runs side by side (:func:`hpcvit.results.rows.comparison`)."""
     return comparison(sweep, metric)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isinf(value) or math.isnan(value):
-            return "inf" if math.isinf(value) else ""
-        return f"{value:.4g}" if digits < 0 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _cell(row: dict[str, Any], col: Col) -> str:
-    if col.key == "status":
-        if row.get("outcome") == "stopped_early":
-            return "pruned"  # STOPPED_EARLY: FINISHED in MLflow, by the search's decision
-        return _STATUS_WORD.get(row[col.key], str(row[col.key]).lower())
-    text = _fmt(row.get(col.key), col.digits)
-    if row.get("_bounds", {}).get(col.key) and text:
-        return f">={text}"  # no background event passed: the number of background events is a lower bound
-    return text
 
 
 def seed_groups(sweep: SweepDir, result: Comparison) -> list[dict[str, Any]]:
@@ -110,7 +84,7 @@ def compare_table(result: Comparison, width: int = 200) -> Table:
     from hpcvit.tables import Column, fit
 
     columns = [Column(c.header, numeric=c.numeric, priority=c.priority) for c in result.columns]
-    cells = [[_cell(r, c) for c in result.columns] for r in result.rows]
+    cells = [[cell(r, c) for c in result.columns] for r in result.rows]
     kept = "test at the kept epoch, " if any(c.key.startswith("test_") for c in result.columns) else ""
     title = f"{result.sweep_id}: runs by {result.metric} (val: best epoch; {kept}val last: last epoch)"
     return fit(title, columns, cells, width)
@@ -120,7 +94,7 @@ def render(result: Comparison, fmt: str) -> str:
     if fmt in RECORD_FORMATS:
         return records_text(result.records(), fmt, None if result.rows else [c.key for c in result.columns])
     lines = ["| " + " | ".join(c.header for c in result.columns) + " |", "|" + "---|" * len(result.columns)]
-    lines += ["| " + " | ".join(_cell(r, c) if c.key != "status" else str(r[c.key]) for c in result.columns)
+    lines += ["| " + " | ".join(cell(r, c) if c.key != "status" else str(r[c.key]) for c in result.columns)
               + " |" for r in result.rows]
     return "\n".join(lines)
 

@@ -220,3 +220,28 @@ def _outcome(record: dict[str, Any], index: int) -> str:
             if index in d[outcome]:
                 return {"stopped": "stopped_early"}.get(outcome, outcome)
     return "running"
+
+
+_STATUS_WORD = {"FINISHED": "done", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
+                "SCHEDULED": "queued"}
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            return "inf" if math.isinf(value) else ""
+        return f"{value:.4g}" if digits < 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def cell(row: dict[str, Any], col: Col) -> str:
+    if col.key == "status":
+        if row.get("outcome") == "stopped_early":
+            return "pruned"  # STOPPED_EARLY: FINISHED in MLflow, by the search's decision
+        return _STATUS_WORD.get(row[col.key], str(row[col.key]).lower())
+    text = _fmt(row.get(col.key), col.digits)
+    if row.get("_bounds", {}).get(col.key) and text:
+        return f">={text}"  # no background event passed: the number of background events is a lower bound
+    return text

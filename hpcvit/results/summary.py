@@ -82,10 +82,10 @@ def write_html(path: Path, result: Any, groups: list[dict[str, Any]], metrics: d
     """One self-contained page: the runs' table, the configurations' mean +- std and intervals, the figure."""
     import base64
 
-    from hpcvit.results.compare import _cell
+    from hpcvit.results.rows import cell
 
     e = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{e(_cell(r, c))}</td>" for c in result.columns) + "</tr>" for r in result.rows)
+    rows = "".join("<tr>" + "".join(f"<td>{e(cell(r, c))}</td>" for c in result.columns) + "</tr>" for r in result.rows)
     head = "".join(f"<th>{e(c.header)}</th>" for c in result.columns)
     conf = ""
     for g in groups:

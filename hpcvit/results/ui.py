@@ -201,6 +201,17 @@ def _find_experiment(output_dir: Path, backend_uri: str, sweep: str | None) -> t
     return m.get("experiment_id"), sweep_dir.sweep_id
 
 
+def sweep_view_url(output_dir: Path, sweep_id: str, base_url: str) -> str:
+    """The URL of the sweep's runs table in its shared view (set again here: sweeps made before it existed)."""
+    from hpcvit.ledger import find_sweep
+    from hpcvit.results.view import share, view_url
+    from hpcvit.tracking import mlflow_client
+
+    sweep = find_sweep(sweep_id, output_dir)
+    key = share(mlflow_client(sweep.manifest["tracking_uri"]), sweep)
+    return view_url(base_url, sweep.manifest["experiment_id"], key)
+
+
 def _finished_runs(output_dir: Path, sweep_id: str) -> list[str]:
     """Run ids of the sweep's finished child runs, in task order."""
     from hpcvit.ledger import find_sweep
@@ -229,17 +240,23 @@ def _run(args: argparse.Namespace) -> int:
     proc, url = start_server(backend_uri, output_dir / "mlartifacts", args.port, args.host,
                              log_path=output_dir / "mlflow-ui.log")
     try:
-        what = f"sweep {sweep_id}" if sweep_id else "experiments"
-        print(f"MLflow UI ({what}): {runs_url(url, experiment_id)}", flush=True)
         target = runs_url(url, experiment_id)
-        finished = _finished_runs(output_dir, sweep_id) if sweep_id else []
-        if finished:
-            target = compare_url(url, experiment_id, finished)
-            print(f"comparison of its {len(finished)} finished run(s): {target}", flush=True)
+        if sweep_id:
+            target = sweep_view_url(output_dir, sweep_id, url)
+            print(f"sweep {sweep_id}, its runs side by side (ranking metric of each split, swept parameters, sorted): "
+                  f"{target}", flush=True)
+            finished = _finished_runs(output_dir, sweep_id)
+            if finished:
+                print(f"MLflow's comparison of its {len(finished)} finished run(s): "
+                      f"{compare_url(url, experiment_id, finished)}", flush=True)
+        else:
+            print(f"MLflow UI (experiments): {target}", flush=True)
         if args.open:
             import webbrowser
 
-            webbrowser.open(target)
+            if not webbrowser.open(target):
+                print("no browser found here: open the URL above in yours (through an SSH tunnel from a laptop)",
+                      flush=True)
         if args.host not in _LOOPBACK:
             port = url.rsplit(":", 1)[1]
             print(f"listening on {args.host}:{port}; from another machine open it by this host's name or "
@@ -270,4 +287,5 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-__all__ = ["add_parser", "compare_url", "free_port", "runs_url", "server_command", "start_server", "stop_server"]
+__all__ = ["add_parser", "compare_url", "free_port", "runs_url", "server_command", "start_server", "stop_server",
+           "sweep_view_url"]
