@@ -17,7 +17,7 @@ from rich.table import Table
 
 from hpcvit.fsio import DamagedFileError, describe_os_error
 from hpcvit.states import EXECUTORS, FINAL, TaskState
-from hpcvit.sweep import Sweep, load_sweep
+from hpcvit.sweep import Sweep, check_script_path, load_sweep
 from hpcvit.tables import (
     RECORD_FORMATS,
     index_ranges,
@@ -28,7 +28,7 @@ from hpcvit.tables import (
     fit,
     records_text,
 )
-from hpcvit.yamlio import SpecError
+from hpcvit.yamlio import SpecError, UsageError
 
 # In a pipe nothing wraps (a script, a CSV, a file:line error must survive `> file`, `| grep`); on a terminal
 # tables fit its width (hpcvit.tables).
@@ -138,9 +138,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     kind = sweep.base.executor
     if args.dry_run:
         return _dry_run(sweep, checked, args)
-    sweep_dir = orchestrate.create_sweep(sweep, Path(args.output_dir) if args.output_dir else None)
-    console.print(f"submitted sweep [bold]{sweep_dir.sweep_id}[/] ({len(sweep.runs)} task(s), executor {kind}) "
-                  f"-> {sweep_dir.root}")
+    if args.into:
+        from hpcvit.extend import extend_into
+
+        sweep_dir, note = extend_into(sweep, args.into, args.output_dir)
+        console.print(note, highlight=False)
+    else:
+        sweep_dir = orchestrate.create_sweep(sweep, Path(args.output_dir) if args.output_dir else None)
+        console.print(f"submitted sweep [bold]{sweep_dir.sweep_id}[/] ({len(sweep.runs)} task(s), executor {kind}) "
+                      f"-> {sweep_dir.root}")
     if args.wait:
         return _wait_and_compare(sweep_dir, args)
     console.print(f"follow it with: hpcvit status {sweep_dir.sweep_id}")
@@ -148,22 +154,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 _OVERRIDE_HELP = "replace a spec value: optim.epochs=2 data.max_samples=500; a list sweeps it: optim.lr=[1e-3,3e-4]"
-
-
-class UsageError(ValueError):
-    """A command-line argument that cannot be used as given (exit 2, like a bad spec)."""
-
-
-def _check_output(path: Path, sweep: Sweep) -> None:
-    """Refuse an output file that is an input of the sweep, a folder, or in a folder that does not exist."""
-    inputs = [Path(sweep.file), *{Path(p) for r in sweep.runs for p in r.spec.data.paths}]
-    for source in inputs:
-        if path.exists() and source.exists() and path.samefile(source) or path.resolve() == source.resolve():
-            raise UsageError(f"-o {path}: is an input of the sweep ({source}); write the script elsewhere")
-    if path.is_dir():
-        raise UsageError(f"-o {path}: is a folder; name a file")
-    if not path.resolve().parent.is_dir():
-        raise UsageError(f"-o {path}: folder {path.parent} does not exist")
 
 
 def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
@@ -174,7 +164,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
 
     kind = sweep.base.executor
     if args.output:
-        _check_output(Path(args.output), sweep)
+        check_script_path(Path(args.output), sweep)
     scripts = orchestrate.sbatch_preview(sweep, args.output_dir)
     script_only = bool(args.output) or not sys.stdout.isatty()
     info = err if script_only else console
@@ -382,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="with --dry-run: write the sbatch script(s) to this file")
     p.add_argument("--wait", action="store_true", help="wait for the tasks, then print the comparison")
     p.add_argument("--output-dir", help="override the spec's output_dir")
+    p.add_argument("--into", metavar="SWEEP", help="add the spec's new configurations to this sweep (those it has "
+                   "already are not trained again)")
     p.add_argument("--all", action="store_true", help="list every run in the table")
     p.set_defaults(func=cmd_submit)
 

@@ -330,6 +330,19 @@ class SweepDir:
     def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         return fsio.file_lock(self.root / f".{name}.lock")
 
+    def append_runs(self, specs: list[JobSpec], labels: list[str]) -> list[int]:
+        """Add tasks to the sweep (``submit --into``): their specs after the others, then the manifest's count
+        and labels; returns their indices."""
+        with self.lock("manifest"):
+            m = self.manifest
+            first = int(m["n_tasks"])
+            lines = self._run_lines()[:first]
+            fsio.write_text(self.root / self.RUNS, "".join(line + "\n" for line in lines)
+                            + "".join(spec.model_dump_json() + "\n" for spec in specs))
+            fsio.write_json(self.root / self.MANIFEST, {**m, "n_tasks": first + len(specs),
+                                                        "labels": [*m.get("labels", []), *labels]})
+        return list(range(first, first + len(specs)))
+
     def update_manifest(self, **fields: Any) -> None:
         with self.lock("manifest"):
             fsio.write_json(self.root / self.MANIFEST, {**self.manifest, **fields})

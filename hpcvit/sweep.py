@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hpcvit.config import JobSpec, SearchSpec, SweepSpec
-from hpcvit.yamlio import Loc, SpecError, load_yaml, nearest_line
+from hpcvit.yamlio import UsageError, Loc, SpecError, load_yaml, nearest_line
 
 # Top-level sections every run of a sweep shares.
 SWEEP_FIXED = ("name", "executor", "output_dir", "tracking", "resources")
@@ -287,3 +287,15 @@ def _located(message: str, dotted: str, file: str, lines: dict[Loc, int], *, com
                 break
         message = f"{message} (run {run}: {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else message
     return SpecError(message, file=file, line=line, field=dotted or None)
+
+
+def check_script_path(path: Path, sweep: Sweep) -> None:
+    """``submit --dry-run -o PATH``: refuse an output file that is an input of the sweep, a folder, or in a folder that does not exist."""
+    inputs = [Path(sweep.file), *{Path(p) for r in sweep.runs for p in r.spec.data.paths}]
+    for source in inputs:
+        if path.exists() and source.exists() and path.samefile(source) or path.resolve() == source.resolve():
+            raise UsageError(f"-o {path}: is an input of the sweep ({source}); write the script elsewhere")
+    if path.is_dir():
+        raise UsageError(f"-o {path}: is a folder; name a file")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"-o {path}: folder {path.parent} does not exist")

@@ -40,6 +40,10 @@ class SpecError(ValueError):
         super().__init__(f"{where} {field}: {message}" if field else f"{where}: {message}")
 
 
+class UsageError(ValueError):
+    """A command-line argument that cannot be used as given (exit 2, like a bad spec)."""
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-3`` as a float (YAML 1.2), not as the string PyYAML 1.1 makes of it."""
 

@@ -64,3 +64,27 @@ def test_a_submitted_override_is_recorded_in_the_ledger_and_mlflow(workdir: Path
     parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
     assert parent.data.tags["hpcvit.overrides"] == "optim.epochs=1 optim.seed=[1,2]"
     assert {r.data.params["optim.epochs"] for r in children(sweep)} == {"1"}
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_is_extended_without_training_its_tasks_again(workdir: Path) -> None:
+    spec = write_spec(workdir, SPEC.format(name="grow", n=96, size=16, epochs=1) + "executor: local\n")
+    hpcvit("submit", str(spec), "optim.seed=[1]", "--wait", cwd=workdir, check=True)
+    sweep = find_sweep(None, workdir / "runs")
+    first = sweep.task(0).result()
+    proc = hpcvit("submit", str(spec), "optim.seed=[1,2]", "--into", sweep.sweep_id, "--wait", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{sweep.sweep_id}: 1 new configuration(s) as task(s) 1; 1 already in it (task(s) 0, not trained" \
+        in proc.stdout.replace("\n", " "), proc.stdout
+    assert sweep.n_tasks == 2 and [s.optim.seed for s in sweep.run_specs()] == [1, 2]
+    assert [list(r["jobs"]) for r in sweep.submissions()] == [["0"], ["1"]], "task 0 was not submitted again"
+    assert sweep.task(0).result() == first and sweep.task(1).result()["status"] == "completed"
+    assert sweep.manifest["extensions"][0]["tasks"] == [1] and sweep.manifest["finalized"] == "FINISHED"
+    rows = json.loads(hpcvit("compare", "--format", "json", cwd=workdir, check=True).stdout)
+    assert sorted(r["task"] for r in rows) == [0, 1] and {r["optim.seed"] for r in rows} == {1, 2}
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["cnn_small/n_seeds"] == 2, "summary made again"
+    same = hpcvit("submit", str(spec), "optim.seed=[2]", "--into", sweep.sweep_id, cwd=workdir)
+    assert same.returncode == 0 and "0 new configuration(s)" in same.stdout and sweep.n_tasks == 2
