@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpcvit", description="Train the Vision Transformer family on detector images (and hit clustering on "
         "calorimeter hits) in Slurm sweeps from one YAML job spec: validate it, submit it, follow it with status, "
-        "resume what did not finish, compare the runs. `hpcvit COMMAND --help` tells more.")
+        "resume what did not finish, compare the runs, use the winner (predict, evaluate, export). `hpcvit COMMAND --help` tells more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log hpcvit's debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
