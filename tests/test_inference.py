@@ -179,3 +179,44 @@ def test_a_pretrain_then_fine_tune_chain_runs_as_two_sweeps(trained) -> None:
     for k, v in pre.items():
         if k != "pos":  # lr 1e-12: one epoch leaves the pretrained weights where they were
             torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6)
+
+
+def test_a_parquet_regression_predicts_in_the_targets_units_with_the_files_columns(tmp_path: Path) -> None:
+    """The mass layout a user brings (Parquet, row groups of 7, a cut on pt): the value in target units beside
+    the row's own columns, the cut applied as in training."""
+    from hpcvit.data.parquet import write_jets
+
+    rng = np.random.default_rng(4)
+    n = 240
+    width = rng.uniform(1.0, 3.0, n)
+    grid = np.arange(8) - 3.5
+    x = np.exp(-(grid[None, :, None] ** 2 + grid[None, None, :] ** 2) / (2 * width[:, None, None] ** 2))
+    x = np.repeat(x[:, None], 2, axis=1) + rng.normal(0, 0.01, (n, 2, 8, 8))
+    pt = rng.uniform(10, 100, n)
+    data = write_jets(tmp_path / "mass.parquet", x, {"m": 100 + 50 * width, "pt": pt}, image_column="X_jet",
+                      row_group_size=7)
+    spec = write_spec(tmp_path, f"""
+name: massp
+executor: local
+data: {{format: parquet, paths: [{data}], input_key: X_jet, task: regression, target_key: m,
+        cuts: {{pt: [20, null]}}, val_fraction: 0.25, test_fraction: 0.25}}
+model: {{name: cnn_small, kwargs: {{width: 8}}}}
+optim: {{epochs: 1, batch_size: 16, lr: 3e-3}}
+resources: {{nproc_per_node: 1, cpus_per_task: 1}}
+""")
+    done = hpcvit("submit", str(spec), "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = find_sweep(None, tmp_path / "runs")
+    out = tmp_path / "masses.csv"
+    proc = hpcvit("predict", f"{sweep.sweep_id}/0", "--data", str(data), "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(out).to_pydict()
+    assert set(table) == {"file", "row", "m", "pt", "prediction"} and len(table["row"]) == int((pt >= 20).sum())
+    assert min(table["pt"]) >= 20, "the run's cut applies"
+    with np.load(sweep.task(0).file("predictions.npz")) as saved:
+        by_row = {r: i for i, r in enumerate(table["row"])}
+        got = np.array([table["prediction"][by_row[int(r)]] for r in saved["test_row"]])
+        np.testing.assert_allclose(got, saved["test_out"], rtol=1e-5)  # the target's units, as training scored
+        assert np.allclose([table["m"][by_row[int(r)]] for r in saved["test_row"]], saved["test_y"])
