@@ -142,6 +142,37 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert [r.info.status for r in children(sweep)] == ["FINISHED"]
 
 
+def test_a_pending_task_cancelled_reads_cancelled_at_every_moment(workdir: Path) -> None:
+    """One slot, two tasks: the second waits for the slot. Cancelled while it waits, it never starts training and
+    never reads LOST; status, state.json and resume agree that it was cancelled."""
+    import time
+
+    spec = write_spec(workdir, SPEC.format(name="waiting", n=1600, size=16, epochs=30).replace(
+        "array_parallelism: 2", "array_parallelism: 1") + TWO_MODELS)
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+
+    def states() -> list[str]:
+        return [t["state"] for t in json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)]
+
+    wait_for(lambda: states() == ["RUNNING", "QUEUED"], 240, "task 0 running, task 1 waiting for the slot")
+    assert hpcvit("cancel", cwd=workdir).returncode == 0
+    seen, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen.append(states())
+        if seen[-1] == ["CANCELLED", "CANCELLED"]:
+            break
+    assert seen[-1] == ["CANCELLED", "CANCELLED"], seen
+    assert not any("LOST" in sample for sample in seen), f"a cancelled task read LOST: {seen}"
+    assert sweep.task(1).state()["state"] == "CANCELLED", "state.json says what status says"
+    shown = json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[1]
+    assert "while waiting for a slot" in shown["message"], shown
+    assert not sweep.task(1).log.exists() or "=== start" not in sweep.task(1).log.read_text(), "no training started"
+    resumed = hpcvit("resume", cwd=workdir)
+    assert "resubmitted 2 task(s)" in resumed.stdout, resumed.stdout
+    assert hpcvit("cancel", cwd=workdir).returncode == 0
+
+
 def test_two_concurrent_resumes_submit_once(workdir: Path) -> None:
     spec = write_spec(workdir, SPEC.format(name="race", n=1600, size=16, epochs=40))
     assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0

@@ -94,6 +94,18 @@ def test_task_statuses_of_a_real_ledger(tmp_path: Path) -> None:
     assert got[4].executor == "local" and got[5].job_id == ""
 
 
+def test_a_job_cancelled_before_its_trainer_started_reads_cancelled_not_lost(tmp_path: Path) -> None:
+    """scancel of a pending array task: the job leaves the queue with its record still SUBMITTED."""
+    sweep = _sweep(tmp_path, 3)
+    sweep.record_submission({0: "9_0", 1: "9_1", 2: "9_2"}, "slurm")
+    for i in (0, 1):
+        sweep.task(i).ensure()
+    sweep.task(0).request_cancel()
+    got = task_statuses(sweep, queue={"9_2": ("PENDING", "Priority")})
+    assert [s.state for s in got] == [S.CANCELLED, S.LOST, S.PENDING], "only the cancelled one is CANCELLED"
+    assert "before its training started" in got[0].message
+
+
 def test_a_damaged_ledger_file_is_named_and_does_not_hide_the_other_tasks(tmp_path: Path) -> None:
     sweep = _sweep(tmp_path, 3)
     sweep.record_submission({0: "7_0", 1: "7_1", 2: "7_2"}, "slurm")

@@ -134,7 +134,15 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         slot = Slot(task.sweep.root / ".slots", spec.resources.array_parallelism) if not env.on_slurm else None
         if slot:
             task.write_state(state=TaskState.QUEUED, pid=os.getpid(), pid_start=process_start_time(os.getpid()))
-            slot.__enter__()
+            # submitit's job ignores SIGTERM: a cancelled task waiting for its slot learns it from the marker
+            if not slot.acquire(give_up=task.cancel_requested):
+                return task.write_state(state=TaskState.CANCELLED, ended=time.time(),
+                                        message="cancelled (hpcvit cancel) while waiting for a slot")
+        if task.cancel_requested():  # cancelled between its start and now: no training starts
+            if slot:
+                slot.__exit__(None, None, None)
+            return task.write_state(state=TaskState.CANCELLED, ended=time.time(),
+                                    message="cancelled (hpcvit cancel) before its training started")
         try:
             return self._run(task, spec, env)
         finally:

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,18 @@ class Slot:
         self.dir, self.limit, self.lock = folder, limit, None
 
     def __enter__(self) -> Slot:
+        self.acquire()
+        return self
+
+    def acquire(self, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for a free slot; False (no slot held) as soon as ``give_up()`` says so."""
         while True:
             for k in range(self.limit):
                 self.lock = HeldLock.try_acquire(self.dir / f"slot-{k}")
                 if self.lock is not None:
-                    return self
+                    return True
+            if give_up():
+                return False
             time.sleep(0.5)
 
     def __exit__(self, *exc: Any) -> None:

@@ -113,7 +113,10 @@ def task_statuses(sweep: SweepDir, queue: dict[str, tuple[str, str]] | None = No
                 job_alive=lambda j=job_id: pid_alive(j), trainer_alive=task.trainer_running,
                 stop_cause=state.get("stop_cause"))
             message = "; ".join(m for m in (state.get("message", ""), progress_problem) if m)
-            if effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
+            if effective == TaskState.LOST and os.path.exists(os.path.join(folder, TaskDir.CANCEL)):
+                # `hpcvit cancel` took it out before its trainer could record anything (pending, starting)
+                effective, message = TaskState.CANCELLED, "cancelled (hpcvit cancel) before its training started"
+            elif effective != recorded and effective in (TaskState.CANCELLED, TaskState.TIMEOUT):
                 message = f"{message}; its job ended without being requeued".lstrip("; ")
             elif effective in (TaskState.HELD, TaskState.PENDING) and reason and reason != "None":
                 message = f"{SCHEDULERS[executor].title}: {reason}" + (
