@@ -262,5 +262,5 @@ resources: {nproc_per_node: 1}
     result = sweep.task(0).result()
     assert result["metric"] == "val_accuracy" and 0.5 < result["best_metric"] <= 1.0, result
     with np.load(sweep.task(0).file("predictions.npz")) as p:
-        assert p["val_logits"].shape == (len(trainer.data.val), 2) and set(p.files) == {"val_logits", "val_y"}
+        assert p["val_logits"].shape == (len(trainer.data.val), 2) and set(p.files) == {"val_logits", "val_y", "val_file", "val_row"}
     assert not (sweep.task(0).path / "artifacts").exists(), "an objective without artifacts writes none"
