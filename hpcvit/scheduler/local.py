@@ -28,14 +28,13 @@ class Slot:
 
     def acquire(self, give_up: Callable[[], bool] = lambda: False) -> bool:
         """Wait for a free slot; False (no slot held) as soon as ``give_up()`` says so."""
-        while True:
+        while not give_up():
             for k in range(self.limit):
                 self.lock = HeldLock.try_acquire(self.dir / f"slot-{k}")
                 if self.lock is not None:
                     return True
-            if give_up():
-                return False
             time.sleep(0.5)
+        return False
 
     def __exit__(self, *exc: Any) -> None:
         if self.lock is not None:
