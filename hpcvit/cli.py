@@ -252,7 +252,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         console.print(f"nothing to resume in {sweep_dir.sweep_id}: every task is finished, queued or running")
         return 0
     console.print(f"resubmitted {len(indices)} task(s) of {sweep_dir.sweep_id}: {index_ranges(indices)} "
-                  f"as job(s) {sorted(set(job_ids.values()))[:5]}")
+                  f"as job(s) {', '.join(sorted(set(job_ids.values()))[:5])}")
     if args.wait:
         return _wait_and_compare(sweep_dir, args)
     return 0

@@ -178,7 +178,7 @@ sweep:
     assert " start: epoch 0 step 0/" not in start_lines(sweep.task(2).log)[-1]
     wait_for(lambda: sweep.task(1).state().get("state") == "FAILED", 300, "task 1 to fail again")
     again = hpcvit("resume", cwd=workdir)
-    assert "resubmitted 1 task(s)" in again.stdout and "[1]" in again.stdout
+    assert "resubmitted 1 task(s)" in again.stdout and f"{sweep.sweep_id}: 1 as job(s)" in again.stdout, again.stdout
 
 
 def test_a_sweep_larger_than_an_array_is_split_and_completes(workdir: Path) -> None:
