@@ -36,7 +36,8 @@ console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap
 err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2
-SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.results.ui", "hpcvit.inference.commands")
+SUBCOMMAND_MODULES = ("hpcvit.models.info", "hpcvit.data.commands", "hpcvit.results.ui", "hpcvit.inference.commands",
+                      "hpcvit.tracking.serve")
 """Modules that add their own sub-commands (``add_parser(subparsers)``)."""
 
 _COLOURS = {TaskState.COMPLETED: "green", TaskState.RUNNING: "cyan", TaskState.FAILED: "red", TaskState.LOST: "red",
@@ -86,7 +87,7 @@ def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
 def _load(path: str, executor: str | None = None, data: bool = True, overrides: list[str] | None = None
           ) -> tuple[Sweep, list[str]]:
     """The validated sweep (``KEY=VALUE`` overrides applied) and what was checked beyond the spec (the data)."""
-    from hpcvit.orchestrate import check_sweep
+    from hpcvit.checks import check_sweep
 
     sweep = load_sweep(path, overrides)
     if executor:
@@ -235,11 +236,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     sweep_dir = _sweep(args)
     # first: stale records written, a search's ended rung decided, the parent run ended after the last task
-    statuses = orchestrate.finalize(sweep_dir, orchestrate.statuses(sweep_dir))
+    statuses, notes = orchestrate.finalize_noting(sweep_dir, orchestrate.statuses(sweep_dir))
     if args.format in RECORD_FORMATS:
         sys.stdout.write(records_text(({**vars(s), "state": str(s.state)} for s in statuses), args.format))
     else:
         console.print(_status_table(sweep_dir, statuses, console))
+    for note in notes:
+        err.print(escape(note), highlight=False)
     return 0
 
 
@@ -315,7 +318,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             check_metric_choice(get_objective(sweep_dir.run_spec(0).data.task), args.metric)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    orchestrate.finalize(sweep_dir)
+    for note in orchestrate.finalize_noting(sweep_dir)[1]:
+        err.print(escape(note), highlight=False)
     result = compare_rows(sweep_dir, args.metric)
     empty = result.empty_reason()
     if args.format == "table":

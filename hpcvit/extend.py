@@ -30,7 +30,7 @@ def identity(spec: Any) -> str:
 def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]]:
     """Add ``sweep``'s configurations that ``sweep_dir`` lacks and submit them; returns (the new tasks, run
     index -> existing task for the runs already in it)."""
-    from hpcvit import data, orchestrate
+    from hpcvit import checks, data
     from hpcvit.objectives import get_objective
 
     if sweep.search is not None or sweep_dir.search() is not None:
@@ -38,8 +38,8 @@ def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]
                         "started with): submit a new sweep", file=sweep.file, line=sweep.line_of("sweep.search"),
                         field="sweep.search")
     m = sweep_dir.manifest
-    orchestrate.check_data(sweep)
-    inits = orchestrate.init_files(sweep)
+    checks.check_data(sweep)
+    inits = checks.init_files(sweep)
     specs = [r.spec.model_copy(update={
         "data": data.with_absolute_paths(r.spec.data),
         "model": r.spec.model.model_copy(update={"init_from": inits.get(r.spec.model.init_from)})})
@@ -64,6 +64,9 @@ def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]
         client.update_run(m["parent_run_id"], status="RUNNING")
         client.set_tag(m["parent_run_id"], names.SUMMARY_TAG, "pending")  # made again when the new tasks end
         client.set_tag(m["parent_run_id"], names.N_TASKS_TAG, str(sweep_dir.n_tasks))
+        from hpcvit.tracking.children import register_tasks
+
+        register_tasks(sweep_dir, added)
         share(client, sweep_dir)  # the swept columns may have grown
     from hpcvit.scheduler.submission import submit
 

@@ -85,7 +85,11 @@ class TaskDir:
     @property
     def run_name(self) -> str:
         """The MLflow run name: index and label, e.g. ``0003-coatnet_0_lr=0.0003``."""
-        return f"{self.index:04d}-{self.label}".replace(" ", "_")
+        return self.name_for(self.index, self.label)
+
+    @staticmethod
+    def name_for(index: int, label: str) -> str:
+        return f"{index:04d}-{label}".replace(" ", "_")
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -229,14 +233,16 @@ class TaskDir:
 
     # -- tracking -----------------------------------------------------------------------------------------
     def run_id(self) -> str | None:
-        """The MLflow run id of this task, once its first start opened the run."""
+        """The MLflow run id of this task: the one its first start opened, else the one made at submit."""
         try:
             text = (self.path / self.RUN_ID).read_bytes().decode("ascii", errors="replace").strip()
         except FileNotFoundError:
-            return None
-        if text and not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", text):
-            raise DamagedFileError(self.path / self.RUN_ID, f"not an MLflow run id ({text[:40]!r})")
-        return text or None
+            return self.sweep.task_runs().get(self.index)
+        return _checked_run_id(text, self.path / self.RUN_ID) or None
+
+    def run_opened(self) -> bool:
+        """Whether a start of this task has opened its MLflow run (and logged its parameters) before."""
+        return (self.path / self.RUN_ID).exists()
 
     def write_run_id(self, run_id: str) -> None:
         fsio.write_text(self.path / self.RUN_ID, run_id)
@@ -252,9 +258,12 @@ class SweepDir:
     MANIFEST, SPEC, RUNS, SUBMISSIONS = "manifest.json", "spec.yaml", "runs.jsonl", "submissions.jsonl"
     SEARCH = "search.json"
     """An adaptive search's plan, rungs and decisions (:mod:`hpcvit.search`); absent for a plain sweep."""
+    TASK_RUNS = "task_runs.json"
+    """Task index -> the MLflow run made for it at submit (tasks never create runs)."""
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
+        self._task_runs: dict[int, str] | None = None
 
     def __repr__(self) -> str:
         return f"SweepDir({self.root})"
@@ -343,6 +352,26 @@ class SweepDir:
                                                         "labels": [*m.get("labels", []), *labels]})
         return list(range(first, first + len(specs)))
 
+    def task_runs(self) -> dict[int, str]:
+        """Task index -> MLflow run id of the runs made at submit (read once per :class:`SweepDir` object)."""
+        if self._task_runs is None:
+            path = self.root / self.TASK_RUNS
+            doc = fsio.read_json(path, default={})
+            if not isinstance(doc, dict):
+                raise DamagedFileError(path, "not a JSON object of task index -> run id")
+            if not all(isinstance(i, str) and i.isdigit() for i in doc):
+                raise DamagedFileError(path, "a key is not a task index")
+            self._task_runs = {int(i): _checked_run_id(str(r), path) for i, r in doc.items()}
+        return self._task_runs
+
+    def add_task_runs(self, runs: dict[int, str]) -> None:
+        """Record the MLflow runs made for tasks (at submit, or for the tasks ``submit --into`` adds)."""
+        with self.lock("task_runs"):
+            self._task_runs = None
+            merged = {**self.task_runs(), **runs}
+            fsio.write_json(self.root / self.TASK_RUNS, {str(i): merged[i] for i in sorted(merged)})
+            self._task_runs = merged
+
     def update_manifest(self, **fields: Any) -> None:
         with self.lock("manifest"):
             fsio.write_json(self.root / self.MANIFEST, {**self.manifest, **fields})
@@ -371,6 +400,12 @@ class SweepDir:
             for i, job in record["jobs"].items():
                 latest[int(i)] = (job, record["executor"])
         return latest
+
+
+def _checked_run_id(text: str, path: Path) -> str:
+    if text and not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", text):
+        raise DamagedFileError(path, f"not an MLflow run id ({text[:40]!r})")
+    return text
 
 
 def create_sweep_dir(output_dir: Path, sweep_id: str, spec_file: Path, specs: list[JobSpec],

@@ -6,100 +6,20 @@ arguments and prints what they return.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from hpcvit.checks import check_data, init_files
 from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
 from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
 from hpcvit.scheduler.status import TaskStatus, task_statuses
 from hpcvit.sweep import Sweep
 from hpcvit.yamlio import SpecError
 
-if TYPE_CHECKING:
-    from hpcvit.config import DataSpec
-
 log = logging.getLogger(__name__)
-
-
-def check_sweep(sweep: Sweep, data: bool = True) -> list[str]:
-    """What validation knows beyond the spec's types, as :class:`SpecError` s pointing at the spec's line:
-    model kwargs against the builders' signatures (imports torch only when kwargs are set) and, with ``data``,
-    each data set's files against the spec (metadata only: files, image column, channels, target and cut
-    columns). Returns one line per data set saying what was checked."""
-    from hpcvit.models import check_model_kwargs
-
-    seen: set[str] = set()
-    for run in sweep.runs:
-        key = json.dumps([run.spec.model.name, run.spec.model.kwargs], sort_keys=True, default=str)
-        if run.spec.model.kwargs and key not in seen:
-            seen.add(key)
-            try:
-                check_model_kwargs(run.spec.model.name, run.spec.model.kwargs)
-            except ValueError as exc:
-                raise SpecError(str(exc), file=sweep.file, line=sweep.line_of("model.kwargs"),
-                                field="model.kwargs") from None
-    init_files(sweep)
-    return check_data(sweep) if data else []
-
-
-def init_files(sweep: Sweep) -> dict[str, str]:
-    """Each ``model.init_from`` of the sweep -> the absolute weights file it names; a :class:`SpecError` at its
-    line when it names none."""
-    from hpcvit.inference.runs import RunNotFound, weights_file
-
-    found: dict[str, str] = {}
-    for run in sweep.runs:
-        ref = run.spec.model.init_from
-        if ref is None or ref in found:
-            continue
-        try:
-            found[ref] = str(weights_file(ref, Path(run.spec.output_dir)))
-        except (RunNotFound, FileNotFoundError) as exc:
-            raise SpecError(str(exc), file=sweep.file, line=sweep.line_of("model.init_from"),
-                            field="model.init_from") from None
-    return found
-
-
-def check_data(sweep: Sweep) -> list[str]:
-    """Each data set of the sweep checked by its objective without reading it whole; one line per data set."""
-    from hpcvit import data
-    from hpcvit.objectives import get_objective
-
-    checked = []
-    for spec in {r.spec.data.model_dump_json(): r.spec.data for r in sweep.runs}.values():
-        problem = _data_folders_problem(spec)
-        if problem is not None:
-            raise SpecError(problem[1], file=sweep.file, line=sweep.line_of(problem[0]), field=problem[0])
-        try:
-            checked.append(get_objective(spec.task).check_data(spec))
-        except data.DataError as exc:
-            field = exc.field or "data.paths"
-            raise SpecError(str(exc), file=sweep.file, line=sweep.line_of(field), field=field) from None
-    return checked
-
-
-def _data_folders_problem(spec: DataSpec) -> tuple[str, str] | None:
-    """(field, message) when the cache folder is a file or one data file is listed twice under two names."""
-    import os
-
-    if spec.cache_dir is not None and os.path.exists(spec.cache_dir) and not os.path.isdir(spec.cache_dir):
-        return "data.cache_dir", f"{spec.cache_dir} is a file, not a folder: name a folder for the cache"
-    seen: dict[tuple[int, int], str] = {}
-    for path in spec.paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue  # the objective's check names missing files
-        if (st.st_dev, st.st_ino) in seen:
-            return "data.paths", (f"{path} and {seen[st.st_dev, st.st_ino]} are the same file: its samples would "
-                                  "be in training and validation alike")
-        seen[st.st_dev, st.st_ino] = path
-    return None
 
 
 def sbatch_preview(sweep: Sweep, output_dir: Path | None = None) -> list[tuple[range, str]]:
@@ -171,11 +91,14 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
                 experiment_id, parent = setup_sweep(uri, base.tracking.experiment or base.name, sweep_dir.sweep_id,
                                                     output_dir, sweep_dir.root / SweepDir.SPEC, len(specs),
                                                     base.description)
+                sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
+                from hpcvit.tracking.children import register_tasks
+
+                register_tasks(sweep_dir, list(range(len(specs))))
             except Exception as exc:  # noqa: BLE001 - one line for whatever the tracking store answered
                 raise SpecError(f"the tracking store {uri} cannot be used ({_short_reason(exc)}); nothing was "
                                 "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
                                 line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
-            sweep_dir.update_manifest(tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent)
             from hpcvit.results.view import share
             from hpcvit.tracking import mlflow_client
 
@@ -283,19 +206,12 @@ def reconcile(sweep_dir: SweepDir, current: list[TaskStatus]) -> int:
             fixed += 1
         elif s.state in RECONCILED and s.recorded != s.state:
             sweep_dir.task(s.index).write_state(state=s.state, message=s.message)
-            _close_stale_run(sweep_dir, s.index, s.state)
+            if sweep_dir.manifest.get("tracking_uri"):
+                from hpcvit.tracking.upkeep import close_stale_run
+
+                close_stale_run(sweep_dir, s.index, s.state)
             fixed += 1
     return fixed
-
-
-def _close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
-    uri = sweep_dir.manifest.get("tracking_uri")
-    run_id = sweep_dir.task(index).run_id()
-    if not (uri and run_id):
-        return False
-    from hpcvit.tracking import terminate_run
-
-    return terminate_run(uri, run_id, "FAILED" if state == TaskState.FAILED else "KILLED", state)
 
 
 def _decide(sweep_dir: SweepDir) -> bool:
@@ -323,10 +239,33 @@ def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> li
     if m.get("finalized") == outcome:  # done by whoever looked first (status, compare, wait, resume)
         return current
     from hpcvit.results.compare import finalize_parent
+    from hpcvit.tracking.upkeep import pending_buffers, replay_buffers
 
-    finalize_parent(sweep_dir, outcome == "FINISHED")
-    sweep_dir.update_manifest(finalized=outcome)
+    replay_buffers(sweep_dir)  # the summary is made from every call the tasks logged
+    if not pending_buffers(sweep_dir):
+        finalize_parent(sweep_dir, outcome == "FINISHED")
+        sweep_dir.update_manifest(finalized=outcome)
     return current
+
+
+def finalize_noting(sweep_dir: SweepDir, current: list[TaskStatus] | None = None
+                    ) -> tuple[list[TaskStatus], list[str]]:
+    """:func:`finalize` for a command that reads a sweep: a tracking store that does not answer now is a note
+    (MLflow is brought up to date by the next look), not an error; tasks with buffered calls are one too."""
+    from hpcvit.tracking import is_transient
+    from hpcvit.tracking.upkeep import buffered_note
+
+    notes = []
+    try:
+        current = finalize(sweep_dir, current)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        current = task_statuses(sweep_dir) if current is None else current
+        notes.append(f"tracking: {sweep_dir.manifest.get('tracking_uri')} does not answer ({_short_reason(exc)}); "
+                     "MLflow is brought up to date by the next status")
+    note = buffered_note(sweep_dir)
+    return current, [*notes, *([note] if note else [])]
 
 
 def resume(sweep_dir: SweepDir, executor: str | None = None, only: list[int] | None = None
@@ -380,7 +319,10 @@ def resume(sweep_dir: SweepDir, executor: str | None = None, only: list[int] | N
             return [*(s.index for s in held), *promoted], {**{s.index: s.job_id for s in held}, **promoted}
         for s in todo:
             task = sweep_dir.task(s.index)
-            _close_stale_run(sweep_dir, s.index, s.state)
+            if sweep_dir.manifest.get("tracking_uri"):
+                from hpcvit.tracking.upkeep import close_stale_run
+
+                close_stale_run(sweep_dir, s.index, s.state)
             task.clear_cancel()
             if task.path.exists():
                 task.write_state(state=TaskState.SUBMITTED, message=f"resubmitted after {s.state}",
@@ -433,13 +375,15 @@ def cancel(sweep_dir: SweepDir) -> list[int]:
 
 
 def sync(sweep_dir: SweepDir) -> dict[int, int]:
-    """Send every task's buffered tracking calls; task index -> calls sent (tasks with none left out)."""
-    from hpcvit.tracking import sync_task
+    """Send every task's buffered tracking calls; task index -> calls sent (tasks with none left out). A sweep
+    summarised before they landed has its summary made again."""
+    from hpcvit.tracking import names, mlflow_client
+    from hpcvit.tracking.upkeep import replay_buffers
 
+    sent = replay_buffers(sweep_dir)
     m = sweep_dir.manifest
-    sent = {}
-    for task in sweep_dir.tasks():
-        n = sync_task(m["tracking_uri"], m["experiment_id"], m["parent_run_id"], task)
-        if n:
-            sent[task.index] = n
+    if sent and m.get("finalized"):
+        mlflow_client(m["tracking_uri"]).set_tag(m["parent_run_id"], names.SUMMARY_TAG, "pending")
+        sweep_dir.update_manifest(finalized=None)
+        finalize(sweep_dir)
     return sent

@@ -19,7 +19,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from hpcvit.results.ui import compare_url, runs_url, start_server, stop_server
+from hpcvit.results.ui import compare_url, runs_url
+from hpcvit.tracking.server import start_server, stop_server
 from tests.conftest import SPEC, TWO_MODELS, children, hpcvit, wait_for, write_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -53,7 +54,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def ui_server() -> Iterator[Callable[..., str]]:
-    """Starts ``hpcvit.results.ui.start_server`` on demand; every server is stopped (process group) at teardown."""
+    """Starts ``hpcvit.tracking.server.start_server`` on demand; every server is stopped (process group) at teardown."""
     procs: list[Any] = []
 
     def start(backend_uri: str, artifacts: Path, log_path: Path) -> str:

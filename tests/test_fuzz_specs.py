@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpcvit.orchestrate import check_sweep
+from hpcvit.checks import check_sweep
 from hpcvit.sweep import load_sweep
 from hpcvit.yamlio import SpecError
 from tests.conftest import hpcvit

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from hpcvit.results.ui import start_server, stop_server
+from hpcvit.tracking.server import start_server, stop_server
 from tests.conftest import SPEC, children, hpcvit, write_spec
 
 pytestmark = pytest.mark.slow

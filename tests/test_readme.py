@@ -13,7 +13,7 @@ import yaml
 
 from hpcvit.cli import build_parser
 from hpcvit.data.parquet import write_jets
-from hpcvit.orchestrate import check_sweep
+from hpcvit.checks import check_sweep
 from hpcvit.sweep import load_sweep
 from tests.conftest import REPO, hpcvit
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from hpcvit.results.ui import start_server, stop_server
+from hpcvit.tracking.server import start_server, stop_server
 from tests.conftest import SPEC, children, hpcvit, steps, wait_for, write_spec
 
 pytestmark = pytest.mark.slow
@@ -31,16 +31,21 @@ def test_server_outage_is_buffered_and_synced(workdir: Path) -> None:
         stop_server(proc)
     wait_for(lambda: task.state().get("state") in ("COMPLETED", "FAILED"), 300, "training to end without tracking")
     assert task.state()["state"] == "COMPLETED", task.log.read_text()[-3000:]
-    buffered = (task.path / "tracking_buffer.jsonl").read_text()
+    # the task's end tried once more: what it could not send waits, in order, in the buffer (and in the part
+    # moved aside for that replay)
+    buffered = "".join(p.read_text() for p in sorted(task.path.glob("tracking_buffer.jsonl*")))
     assert '"op": "epoch"' in buffered and '"op": "end"' in buffered
     assert "tracking unreachable" in task.log.read_text()
+    down = hpcvit("status", cwd=workdir)  # never a traceback: the state, and two lines saying what waits
+    assert down.returncode == 0 and "COMPLETED" in down.stdout, down.stderr
+    assert "does not answer" in down.stderr and "1 task(s) hold calls MLflow has not received" in down.stderr
 
     proc, url2 = start_server(backend, store / "artifacts", port=port, log_path=workdir / "server2.log")
     try:
         assert url2 == url
         synced = hpcvit("sync", cwd=workdir)
         assert synced.returncode == 0 and "buffered tracking call(s) sent" in synced.stdout, synced.stdout
-        assert not (task.path / "tracking_buffer.jsonl").exists()
+        assert not list(task.path.glob("tracking_buffer.jsonl*"))
         (run,) = children(sweep)
         assert run.info.status == "FINISHED"
         assert steps(sweep, run.info.run_id, "val_loss") == list(range(EPOCHS))  # nothing lost, nothing twice

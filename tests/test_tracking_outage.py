@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from hpcvit.tracking import is_transient, mlflow_client
-from hpcvit.results.ui import free_port
+from hpcvit.tracking.server import free_port
 
 
 def _error(call) -> BaseException:

@@ -108,6 +108,20 @@ def trainer_command(task: TaskDir, nodes: int, procs_per_node: int, env: JobEnv)
     return torchrun_command(task, nodes, procs_per_node, env), {}
 
 
+def _cancelled_unstarted(task: TaskDir, message: str) -> dict[str, Any]:
+    """Record a task cancelled before its training started, and close its MLflow run (made at submit) as
+    KILLED: no trainer is there to do it."""
+    record = task.write_state(state=TaskState.CANCELLED, ended=time.time(), message=message)
+    if task.sweep.manifest.get("tracking_uri") and task.run_id():
+        from hpcvit.tracking.upkeep import close_stale_run
+
+        try:
+            close_stale_run(task.sweep, task.index, TaskState.CANCELLED)
+        except Exception as exc:  # noqa: BLE001 - status closes it later; the cancel itself is recorded
+            log.warning("could not close the MLflow run of %s (%s)", task.key, exc)
+    return record
+
+
 class TaskLauncher(submitit.helpers.Checkpointable):
     """Runs task ``index`` of the sweep in ``sweep_root``; pickled by submitit.
 
@@ -136,13 +150,11 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             task.write_state(state=TaskState.QUEUED, pid=os.getpid(), pid_start=process_start_time(os.getpid()))
             # submitit's job ignores SIGTERM: a cancelled task waiting for its slot learns it from the marker
             if not slot.acquire(give_up=task.cancel_requested):
-                return task.write_state(state=TaskState.CANCELLED, ended=time.time(),
-                                        message="cancelled (hpcvit cancel) while waiting for a slot")
+                return _cancelled_unstarted(task, "cancelled (hpcvit cancel) while waiting for a slot")
         if task.cancel_requested():  # cancelled between its start and now: no training starts
             if slot:
                 slot.__exit__(None, None, None)
-            return task.write_state(state=TaskState.CANCELLED, ended=time.time(),
-                                    message="cancelled (hpcvit cancel) before its training started")
+            return _cancelled_unstarted(task, "cancelled (hpcvit cancel) before its training started")
         try:
             return self._run(task, spec, env)
         finally:

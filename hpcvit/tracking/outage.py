@@ -6,10 +6,19 @@ whose ``__context__`` is the ``requests`` error) and MLflow's error code / HTTP 
 
 from __future__ import annotations
 
-TRANSIENT_HTTP = frozenset({408, 429, 502, 503, 504})
-"""HTTP statuses of a server that is overloaded, restarting or behind a proxy that lost it."""
+import errno
+
 TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"})
 """MLflow error codes that mean "try again later"."""
+TRANSIENT_ERRNOS = frozenset({
+    errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+    errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ESTALE, errno.EPIPE, errno.EIO})
+"""Operating-system errors of a network, or of a network file system holding the store, that is away."""
+
+
+def transient_http(status: int | None) -> bool:
+    """A server that is overloaded, restarting or behind a proxy that lost it: 408, 429 and every 5xx."""
+    return status is not None and (status in (408, 429) or 500 <= status < 600)
 
 
 def _transient_type(exc: BaseException) -> bool:
@@ -18,13 +27,20 @@ def _transient_type(exc: BaseException) -> bool:
     import requests
     from sqlalchemy.exc import OperationalError
 
-    return isinstance(exc, (OSError, requests.ConnectionError, requests.Timeout, OperationalError,
-                            sqlite3.OperationalError))
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, OperationalError, sqlite3.OperationalError,
+                        ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return transient_http(exc.response.status_code)
+    if isinstance(exc, requests.RequestException):  # an invalid URL, too many redirects: not an outage
+        return False
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for "tracking is unreachable right now" (connection refused or reset, timeout, an SQLite store
-    locked or on an unreachable file system, 502/503/504/429, MLflow's TEMPORARILY_UNAVAILABLE)."""
+    """True for "tracking is unreachable right now": a connection refused or reset, a timeout, an SQLite store
+    locked or on a file system that is away, 408/429/5xx, MLflow's TEMPORARILY_UNAVAILABLE. A missing file, an
+    invalid URL or a refused value is not an outage: retrying it would never succeed."""
     from mlflow.exceptions import MlflowException
 
     seen: set[int] = set()
@@ -34,7 +50,7 @@ def is_transient(exc: BaseException) -> bool:
         if _transient_type(current):
             return True
         if isinstance(current, MlflowException):
-            if current.error_code in TRANSIENT_CODES or current.get_http_status_code() in TRANSIENT_HTTP:
+            if current.error_code in TRANSIENT_CODES or transient_http(current.get_http_status_code()):
                 return True
         current = current.__cause__ or current.__context__
     return False

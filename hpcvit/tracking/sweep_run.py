@@ -34,12 +34,13 @@ def setup_sweep(uri: str, experiment: str, sweep_id: str, artifact_root: Path, s
 
 
 def terminate_run(uri: str, run_id: str, status: str = "KILLED", state: str | None = None) -> bool:
-    """Close a run left RUNNING by a process that died; True if it was changed."""
+    """Close a run left RUNNING by a process that died, or SCHEDULED by a task that never started; True if it
+    was changed."""
     client = mlflow_client(uri)
     run = client.get_run(run_id)
     if state and run.data.tags.get(names.STATE_TAG) != str(state):
         client.set_tag(run_id, names.STATE_TAG, str(state))
-    if run.info.status != "RUNNING":
+    if run.info.status not in ("RUNNING", "SCHEDULED"):
         return False
     client.set_terminated(run_id, status)
     return True

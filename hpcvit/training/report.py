@@ -81,7 +81,7 @@ class TaskReport:
         if not m.get("tracking_uri"):
             self.log("no tracking store in the sweep's manifest: this run is not logged to MLflow")
             return
-        known = None if self.task.run_id() is None else {}
+        known = {} if self.task.run_opened() else None
         extra = facts() if known is None else known
 
         def open_run() -> None:
