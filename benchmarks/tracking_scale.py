@@ -53,17 +53,14 @@ def make_sweep(root: Path, uri: str, n: int) -> tuple[Any, float]:
     return sweep_dir, time.perf_counter() - t0
 
 
-def write_task(sweep_root: Path, index: int, go: Path, epochs: int = EPOCHS, pause_s: float = 0.0) -> dict:
+def write_task(sweep_root: Path, index: int, go: Path, epochs: int = EPOCHS) -> list[float]:
     """One task's tracking, started when ``go`` exists; returns its calls' latencies (seconds)."""
     from hpcvit.ledger import SweepDir
     from hpcvit.tracking import names
     from hpcvit.tracking.task_run import TaskTracker
 
-    import mlflow.tracking  # noqa: F401 - imported before the burst: a task imports it while it starts
-
     task = SweepDir(sweep_root).task(index).ensure()
     m = task.sweep.manifest
-    (task.path / "ready").touch()
     while not go.exists():
         time.sleep(0.02)
     latencies = []
@@ -86,9 +83,42 @@ def write_task(sweep_root: Path, index: int, go: Path, epochs: int = EPOCHS, pau
     for epoch in range(epochs):
         timed(tracker.log_epoch, epoch, {"val_loss": 1.0 / (epoch + 1),
                                          **{f"metric_{k}": epoch + k / 100 for k in range(METRICS - 1)}})
-        time.sleep(pause_s)
     timed(tracker.end, "FINISHED")
-    return {"latencies": latencies}
+    return latencies
+
+
+def fork_tasks(sweep_root: Path, n: int, epochs: int) -> dict[str, Any]:
+    """``n`` task processes forked from this one once MLflow is imported (as many Python processes, each
+    importing MLflow, would not fit in memory), released at one moment; their failures and latencies."""
+    import mlflow.tracking  # noqa: F401 - imported once, shared by the forks
+    import traceback
+
+    import hpcvit.tracking.task_run  # noqa: F401
+
+    go = sweep_root / "go"
+    pids = {}
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            out = sweep_root / "tasks" / f"{i:05d}"
+            code = 1
+            try:
+                latencies = write_task(sweep_root, i, go, epochs)
+                (out / "latencies.json").write_text(json.dumps(latencies))
+                code = 0
+            except BaseException:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "error.txt").write_text(traceback.format_exc())
+            finally:
+                os._exit(code)
+        pids[pid] = i
+    go.touch()
+    t0 = time.perf_counter()
+    failed = []
+    for pid, i in pids.items():
+        if os.waitpid(pid, 0)[1] != 0:
+            failed.append(i)
+    return {"failed": failed, "burst_s": time.perf_counter() - t0}
 
 
 def landed(sweep_dir: Any) -> tuple[int, int, int]:
@@ -108,41 +138,36 @@ def burst(root: Path, uri: str, n: int, epochs: int = EPOCHS) -> dict[str, Any]:
     from hpcvit.tracking.upkeep import pending_buffers, replay_buffers
 
     sweep_dir, register_s = make_sweep(root, uri, n)
-    go = root / "go"
-    procs = [subprocess.Popen([sys.executable, __file__, "--task", str(sweep_dir.root), str(i), str(go),
-                               str(epochs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(n)]
-    while sum((sweep_dir.task(i).path / "ready").exists() for i in range(n)) < n:
-        if any(p.poll() not in (None, 0) for p in procs):
-            break
-        time.sleep(0.2)
-    go.touch()
-    t0 = time.perf_counter()
-    outs = [p.communicate() for p in procs]
-    burst_s = time.perf_counter() - t0
-    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-    latencies = sorted(x for out, _ in outs if out.strip() for x in json.loads(out.splitlines()[-1])["latencies"])
+    # the forks start from a process that never opened a store (a forked SQLAlchemy pool is shared, not copied)
+    done = subprocess.run([sys.executable, __file__, "--fork", str(sweep_dir.root), str(n), str(epochs)],
+                          capture_output=True, text=True, check=True)
+    outcome = json.loads(done.stdout.splitlines()[-1])
+    failed = outcome["failed"]
+    latencies = sorted(x for i in range(n) if (f := sweep_dir.task(i).path / "latencies.json").exists()
+                       for x in json.loads(f.read_text()))
     expected = n * epochs * METRICS
     before, _, _ = landed(sweep_dir)
     waiting = len(pending_buffers(sweep_dir))
     replay_buffers(sweep_dir)
     after, duplicates, running = landed(sweep_dir)
-    return {"n": n, "register_s": round(register_s, 1), "burst_s": round(burst_s, 1),
+    first_error = ((sweep_dir.task(failed[0]).path / "error.txt").read_text().strip().splitlines()[-1:]
+                   if failed else [])
+    return {"n": n, "register_s": round(register_s, 1), "burst_s": round(outcome["burst_s"], 1),
             "landed_before": round(before / expected, 3), "tasks_buffering": waiting,
             "landed_after": round(after / expected, 3), "duplicates": duplicates, "running": running,
             "failed": len(failed), "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))])
-            if latencies else None, "first_error": outs[failed[0]][1].strip().splitlines()[-1:] if failed else []}
+            if latencies else None, "first_error": first_error}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", nargs="+", default=["sqlite", "server-sqlite", "server-postgres"])
     parser.add_argument("-n", nargs="+", type=int, default=[50, 100, 200])
-    parser.add_argument("--task", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--fork", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.task:
-        root, index, go, epochs = args.task
-        print(json.dumps(write_task(Path(root), int(index), Path(go), int(epochs))))
+    if args.fork:
+        root, n, epochs = args.fork
+        print(json.dumps(fork_tasks(Path(root), int(n), int(epochs))))
         return 0
     from hpcvit.tracking.server import start_server, stop_server
 

@@ -137,6 +137,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     sweep, checked = _load(args.spec, args.executor, overrides=args.overrides)
     kind = sweep.base.executor
+    if args.dry_run and args.into:
+        from hpcvit.extend import preview
+
+        for line in checked:
+            err.print(f"[green]checked[/] {escape(line)}")
+        console.print(preview(sweep, args.into, args.output_dir), highlight=False)
+        return 0
     if args.dry_run:
         return _dry_run(sweep, checked, args)
     if args.into:

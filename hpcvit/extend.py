@@ -27,6 +27,45 @@ def identity(spec: Any) -> str:
     return json.dumps(doc, sort_keys=True)
 
 
+def plan(specs: list[Any], sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]]:
+    """(the runs of ``specs`` that ``sweep_dir`` lacks, once each; run index -> existing task for the others)."""
+    have = {identity(s): i for i, s in enumerate(sweep_dir.run_specs())}
+    known = {k: have[identity(s)] for k, s in enumerate(specs) if identity(s) in have}
+    fresh = [k for k in range(len(specs)) if k not in known]
+    fresh = [k for n, k in enumerate(fresh) if identity(specs[k]) not in {identity(specs[j]) for j in fresh[:n]}]
+    return fresh, known
+
+
+def preview(sweep: Sweep, ref: str, output_dir: str | None) -> str:
+    """``submit --into --dry-run``: the line :func:`extend_into` would print, as a plan; nothing is written."""
+    from pathlib import Path
+
+    from hpcvit import data
+    from hpcvit.ledger import find_sweep
+    from hpcvit.tables import index_ranges
+
+    sweep_dir = find_sweep(ref, Path(output_dir or sweep.base.output_dir))
+    if sweep.search is not None or sweep_dir.search() is not None:
+        raise SpecError("an adaptive search cannot be extended (its rungs are decided over the configurations it "
+                        "started with): submit a new sweep", file=sweep.file, line=sweep.line_of("sweep.search"),
+                        field="sweep.search")
+    specs = [r.spec.model_copy(update={"data": data.with_absolute_paths(r.spec.data)}) for r in sweep.runs]
+    if any(r.spec.model.init_from for r in sweep.runs):
+        from hpcvit.checks import init_files
+
+        inits = init_files(sweep)
+        specs = [s.model_copy(update={"model": s.model.model_copy(update={"init_from": inits.get(s.model.init_from)})})
+                 for s in specs]
+    fresh, known = plan(specs, sweep_dir)
+    first = sweep_dir.n_tasks
+    labels = ", ".join(sweep.runs[k].label for k in fresh[:8]) + (", ..." if len(fresh) > 8 else "")
+    return (f"dry run: {sweep_dir.sweep_id} would get {len(fresh)} new configuration(s)"
+            + (f" as task(s) {index_ranges(list(range(first, first + len(fresh))))} ({labels})" if fresh else "")
+            + f"; {len(known)} already in it"
+            + (f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else "")
+            + "; nothing was submitted")
+
+
 def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]]:
     """Add ``sweep``'s configurations that ``sweep_dir`` lacks and submit them; returns (the new tasks, run
     index -> existing task for the runs already in it)."""
@@ -44,10 +83,7 @@ def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]
         "data": data.with_absolute_paths(r.spec.data),
         "model": r.spec.model.model_copy(update={"init_from": inits.get(r.spec.model.init_from)})})
         for r in sweep.runs]
-    have = {identity(s): i for i, s in enumerate(sweep_dir.run_specs())}
-    known = {k: have[identity(s)] for k, s in enumerate(specs) if identity(s) in have}
-    fresh = [k for k in range(len(specs)) if k not in known]
-    fresh = [k for n, k in enumerate(fresh) if identity(specs[k]) not in {identity(specs[j]) for j in fresh[:n]}]
+    fresh, known = plan(specs, sweep_dir)
     if not fresh:
         return [], known
     added = sweep_dir.append_runs([specs[k] for k in fresh], [sweep.runs[k].label for k in fresh])
@@ -84,6 +120,7 @@ def extend_into(sweep: Sweep, ref: str, output_dir: str | None) -> tuple[SweepDi
 
     sweep_dir = find_sweep(ref, Path(output_dir or sweep.base.output_dir))
     added, known = extend(sweep, sweep_dir)
-    return sweep_dir, (f"{sweep_dir.sweep_id}: {len(added)} new configuration(s) as task(s) {index_ranges(added)}; "
-                       f"{len(known)} already in it (task(s) {index_ranges(sorted(set(known.values())))}, not "
-                       "trained again)")
+    return sweep_dir, (f"{sweep_dir.sweep_id}: {len(added)} new configuration(s)"
+                       + (f" as task(s) {index_ranges(added)}" if added else "")
+                       + f"; {len(known)} already in it"
+                       + (f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else ""))

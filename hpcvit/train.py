@@ -57,9 +57,21 @@ def main(argv: list[str] | None = None) -> int:
             trainer.report.failed(error, summary.splitlines()[0] if summary else None)
         elif env.is_main:
             task.write_failure(error, summary.splitlines()[0] if summary else None)
+        if _input_error(exc):  # what the user gave does not fit: one line (rank 0), no traceback on every rank
+            if env.is_main:
+                print(f"error: {summary.splitlines()[0]}", file=sys.stderr, flush=True)
+            return 1
         raise
     finally:
         distributed.shutdown()
+
+
+def _input_error(exc: Exception) -> bool:
+    """An error in the task's inputs (data, ``model.init_from``, ``model.kwargs``), not in hpcvit."""
+    from hpcvit.data.store import DataError
+    from hpcvit.models.init import InitError
+
+    return isinstance(exc, (DataError, InitError)) or str(exc).startswith("model.kwargs: ")
 
 
 def leave(code: int) -> None:

@@ -65,8 +65,41 @@ def test_evaluate_reports_intervals_and_writes_figures(trained) -> None:
     assert found["n"] == 320 and auc["low"] <= auc["value"] <= auc["high"] and auc["high"] - auc["low"] > 0
     assert "rejection_at_eff_0.3_is_bound" not in found["metrics"], "flags are not metrics"
     assert any(p.suffix == ".png" for p in (workdir / "figs").iterdir())
+    assert f"figure file(s) written to {workdir / 'figs'}" in proc.stderr
     table = hpcvit("evaluate", f"{sweep.sweep_id}/0", "--data", str(_data(sweep)), cwd=workdir)
     assert table.returncode == 0 and "roc_auc" in table.stdout and "[" in table.stdout
+    assert "(95 % bootstrap intervals)" in table.stdout.splitlines()[0], "in a pipe the title is one line"
+    # the figures' legend gives the table's interval: the same resamples of the same events
+    from hpcvit.inference.predict import predict
+    from hpcvit.inference.runs import find_task, load_run
+    from hpcvit.objectives.figures import auc_interval
+
+    run = load_run(find_task(f"{sweep.sweep_id}/0", workdir / "runs"), "best")
+    with h5py.File(_data(sweep)) as f:
+        y = f["y"][:]
+    legend = auc_interval(y, predict(run, [_data(sweep)]).raw)
+    assert legend == pytest.approx((auc["value"], auc["low"], auc["high"]), abs=1e-9)
+
+
+def test_evaluate_on_one_class_says_why_a_metric_has_no_value(trained, tmp_path: Path) -> None:
+    workdir, sweep = trained
+    with h5py.File(_data(sweep)) as f:
+        keep = f["y"][:] == 1
+        one = tmp_path / "signal_only.h5"
+        with h5py.File(one, "w") as g:
+            for key in f:
+                g.create_dataset(key, data=f[key][:][keep])
+    proc = hpcvit("evaluate", f"{sweep.sweep_id}/0", "--data", str(one), "--format", "json", "--figures",
+                  str(tmp_path / "figs"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+
+    def no_nan(word: str) -> None:
+        raise AssertionError(f"{word} in JSON")
+
+    found = json.loads(proc.stdout, parse_constant=no_nan)
+    assert found["metrics"]["roc_auc"] == {"value": None, "low": None, "high": None}
+    assert f"all {int(keep.sum())} samples are of one class (y=1)" in proc.stderr
+    assert "no figures written" in proc.stderr and "figure file(s) written" not in proc.stderr
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "safetensors", "onnx"])
@@ -179,6 +212,14 @@ def test_a_pretrain_then_fine_tune_chain_runs_as_two_sweeps(trained) -> None:
     for k, v in pre.items():
         if k != "pos":  # lr 1e-12: one epoch leaves the pretrained weights where they were
             torch.testing.assert_close(after[k], v, rtol=0, atol=1e-6)
+    # weights of another family (the CNN's into a ViT): nothing fits, the task fails with one line
+    other = write_spec(workdir, init(f"{sweep.sweep_id}/0"), "other.yaml")
+    assert hpcvit("submit", str(other), "--wait", cwd=workdir).returncode != 0
+    failed = find_sweep(None, workdir / "runs").task(0)
+    assert failed.state()["state"] == "FAILED" and "none of its" in failed.state()["message"], failed.state()
+    log = failed.log.read_text()
+    # one line from rank 0; no rank's traceback (torchrun's own report of the exit code stays)
+    assert log.count("error: InitError: ") == 1 and "hpcvit/train" not in log, log[-3000:]
 
 
 def test_a_parquet_regression_predicts_in_the_targets_units_with_the_files_columns(tmp_path: Path) -> None:

@@ -72,6 +72,11 @@ def test_a_finished_sweep_is_extended_without_training_its_tasks_again(workdir: 
     hpcvit("submit", str(spec), "optim.seed=[1]", "--wait", cwd=workdir, check=True)
     sweep = find_sweep(None, workdir / "runs")
     first = sweep.task(0).result()
+    dry = hpcvit("submit", str(spec), "optim.seed=[1,2,3]", "--into", sweep.sweep_id, "--dry-run", cwd=workdir)
+    assert dry.returncode == 0, dry.stderr
+    assert (f"dry run: {sweep.sweep_id} would get 2 new configuration(s) as task(s) 1-2" in dry.stdout
+            and "1 already in it (task(s) 0, not trained again); nothing was submitted" in dry.stdout), dry.stdout
+    assert sweep.n_tasks == 1 and len(sweep.submissions()) == 1 and "#SBATCH" not in dry.stdout
     proc = hpcvit("submit", str(spec), "optim.seed=[1,2]", "--into", sweep.sweep_id, "--wait", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{sweep.sweep_id}: 1 new configuration(s) as task(s) 1; 1 already in it (task(s) 0, not trained" \
@@ -86,5 +91,8 @@ def test_a_finished_sweep_is_extended_without_training_its_tasks_again(workdir: 
 
     parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["cnn_small/n_seeds"] == 2, "summary made again"
+    runs = children(sweep)  # the new task's run was made by the extension, once
+    assert sorted(r.data.tags["hpcvit.task_key"] for r in runs) == [t.key for t in sweep.tasks()]
+    assert {r.info.status for r in runs} == {"FINISHED"}
     same = hpcvit("submit", str(spec), "optim.seed=[2]", "--into", sweep.sweep_id, cwd=workdir)
     assert same.returncode == 0 and "0 new configuration(s)" in same.stdout and sweep.n_tasks == 2

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-console = Console(highlight=False)
+# in a pipe nothing wraps (as the other commands' tables)
+console = (Console(highlight=False) if sys.stdout.isatty()
+           else Console(highlight=False, width=100_000, soft_wrap=True))
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 RUN_HELP = ("the trained run: SWEEP/TASK (sweep id under --output-dir, or its folder, and the task index), its "
@@ -68,23 +72,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _run(args)
     predictions = _predictions(run, args)
     figures = Path(args.figures) if args.figures else None
-    found = evaluate(run, predictions, figures)
-    if args.format == "json":
-        print(json.dumps({"run": run.ref, "n": len(predictions.raw), "files": args.data,
-                          "metrics": {k: {"value": v, "low": lo, "high": hi} for k, (v, lo, hi) in found.items()}},
-                         indent=1))
-    else:
-        from rich.table import Table
+    found, written, notes = evaluate(run, predictions, figures)
 
-        table = Table(title=f"{run.ref} on {len(predictions.raw)} sample(s) of {len(args.data)} file(s) "
-                            "(95 % bootstrap intervals)")
-        for col in ("metric", "value", "interval"):
-            table.add_column(col, justify="left" if col == "metric" else "right")
-        for k, (v, lo, hi) in found.items():
-            table.add_row(k, f"{v:.4f}", f"[{lo:.4f}, {hi:.4f}]")
-        console.print(table)
-    if figures is not None:
-        err.print(f"figures written to {escape(str(figures))}")
+    def number(x: float) -> float | None:  # JSON has no NaN: an undefined value is null
+        return x if math.isfinite(x) else None
+
+    if args.format == "json":
+        print(json.dumps({"run": run.ref, "n": len(predictions.raw), "files": args.data, "notes": notes,
+                          "metrics": {k: {"value": number(v), "low": number(lo), "high": number(hi)}
+                                      for k, (v, lo, hi) in found.items()}}, indent=1))
+    else:
+        from hpcvit.tables import Column, console_width, fit
+
+        rows = [[k, f"{v:.4f}" if math.isfinite(v) else "-",
+                 f"[{lo:.4f}, {hi:.4f}]" if math.isfinite(lo) and math.isfinite(hi) else "-"]
+                for k, (v, lo, hi) in found.items()]
+        title = (f"{run.ref} on {len(predictions.raw)} sample(s) of {len(args.data)} file(s) (95 % bootstrap "
+                 "intervals)")
+        console.print(fit(title, [Column("metric"), Column("value", numeric=True),
+                                  Column("interval", numeric=True)], rows, console_width(console)))
+    for note in notes:
+        err.print(escape(note))
+    if written:
+        err.print(f"{len(written)} figure file(s) written to {escape(str(figures))}")
     return 0
 
 

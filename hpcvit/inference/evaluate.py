@@ -9,8 +9,7 @@ import numpy as np
 
 from hpcvit.data.store import DataError
 
-RESAMPLES = 200
-"""Bootstrap resamples of each metric's interval."""
+from hpcvit.objectives.figures import BOOTSTRAP as RESAMPLES  # the figures' legend gives the same interval
 
 
 def targets(run: Any, predictions: Any) -> np.ndarray:
@@ -49,9 +48,11 @@ def intervals(metric_values: Any, out: np.ndarray, y: np.ndarray, level: float =
     return out_
 
 
-def evaluate(run: Any, predictions: Any, figures: Path | None = None) -> dict[str, tuple[float, float, float]]:
+def evaluate(run: Any, predictions: Any, figures: Path | None = None
+             ) -> tuple[dict[str, tuple[float, float, float]], list[Path], list[str]]:
     """Metrics of ``predictions`` (from :func:`hpcvit.inference.predict.predict`) against the files' targets, with
-    95 % intervals; with ``figures``, the objective's figures of them written there."""
+    95 % intervals; with ``figures``, the objective's figures of them written there. Returns (metrics, figure
+    files, notes: why a metric or the figures are missing)."""
     import torch
 
     objective = run.objective()
@@ -62,8 +63,19 @@ def evaluate(run: Any, predictions: Any, figures: Path | None = None) -> dict[st
         return {k: v for k, v in objective.metric_values(out, y).items() if k not in objective.flags}
 
     found = intervals(metric_values, units, y, stratify=classes)
+    notes = []
+    undefined = [k for k, (v, _, _) in found.items() if not np.isfinite(v)]
+    if undefined:
+        kinds = np.unique(y)
+        why = (f"all {len(y)} samples are of one class (y={kinds[0]:g})" if classes and len(kinds) == 1
+               else "they are not defined on these samples")
+        notes.append(f"{', '.join(undefined)}: no value, {why}")
+    written: list[Path] = []
     if figures is not None:
         figures.mkdir(parents=True, exist_ok=True)
         objective.spec = run.spec
-        objective.write_artifacts(figures, {"test": {"out": units, "y": y}}, f"{run.spec.model.name} ({run.ref})")
-    return found
+        written = objective.write_artifacts(figures, {"files": {"out": units, "y": y}},
+                                            f"{run.spec.model.name} ({run.ref})")
+        if not written:
+            notes.append(f"no figures written to {figures}: {notes[0].split(': ', 1)[1] if notes else 'none apply'}")
+    return found, written, notes

@@ -16,6 +16,19 @@ import numpy as np
 
 from hpcvit.objectives.registry import Column, Metric, Mode, metric_mode
 
+FIGURE_SPLITS = {"test": "test", "val": "validation", "files": "the given files"}
+"""The predictions figures show, first found first (``files``: what ``hpcvit evaluate`` was given), and their
+names in the figures."""
+
+
+def split_for_figures(predictions: dict[str, dict[str, np.ndarray]], usable: Any) -> tuple[str, str] | None:
+    """(key, name) of the first split of :data:`FIGURE_SPLITS` in ``predictions`` whose targets ``usable(y)``."""
+    for key, name in FIGURE_SPLITS.items():
+        p = predictions.get(key)
+        if p is not None and usable(p["y"]):
+            return key, name
+    return None
+
 if TYPE_CHECKING:
     import torch
     from torch import nn

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpcvit.objectives.base import split_for_figures
 from hpcvit.objectives.image import ImageObjective
 from hpcvit.objectives.registry import Column, Metric, register_objective
 
@@ -174,11 +175,11 @@ class BinaryObjective(ImageObjective):
         when the test split is absent or holds one class."""
         from hpcvit.objectives.figures import write_roc_artifacts
 
-        for split, name in (("test", "test"), ("val", "validation")):
-            p = predictions.get(split)
-            if p is not None and both_classes(p["y"]):
-                return write_roc_artifacts(folder, p["y"], p["out"], label, name)
-        return []
+        found = split_for_figures(predictions, both_classes)
+        if found is None:
+            return []
+        p = predictions[found[0]]
+        return write_roc_artifacts(folder, p["y"], p["out"], label, found[1])
 
     overlay = "roc"
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from hpcvit.objectives.base import split_for_figures
 from hpcvit.objectives.image import ImageObjective
 from hpcvit.objectives.registry import Column, Metric, register_objective
 
@@ -104,11 +105,11 @@ class RegressionObjective(ImageObjective):
         """Predicted against true values and the residuals' distribution, of the test split (else validation)."""
         from hpcvit.objectives.figures import write_residual_artifacts
 
-        for split, name in (("test", "test"), ("val", "validation")):
-            p = predictions.get(split)
-            if p is not None and len(p["y"]):
-                return write_residual_artifacts(folder, p["y"], p["out"], label, name, self.spec.data.target_key)
-        return []
+        found = split_for_figures(predictions, len)
+        if found is None:
+            return []
+        p = predictions[found[0]]
+        return write_residual_artifacts(folder, p["y"], p["out"], label, found[1], self.spec.data.target_key)
 
     @classmethod
     def overlay_data(cls, folder: Path, predictions: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
