@@ -80,3 +80,25 @@ def test_error_codes_decide_not_message_text() -> None:
             raise MlflowException("store error", error_code=TEMPORARILY_UNAVAILABLE) from inner
     except MlflowException as exc:
         assert is_transient(exc)
+
+
+def test_what_is_and_is_not_an_outage() -> None:
+    """An overloaded server's BAD_REQUEST (its connection pool timed out) is one; an invalid URL, a missing file
+    and a refused request are not: retrying them forever would never succeed."""
+    import errno
+
+    import requests
+
+    pool = "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"
+    assert is_transient(RestException({"error_code": "BAD_REQUEST", "message": pool}))
+    assert not is_transient(RestException({"error_code": "BAD_REQUEST", "message": "Invalid value for param"}))
+    assert not is_transient(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": pool}))
+    assert not is_transient(requests.exceptions.InvalidURL("http://exa mple"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "No such file", "/tmp/model.png"))
+    assert not is_transient(PermissionError(errno.EACCES, "Permission denied"))
+    assert is_transient(OSError(errno.ESTALE, "Stale file handle"))
+    assert is_transient(requests.exceptions.ReadTimeout("read timed out"))
+    response = requests.Response()
+    for status, transient in ((500, True), (502, True), (429, True), (401, False), (404, False)):
+        response.status_code = status
+        assert is_transient(requests.HTTPError(response=response)) is transient, status

@@ -1,7 +1,8 @@
 """Is a tracking error an outage (retry later, buffer meanwhile) or a refusal (a bug, a bad value)?
 
 Decided from the exception's type, its chain (MLflow wraps a refused connection in an ``MlflowException``
-whose ``__context__`` is the ``requests`` error) and MLflow's error code / HTTP status, never from message text.
+whose ``__context__`` is the ``requests`` error) and MLflow's error code / HTTP status; from the message only for
+the overload a server reports as BAD_REQUEST (:data:`OVERLOAD_MARKS`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ TRANSIENT_ERRNOS = frozenset({
     errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
     errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ESTALE, errno.EPIPE, errno.EIO})
 """Operating-system errors of a network, or of a network file system holding the store, that is away."""
+
+
+OVERLOAD_MARKS = ("QueuePool limit", "database is locked")
+"""What an overloaded ``mlflow server`` answers as a plain BAD_REQUEST (its database connection pool timed out,
+its SQLite file stayed locked): the message is the only mark of these, so they are matched there, and only
+there."""
 
 
 def transient_http(status: int | None) -> bool:
@@ -51,6 +58,9 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(current, MlflowException):
             if current.error_code in TRANSIENT_CODES or transient_http(current.get_http_status_code()):
+                return True
+            if current.error_code in ("BAD_REQUEST", "INTERNAL_ERROR") and any(
+                    mark in current.message for mark in OVERLOAD_MARKS):
                 return True
         current = current.__cause__ or current.__context__
     return False

@@ -19,7 +19,7 @@ from typing import Any
 
 from hpcvit import fsio
 
-POOL = 5
+POOL = 10
 """SQLAlchemy connections a server worker keeps, and as many more it may open at a peak."""
 NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "ceph", "fuse.glusterfs")
 
