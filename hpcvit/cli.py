@@ -27,12 +27,13 @@ from hpcvit.tables import (
     duration,
     fit,
     records_text,
+    stdout_console,
 )
 from hpcvit.yamlio import SpecError, UsageError
 
 # In a pipe nothing wraps (a script, a CSV, a file:line error must survive `> file`, `| grep`); on a terminal
 # tables fit its width (hpcvit.tables).
-console = Console() if sys.stdout.isatty() else Console(width=100_000, soft_wrap=True)
+console = stdout_console()
 err = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width: grep-able file:line
 
 EXIT_INVALID = 2

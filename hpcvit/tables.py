@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,23 @@ from rich.box import SIMPLE_HEAD
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+
+class PipeConsole(Console):
+    """A console whose closed pipe (``| head``) is a :class:`BrokenPipeError` for the command line to end on
+    quietly with 141, as other tools do (rich would exit 1 on its own)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def stdout_console(**kwargs: Any) -> Console:
+    """Standard output: tables fit a terminal's width; in a pipe nothing wraps (a script, a CSV, a file:line
+    error must survive ``> file`` and ``| grep``)."""
+    if sys.stdout.isatty():
+        return PipeConsole(**kwargs)
+    return PipeConsole(width=100_000, soft_wrap=True, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,8 @@ def test_bad_uses_get_one_line_errors_and_write_nothing(trained, tmp_path: Path)
         "output suffix": (["predict", f"{sweep.sweep_id}/0", "--data", data, "-o", str(tmp_path / "e.txt")],
                           ".parquet or .csv"),
         "no labels": (["evaluate", f"{sweep.sweep_id}/0", "--data", str(nolabel)], "no target column 'y'"),
+        "a file twice": (["evaluate", f"{sweep.sweep_id}/0", "--data", data, str(Path(data).parent / "." /
+                                                                                 Path(data).name)], "the same file as"),
         "export into a full folder": (["export", f"{sweep.sweep_id}/0", "--format", "safetensors", "-o",
                                        str(workdir / "runs")], "not empty"),
     }

@@ -135,3 +135,18 @@ def test_the_eta_counts_the_epochs_left_from_the_wall_time_of_one() -> None:
     assert eta_seconds({**progress, "epoch": 10}, ended + dt.timedelta(hours=1)) == 0
     assert eta_seconds({"epoch": 0, "epochs": 3, "updated": ended.isoformat()}, ended) is None
     assert [duration(s) for s in (None, 9.6, 95, 4000)] == ["", "10s", "1m35s", "1h06m"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``hpcvit validate SPEC | head -1``: exit 141 (SIGPIPE's), as other tools do, and no error on stderr."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, SPEC.format(name="pipe", n=64, size=8, epochs=1) + TWO_MODELS)
+    for words in (["validate", str(spec)], ["validate", str(spec), "--format", "csv"], ["models"]):
+        proc = subprocess.Popen([sys.executable, "-m", "hpcvit.cli", *words], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.readline()
+        proc.stdout.close()  # before the command has written all it has to say
+        code, stderr = proc.wait(120), proc.stderr.read().decode()
+        assert code in (0, 141) and "error" not in stderr and "Traceback" not in stderr, (words, code, stderr)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-# in a pipe nothing wraps (as the other commands' tables)
-console = (Console(highlight=False) if sys.stdout.isatty()
-           else Console(highlight=False, width=100_000, soft_wrap=True))
+from hpcvit.tables import stdout_console
+
+console = stdout_console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 RUN_HELP = ("the trained run: SWEEP/TASK (sweep id under --output-dir, or its folder, and the task index), its "
@@ -35,6 +34,17 @@ def _run(args: argparse.Namespace) -> Any:
 
 def _predictions(run: Any, args: argparse.Namespace) -> Any:
     from hpcvit.inference.predict import predict
+
+    seen: dict[tuple[int, int], str] = {}
+    for f in args.data:
+        try:
+            st = Path(f).stat()
+        except OSError:
+            continue  # the reader names a missing file
+        if (st.st_dev, st.st_ino) in seen:
+            raise ValueError(f"--data {f}: the same file as {seen[st.st_dev, st.st_ino]}; its rows would be counted "
+                             "twice")
+        seen[st.st_dev, st.st_ino] = f
 
     forward = run.forward() if hasattr(run, "forward") else None
     return predict(run, [Path(f) for f in args.data], batch_size=args.batch_size, device=args.device, forward=forward)

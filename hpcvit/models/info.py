@@ -133,9 +133,9 @@ def models_table(rows: list[dict[str, Any]], in_chans: int, img_size: int, width
 
 
 def _print_table(rows: list[dict[str, Any]], in_chans: int, img_size: int) -> None:
-    from rich.console import Console
+    from hpcvit.tables import PipeConsole
 
-    console = Console()
+    console = PipeConsole()
     width = console.width if console.is_terminal else 160  # piped: one line per model, nothing folded
     console.print(models_table(rows, in_chans, img_size, width))
     shape = _shape(in_chans, img_size)
