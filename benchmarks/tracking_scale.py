@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 PARAMS, METRICS, EPOCHS = 89, 11, 10
+WORKERS = 4
+"""Server workers: ``hpcvit tracking serve``'s default."""
 SPEC = "name: scale\nmodel: {name: cnn_small}\n"
 
 
@@ -178,6 +180,10 @@ def main() -> int:
                 root = Path(tmp)
                 server = pg = None
                 try:
+                    from hpcvit.tracking.serve import POOL, max_connections
+
+                    pool = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL),
+                            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(POOL)}
                     if backend == "sqlite":
                         uri = f"sqlite:///{root / 'mlflow.db'}"
                     else:
@@ -185,12 +191,13 @@ def main() -> int:
                             from hpcvit.tracking.postgres import start_postgres
 
                             root.chmod(0o755)  # PostgreSQL runs as its own user
-                            pg = start_postgres(root / "pg")
+                            pg = start_postgres(root / "pg", max_connections=max_connections(WORKERS))
                             store = pg.uri
                         else:
                             store = f"sqlite:///{root / 'mlflow.db'}"
+                        # as hpcvit tracking serve runs it
                         server, uri = start_server(store, root / "artifacts", log_path=root / "server.log",
-                                                   workers=4)
+                                                   workers=WORKERS, env=pool)
                     row = {"backend": backend, **burst(root, uri, n)}
                 finally:
                     if server is not None:

@@ -12,17 +12,41 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+
+_lock = threading.Lock()
+_sets = 0
+"""How many times the generators were set on purpose (:func:`restore`: a checkpoint's states)."""
+_last: tuple[Any, Any] | None = None
+
+
+def restore(python_state: Any, numpy_state: Any) -> None:
+    """Set Python's and numpy's generators on purpose (a resumed checkpoint's states). A
+    :func:`host_generators_kept` block running meanwhile in another thread (opening the MLflow run) ends on
+    these states, not on the ones it saw at its start."""
+    global _sets, _last
+    with _lock:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        _sets += 1
+        _last = (python_state, numpy_state)
 
 
 @contextlib.contextmanager
 def host_generators_kept() -> Iterator[None]:
-    """Python's and numpy's global generator states restored on exit, whatever ran inside."""
-    py, npy = random.getstate(), np.random.get_state()
+    """Python's and numpy's global generator states restored on exit, whatever ran inside (in this thread or,
+    meanwhile, in another: training itself draws from neither)."""
+    with _lock:
+        py, npy, seen = random.getstate(), np.random.get_state(), _sets
     try:
         yield
     finally:
-        random.setstate(py)
-        np.random.set_state(npy)
+        with _lock:
+            if _sets != seen and _last is not None:
+                py, npy = _last
+            random.setstate(py)
+            np.random.set_state(npy)

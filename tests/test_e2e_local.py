@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from tests.conftest import (SPEC, TWO_MODELS, children, final_weights, hpcvit, kill_tree, start_lines, steps,
+from tests.conftest import (SPEC, TWO_MODELS, checkpoint_differences, children, final_weights, hpcvit, kill_tree, start_lines, steps,
                             wait_for, write_spec)
 
 pytestmark = pytest.mark.slow
@@ -107,6 +107,7 @@ sweep:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert checkpoint_differences(sweep, sweep, 0, 1) == [], "every tensor and generator state of every rank too"
     runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
     assert len(runs) == 2
     assert runs["0"].data.metrics["val_loss"] == runs["1"].data.metrics["val_loss"]

@@ -19,6 +19,7 @@ from tests.conftest import (
     REPO,
     SPEC,
     children,
+    checkpoint_differences,
     final_weights,
     hpcvit,
     steps,
@@ -107,8 +108,9 @@ def first_checkpoint(sweep: SweepDir) -> None:
 
 
 def equal(a: SweepDir, b: SweepDir) -> bool:
+    """The final checkpoints equal in every tensor and value: weights, optimiser, every rank's generators."""
     x, y = final_weights(a, 0), final_weights(b, 0)
-    return all(torch.equal(x[k], y[k]) for k in x)
+    return all(torch.equal(x[k], y[k]) for k in x) and checkpoint_differences(a, b) == []
 
 
 @pytest.fixture(scope="module")

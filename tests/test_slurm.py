@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hpcvit.ledger import SweepDir, find_sweep
-from tests.conftest import (SPEC, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for,
+from tests.conftest import (SPEC, checkpoint_differences, children, final_weights, hpcvit, kill_tree, start_lines, steps, wait_for,
                             write_spec)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -74,6 +74,7 @@ def assert_matches_uninterrupted(workdir: Path, spec: Path, sweep: SweepDir) -> 
     assert len(start_lines(reference.task(0).log)) == 1  # the reference ran without a restart
     a, b = final_weights(sweep, 0), final_weights(reference, 0)
     assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted task diverged from an uninterrupted run"
+    assert checkpoint_differences(sweep, reference) == [], "every tensor and generator state of every rank too"
 
 
 def _wait_first_checkpoint(sweep: SweepDir, index: int) -> None:
@@ -100,6 +101,7 @@ sweep:
     assert len(stopped_starts) >= 2 and " start: epoch 0 step 0/" not in stopped_starts[-1]
     a, b = final_weights(sweep, 0), final_weights(sweep, 1)
     assert all(torch.equal(a[k], b[k]) for k in a), "requeued task diverged from its twin"
+    assert checkpoint_differences(sweep, sweep, 0, 1) == [], "every tensor and generator state of every rank too"
     runs = {r.data.tags["hpcvit.task_index"]: r for r in children(sweep)}
     assert len(runs) == 2
     assert steps(sweep, runs["1"].info.run_id, "val_loss") == [0, 1]

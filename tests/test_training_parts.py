@@ -147,3 +147,38 @@ def test_train_state_checks_the_version_and_starts_a_new_ema_from_the_weights() 
         TrainState.check({**saved, "version": 1})
     with pytest.raises(CheckpointFormatError, match="no 'optimizer' state"):
         TrainState(TrainProgress(), {"optimizer": torch.optim.SGD(model.parameters(), lr=1)}).load_state_dict(saved)
+
+
+def test_a_checkpoints_generators_restored_while_tracking_opens_stay_restored() -> None:
+    """The MLflow run opens in a thread (its imports and retries draw) while the trainer restores a checkpoint's
+    generator states: training goes on from the checkpoint's states, not from those the thread saw at its start
+    and not one draw past them."""
+    import random
+    import threading
+
+    import numpy as np
+
+    from hpcvit import rngs
+
+    random.seed(1)
+    np.random.seed(1)
+    inside, restored = threading.Event(), threading.Event()
+
+    def opening() -> None:
+        with rngs.host_generators_kept():
+            inside.set()
+            restored.wait(10)
+            random.random()  # the thread's import or retry jitter, after the trainer restored its states
+            np.random.random()
+
+    thread = threading.Thread(target=opening)
+    thread.start()
+    inside.wait(10)
+    random.seed(2)
+    np.random.seed(2)
+    checkpoint = (random.getstate(), np.random.get_state())
+    rngs.restore(*checkpoint)
+    restored.set()
+    thread.join(10)
+    assert random.getstate() == checkpoint[0]
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), checkpoint[1]))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hpcvit import rngs
 from hpcvit.scheduler.jobenv import JobEnv
 
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=10)
@@ -126,11 +127,9 @@ def rng_state(d: Dist) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], d: Dist) -> None:
     torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    n, p = state["numpy"], state["python"]
+    rngs.restore((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]),
+                 (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and d.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], d.device)
 

@@ -19,6 +19,7 @@ import numpy as np
 from hpcvit import fsio
 from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.ledger import TaskDir, now_iso
+from hpcvit.rngs import host_generators_kept
 from hpcvit.config import JobSpec
 from hpcvit.states import TaskState
 from hpcvit.tracking import names
@@ -86,7 +87,8 @@ class TaskReport:
 
         def open_run() -> None:
             try:
-                self._open(m, extra)
+                with host_generators_kept():  # imports and retries draw; the trainer may restore a checkpoint meanwhile
+                    self._open(m, extra)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread by .tracker
                 self._open_error = exc
 
