@@ -40,12 +40,22 @@ def test_killing_the_torchrun_agent_stops_its_ranks_at_a_checkpoint(workdir: Pat
     assert len(ranks) == 2, ranks
     os.kill(task.state()["trainer_pgid"], signal.SIGKILL)  # the agent only: its ranks live in their own sessions
     wait_for(lambda: not _trainers(task.path), 60, "both ranks to exit after their agent died")
-    wait_for(lambda: task.state().get("state") == "PREEMPTED", 60, "the launcher to record the stop")
+    wait_for(lambda: task.state().get("state") == "LOST", 60, "the launcher to record the loss")
     stopped = json.loads((task.path / "stopped.json").read_text())
-    assert stopped["signal"] == "SIGTERM", stopped
+    assert stopped["signal"] == "SIGTERM", stopped  # what the ranks got from their dying agent
+    message = task.state()["message"]  # the real cause, not the ranks' view of it
+    assert message.startswith("torchrun's agent was killed (SIGKILL); its ranks saved at epoch"), message
+    (run,) = children(sweep)
+    assert run.data.tags["hpcvit.state"] == "LOST" and run.info.status == "KILLED", "MLflow says the same"
+    status = hpcvit("status", "--format", "json", cwd=workdir)
+    assert json.loads(status.stdout)[0]["state"] == "LOST"
 
-    resumed = hpcvit("resume", "--wait", cwd=workdir)
+    resumed = hpcvit("resume", cwd=workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_for(lambda: task.state().get("state") == "RUNNING", 120, "the restart to run")
+    assert task.state().get("message") == "", "a running task does not keep its last stop's message"
+    wait_for(lambda: task.state().get("state") == "COMPLETED", 400, "the resumed task to finish")
+    hpcvit("status", cwd=workdir, check=True)  # the sweep's summary is made by whoever looks first
     starts = start_lines(task.log)
     assert len(starts) == 2 and f"start: epoch {stopped['epoch']} step {stopped['step_in_epoch']}/" in starts[1]
     (run,) = children(sweep)

@@ -38,6 +38,17 @@ def test_slurm_states_map_onto_task_states() -> None:
     assert TERMINAL.isdisjoint(ACTIVE) and S.COMPLETED not in RESUMABLE and S.HELD in ACTIVE
 
 
+def test_every_hold_reads_held() -> None:
+    """Slurm's own holds (a failed launch, ``requeuehold``) as well as ``scontrol hold``'s; waiting is not one."""
+    from hpcvit.scheduler.slurm import held
+
+    for reason in ("JobHeldUser", "JobHeldAdmin", "launch failed requeued held", "job requeued in held state"):
+        assert held("PENDING", reason), reason
+    for reason in ("Resources", "Priority", "BeginTime", "Dependency", "None"):
+        assert not held("PENDING", reason), reason
+    assert not held("RUNNING", "JobHeldUser")
+
+
 @pytest.mark.parametrize("recorded,executor,kw,expected", [
     (S.RUNNING, "slurm", {"completed": True}, S.COMPLETED),
     (S.RUNNING, "slurm", {"queue_state": "RUNNING"}, S.RUNNING),

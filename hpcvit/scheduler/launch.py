@@ -112,14 +112,19 @@ def _cancelled_unstarted(task: TaskDir, message: str) -> dict[str, Any]:
     """Record a task cancelled before its training started, and close its MLflow run (made at submit) as
     KILLED: no trainer is there to do it."""
     record = task.write_state(state=TaskState.CANCELLED, ended=time.time(), message=message)
+    _tell_tracking(task, TaskState.CANCELLED)
+    return record
+
+
+def _tell_tracking(task: TaskDir, state: TaskState) -> None:
+    """The task's MLflow run told the state only the launcher knows (closed, if still open)."""
     if task.sweep.manifest.get("tracking_uri") and task.run_id():
         from hpcvit.tracking.upkeep import close_stale_run
 
         try:
-            close_stale_run(task.sweep, task.index, TaskState.CANCELLED)
-        except Exception as exc:  # noqa: BLE001 - status closes it later; the cancel itself is recorded
-            log.warning("could not close the MLflow run of %s (%s)", task.key, exc)
-    return record
+            close_stale_run(task.sweep, task.index, state)
+        except Exception as exc:  # noqa: BLE001 - status tells it later; the state itself is recorded
+            log.warning("could not tell the MLflow run of %s it is %s (%s)", task.key, state, exc)
 
 
 class TaskLauncher(submitit.helpers.Checkpointable):
@@ -200,7 +205,8 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         if first:
             task.write_state(state=TaskState.RUNNING, pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                              trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
-                             executor=env.executor, restarts=restarts, starts=starts, started=time.time())
+                             executor=env.executor, restarts=restarts, starts=starts, started=time.time(),
+                             message="")  # the last stop's message is not this start's
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
         if not first:  # the first node's launcher records the outcome (its rank 0 writes it)
@@ -244,11 +250,22 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         if task.cancel_requested():
             # Cancelled even if the signal came before the trainer could save: resume restarts it cleanly.
             return task.write_state(state=TaskState.CANCELLED, message=f"cancelled{where}", **ended)
+        what = "torchrun's agent" if self._proc is not None and "torch.distributed.run" in self._proc.args else \
+            "the trainer"
+        if stopped and rc == -signal.SIGKILL:  # the ranks saved because their agent died, not for a stop request
+            record = task.write_state(state=TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its "
+                                      f"ranks saved{where}: `hpcvit resume` continues it")
+            _tell_tracking(task, TaskState.LOST)
+            return record
         if stopped:
             return task.write_state(state=TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
                                     **ended)
         failed = task.failure() or {}
-        summary = failed.get("summary") or f"torchrun exited with {rc} (log: {task.log})"
+        killed = f"{what} was killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals() \
+            else None
+        summary = failed.get("summary") or (
+            f"{killed} (the kernel's out-of-memory killer sends SIGKILL; log: {task.log})" if killed
+            else f"torchrun exited with {rc} (log: {task.log})")
         task.write_state(state=TaskState.FAILED, message=summary, **ended)
         raise RuntimeError(f"task {task.key} failed: {summary} (log: {task.log})")
 

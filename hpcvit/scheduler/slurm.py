@@ -47,9 +47,15 @@ def from_slurm(state: str) -> TaskState:
     return SLURM_STATES.get(state, TaskState.RUNNING)
 
 
+HOLD_REASONS = ("launch failed requeued held", "job requeued in held state")
+"""Reasons of a PENDING job that Slurm itself holds (a launch that failed on a node; ``scontrol requeuehold``):
+it never starts until released, like ``scontrol hold``'s JobHeldUser/JobHeldAdmin."""
+
+
 def held(state: str, reason: str) -> bool:
-    """Whether a queued job is held (``scontrol hold`` by a user or an admin shows as PENDING with a JobHeld reason)."""
-    return state == "PENDING" and reason.startswith("JobHeld")
+    """Whether a queued job is held: PENDING with a JobHeld* reason (``scontrol hold`` by a user or an admin) or
+    one of :data:`HOLD_REASONS`."""
+    return state == "PENDING" and (reason.startswith("JobHeld") or reason.strip().lower() in HOLD_REASONS)
 
 
 def _run(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
