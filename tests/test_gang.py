@@ -45,8 +45,8 @@ def test_killing_the_torchrun_agent_stops_its_ranks_at_a_checkpoint(workdir: Pat
     assert stopped["signal"] == "SIGTERM", stopped  # what the ranks got from their dying agent
     message = task.state()["message"]  # the real cause, not the ranks' view of it
     assert message.startswith("torchrun's agent was killed (SIGKILL); its ranks saved at epoch"), message
-    (run,) = children(sweep)
-    assert run.data.tags["hpcvit.state"] == "LOST" and run.info.status == "KILLED", "MLflow says the same"
+    wait_for(lambda: children(sweep)[0].data.tags["hpcvit.state"] == "LOST", 30, "MLflow to say the same")
+    assert children(sweep)[0].info.status == "KILLED"
     status = hpcvit("status", "--format", "json", cwd=workdir)
     assert json.loads(status.stdout)[0]["state"] == "LOST"
 

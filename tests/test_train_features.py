@@ -26,7 +26,8 @@ from hpcvit.models import build_model
 from hpcvit.orchestrate import create_sweep
 from hpcvit.sweep import load_sweep
 from hpcvit.training.loop import Trainer
-from tests.conftest import checkpoint_differences, children, hpcvit, start_lines, wait_for, write_spec
+from tests.conftest import (SPEC, checkpoint_differences, children, hpcvit, kill_tree, start_lines, wait_for,
+                            write_spec)
 
 TINY = """
 name: {name}
@@ -251,3 +252,34 @@ def test_channels_last_and_deterministic_run_completes(workdir: Path, capsys: py
     # The EMA with warm-up follows the weights closely in a short run.
     last = checkpoint(sweep, 0)
     assert 0 < max_diff(last["ema"], last["model"]) < 1.0
+
+
+@pytest.mark.slow
+def test_a_kill_during_evaluation_loses_only_the_evaluation(workdir: Path) -> None:
+    """KillWait's SIGKILL during a long evaluation, after the stop signal: the checkpoint saved when the epoch's
+    training ended holds it all; the restart evaluates that epoch again and ends equal to its twin in every
+    tensor and generator state."""
+    text = SPEC.format(name="evalkill", n=6000, size=32, epochs=2).replace("val_fraction: 0.25", "val_fraction: 0.9")
+    text = text.replace("  every_steps: 5\n", "  every_steps: null\n")  # the only saves: before and after evaluation
+    text = text.replace("  name: cnn_small\n  kwargs: {width: 8}\n", "  name: vit_seed\n")  # a slower evaluation
+    spec = write_spec(workdir, text + "sweep:\n  zip:\n    description: [uninterrupted, killed]\n")
+    assert hpcvit("submit", str(spec), cwd=workdir).returncode == 0
+    sweep = find_sweep(None, workdir / "runs")
+    task = sweep.task(1)
+
+    def trained_not_evaluated() -> bool:  # epoch 0's training saved, its evaluation under way
+        metas = [json.loads(p.read_text()) for p in task.checkpoints.glob("ckpt-*.json")] \
+            if task.checkpoints.exists() else []
+        return any(m["epoch"] == 0 and m["step"] > 0 for m in metas)
+
+    wait_for(trained_not_evaluated, 300, "the checkpoint saved before epoch 0's evaluation")
+    assert task.progress().get("epoch", 0) == 0, "evaluation ended before the kill: make it longer"
+    kill_tree(task.state()["pid"])  # what KillWait does: launcher, agent and ranks, with no chance to save
+    wait_for(lambda: json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)[1]["state"]
+             == "LOST", 60, "status to find the task LOST")
+    resumed = hpcvit("resume", "--wait", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    starts = start_lines(task.log)
+    per_epoch = int(starts[0].split(" step 0/")[1].split()[0])
+    assert f" start: epoch 0 step {per_epoch}/{per_epoch} " in starts[1], starts[1]  # no training step lost
+    assert checkpoint_differences(sweep, sweep, 0, 1) == [], "every tensor and generator state, every rank"

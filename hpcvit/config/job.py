@@ -125,6 +125,10 @@ class CheckpointSpec(Section):
     """Save every this many optimiser steps (null: only at epoch ends and on signals)."""
     every_minutes: float | None = Field(10.0, gt=0, le=10**6)
     """Save when this many minutes have passed since the last save (null: off)."""
+    before_evaluation: bool = True
+    """Also save when an epoch's training ends, before its evaluation: a stop (a preemption, a time limit) that
+    arrives during a long evaluation and is killed at the cluster's KillWait before the next save then loses
+    that evaluation only (the restart evaluates again), not the epoch's training."""
     keep: int = Field(2, ge=1, le=10_000)
     """Number of recent checkpoints kept (the best one is kept besides)."""
     keep_best: bool = True

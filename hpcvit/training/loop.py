@@ -112,7 +112,7 @@ class Trainer:
         startup.mark("model")
         if saved:
             self._restore(saved)
-        self._first_step_done = False
+        self._first_step_done, self._saved_step = False, self.progress.global_step if saved else -1
 
     # -- the progress counters, as attributes -----------------------------------------------------------------
     epoch = property(lambda self: self.progress.epoch, lambda self, v: setattr(self.progress, "epoch", v))
@@ -183,6 +183,7 @@ class Trainer:
             p = self.progress
             self.ckpt.save_async(state, step=p.global_step, epoch=p.epoch, metric=p.best_metric, is_best=is_best)
             self.last_save = time.monotonic()
+        self._saved_step = self.progress.global_step
         if durable:
             self.wait_for_checkpoint()
 
@@ -374,6 +375,8 @@ class Trainer:
             if train_metrics is None:
                 return self._stopped()
             self.guard.check(p.epoch, p.global_step)  # before evaluating weights that may not be finite
+            if self.spec.checkpoint.before_evaluation and self._saved_step != p.global_step:
+                self.save(durable=True)  # on disk before evaluating: a stop killed during it keeps this epoch
             val_metrics, _ = self.evaluate(self.data.val)  # the EMA weights when there are any
             metrics = {**train_metrics, **{f"val_{k}": v for k, v in val_metrics.items()}}
             if self.ema is not None:
@@ -395,8 +398,7 @@ class Trainer:
 
     def _rung_done(self, budget: dict[str, Any]) -> int:
         """The rung's epochs are trained and checkpointed: its last epoch's metrics for the rung's decision."""
-        # The rung's end may promote the task at once (a new trainer reading this checkpoint): it must be durable
-        # before the marker says so.
+        # durable before the marker says so: the rung's end may promote the task at once (a new trainer reads it)
         self.wait_for_checkpoint()
         last = self.task.progress().get("last") if self.d.main else None
         self.report.rung_done(int(budget.get("rung", 0)), self.epoch, last or {})
@@ -432,8 +434,7 @@ class Trainer:
             return objective.write_artifacts(folder, by_split, label)
 
         p = self.progress
-        result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch,
-                  "final": final}
+        result = {"metric": self.metric_name, "best_metric": p.best_metric, "best_epoch": p.best_epoch, "final": final}
         # the last epoch's metrics stay in progress.json (a search ranks its last rung by them)
         self._report_progress(TaskState.COMPLETED, last=self.task.progress().get("last") if self.d.main else None)
         self.report.finished(result, predictions, best_state=self.eval_model.state_dict(), best_checkpoint=best,
