@@ -120,7 +120,6 @@ def extend_into(sweep: Sweep, ref: str, output_dir: str | None) -> tuple[SweepDi
 
     sweep_dir = find_sweep(ref, Path(output_dir or sweep.base.output_dir))
     added, known = extend(sweep, sweep_dir)
+    again = f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else ""
     return sweep_dir, (f"{sweep_dir.sweep_id}: {len(added)} new configuration(s)"
-                       + (f" as task(s) {index_ranges(added)}" if added else "")
-                       + f"; {len(known)} already in it"
-                       + (f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else ""))
+                       + (f" as task(s) {index_ranges(added)}" if added else "") + f"; {len(known)} already in it{again}")

@@ -54,6 +54,13 @@ def test_killing_the_torchrun_agent_stops_its_ranks_at_a_checkpoint(workdir: Pat
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     wait_for(lambda: task.state().get("state") == "RUNNING", 120, "the restart to run")
     assert task.state().get("message") == "", "a running task does not keep its last stop's message"
+
+    def mlflow_running() -> bool:
+        run = children(sweep)[0]
+        return run.info.status == "RUNNING" and run.data.tags["hpcvit.state"] == "RUNNING" \
+            and run.data.tags["hpcvit.restarts"] == "1"
+
+    wait_for(mlflow_running, 30, "MLflow to follow the restart (the launcher tells it as the trainer starts)")
     wait_for(lambda: task.state().get("state") == "COMPLETED", 400, "the resumed task to finish")
     hpcvit("status", cwd=workdir, check=True)  # the sweep's summary is made by whoever looks first
     starts = start_lines(task.log)

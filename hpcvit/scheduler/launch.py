@@ -116,6 +116,17 @@ def _cancelled_unstarted(task: TaskDir, message: str) -> dict[str, Any]:
     return record
 
 
+def _start_mark(task: TaskDir, restarts: int, job_id: str) -> Any:
+    """MLflow told that the task runs, by the launcher, as the trainer starts (None without tracking)."""
+    if not task.sweep.manifest.get("tracking_uri"):
+        return None
+    from hpcvit.tracking import names
+    from hpcvit.tracking.upkeep import StartMark
+
+    return StartMark(task, {names.RESTARTS_TAG: str(restarts), names.SLURM_JOB_TAG: str(job_id),
+                            names.HOST_TAG: socket.gethostname()})
+
+
 def _tell_tracking(task: TaskDir, state: TaskState) -> None:
     """The task's MLflow run told the state only the launcher knows (closed, if still open)."""
     if task.sweep.manifest.get("tracking_uri") and task.run_id():
@@ -207,6 +218,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
                              trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
                              executor=env.executor, restarts=restarts, starts=starts, started=time.time(),
                              message="")  # the last stop's message is not this start's
+        mark = _start_mark(task, restarts, job_id) if first else None
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
         if not first:  # the first node's launcher records the outcome (its rank 0 writes it)
@@ -214,7 +226,15 @@ class TaskLauncher(submitit.helpers.Checkpointable):
                 log.write(f"=== node {env.node_rank} ({socket.gethostname()}): torchrun exited with {rc}\n".encode())
             return {"node": env.node_rank, "returncode": rc}
         self._wait_for_trainer(task)
-        return self._outcome(task, rc)
+        try:
+            record = self._outcome(task, rc)
+        except RuntimeError:
+            if mark is not None:
+                mark.settle(TaskState.FAILED)
+            raise
+        if mark is not None:
+            mark.settle(TaskState(record["state"]))
+        return record
 
     @staticmethod
     def _launch_failed(task: TaskDir, env: JobEnv, reason: str, first: bool) -> None:

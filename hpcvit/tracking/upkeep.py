@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from hpcvit.ledger import SweepDir
+import logging
+import os
+import threading
+
+from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.states import TaskState
 from hpcvit.tables import index_ranges
 from hpcvit.tracking.task_run import has_buffer, sync_task
+
+log = logging.getLogger(__name__)
 
 
 def pending_buffers(sweep_dir: SweepDir) -> list[int]:
@@ -34,6 +40,13 @@ def buffered_note(sweep_dir: SweepDir) -> str | None:
             f"they are sent when the store answers again, or by: hpcvit sync {sweep_dir.sweep_id}")
 
 
+def run_status(state: TaskState) -> str:
+    """The MLflow run status of a task that ended in ``state``."""
+    if state in (TaskState.COMPLETED, TaskState.STOPPED_EARLY):
+        return "FINISHED"
+    return {TaskState.FAILED: "FAILED", TaskState.RUNG_DONE: "SCHEDULED"}.get(state, "KILLED")
+
+
 def close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
     """Close the run of a task whose record was stale (nobody was left to close it); True if it changed."""
     uri = sweep_dir.manifest.get("tracking_uri")
@@ -42,4 +55,47 @@ def close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
         return False
     from hpcvit.tracking.sweep_run import terminate_run
 
-    return terminate_run(uri, run_id, "FAILED" if state == TaskState.FAILED else "KILLED", state)
+    return terminate_run(uri, run_id, run_status(state), state)
+
+
+class StartMark:
+    """The launcher's word to MLflow that its task runs (again), sent as the trainer starts, seconds before the
+    trainer itself opens the run, from a thread at a lower CPU priority (the trainer's start-up comes first).
+    :meth:`settle`, once the trainer has ended, puts the run right if that word arrived after the trainer's last.
+    """
+
+    def __init__(self, task: TaskDir, tags: dict[str, str]):
+        self.task, self.tags, self.sent = task, tags, False
+        self._thread = threading.Thread(target=self._send, name="hpcvit-start-mark", daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        from hpcvit.tracking import names
+        from hpcvit.tracking.client import mlflow_client
+
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)  # Linux: this thread alone
+        except OSError:
+            pass
+        try:
+            uri, run_id = self.task.sweep.manifest.get("tracking_uri"), self.task.run_id()
+            if not (uri and run_id):
+                return
+            from mlflow.entities import RunTag
+
+            client = mlflow_client(uri)
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in
+                                           {names.STATE_TAG: str(TaskState.RUNNING), **self.tags}.items()])
+            self.sent = True
+        except Exception as exc:  # noqa: BLE001 - the trainer opens the run itself; this word only comes sooner
+            log.warning("could not mark the MLflow run of %s running (%s: %s)", self.task.key, type(exc).__name__, exc)
+
+    def settle(self, state: TaskState, wait_s: float = 60.0) -> None:
+        """After the trainer ended in ``state``: the run closed with that state, whatever arrived last."""
+        self._thread.join(wait_s)
+        if self.sent:
+            try:
+                close_stale_run(self.task.sweep, self.task.index, state)
+            except Exception as exc:  # noqa: BLE001 - status puts it right later
+                log.warning("could not close the MLflow run of %s (%s: %s)", self.task.key, type(exc).__name__, exc)
