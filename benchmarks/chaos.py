@@ -135,9 +135,11 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
         statuses = orchestrate.statuses(sweep_dir)
         if all(s.state == TaskState.COMPLETED for s in statuses):
             break
-        running = [s for s in statuses if s.state == TaskState.RUNNING]
+        # a kill counts only once the gang trains: one that lands in start-up measures nothing about lost steps
+        running = [s for s in statuses
+                   if s.state == TaskState.RUNNING and _trained_since_start(sweep_dir.task(s.index))]
         if sum(kills.values()) < args.kills and running:
-            time.sleep(rng.uniform(2.0, 8.0))
+            time.sleep(rng.uniform(0.5, 4.0))
             task = sweep_dir.task(rng.choice(running).index)
             victims = _victims(task)
             if victims:
@@ -161,8 +163,17 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
     report.update(kills=dict(kills), kills_total=sum(kills.values()), resumes=resumes, ran_twice=ran_twice[0],
                   orphan_rank_max_s=round(orphan_life[0], 1),
                   restarts_after_kills=len(lost), min_resume_minus_newest_checkpoint=min(lost, default=0),
-                  max_steps_lost=5)
+                  resume_minus_newest_checkpoint=lost, max_steps_lost=5)
     return sweep_dir
+
+
+def _trained_since_start(task: Any) -> bool:
+    """Whether the task's current start has trained a step (its log says so after its last start line)."""
+    try:
+        text = task.log.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+    return " first step after " in text[text.rfind("=== start "):]
 
 
 def _steps_lost(sweep_dir: Any, at_kill: list[tuple[int, float, int]]) -> list[int]:

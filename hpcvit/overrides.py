@@ -75,23 +75,31 @@ def apply(raw: dict[str, Any], lines: dict[Loc, int], overrides: list[str], file
                 if isinstance(sweep.get(block), dict):
                     sweep[block].pop(key, None)  # the command line fixes (or re-sweeps) what the file swept
             if isinstance(value, list) and not _takes_list(key):
+                if not value:
+                    raise SpecError("an empty list sweeps nothing: give one value, or several in [...]", file=file,
+                                    line=-k, field=key)
                 raw.setdefault("sweep", {}).setdefault("grid", {})[key] = value
                 lines[("sweep", "grid", key)] = -k
             else:
-                _set(raw, key, value, file, k)
+                for made in _set(raw, key, value, file, k):  # sections the override made: their errors are its own
+                    lines[made] = -k
             lines[tuple(key.split("."))] = -k
     return raw, lines
 
 
-def _set(raw: dict[str, Any], key: str, value: Any, file: str, k: int) -> None:
+def _set(raw: dict[str, Any], key: str, value: Any, file: str, k: int) -> list[Loc]:
+    """Set ``key`` in ``raw``; returns the sections it had to make on the way."""
     node = raw
     parts = key.split(".")
+    made: list[Loc] = []
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+            made.append(tuple(parts[:i + 1]))
         if not isinstance(child, dict):
             raise SpecError(f"{'.'.join(parts[:i + 1])} is not a section, it has no field {parts[i + 1]!r}",
                             file=file, line=-k, field=key)
         node = child
     node[parts[-1]] = value
+    return made

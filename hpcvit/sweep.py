@@ -279,13 +279,16 @@ def _located(message: str, dotted: str, file: str, lines: dict[Loc, int], *, com
     line = nearest_line(lines, loc if loc is not None else tuple(dotted.split(".")) if dotted else ())
     if combo and sweep:
         # An error inside an expanded run points at the sweep value that produced it, when one did.
+        swept = False
         for key in combo:
             if dotted == key or dotted.startswith(key + "."):
                 values = sweep.grid.get(key) or sweep.zip.get(key) or []
                 position = values.index(combo[key]) if combo[key] in values else 0
                 line = nearest_line(lines, ("sweep", "grid" if key in sweep.grid else "zip", key, position))
+                swept = True
                 break
-        message = f"{message} (run {run}: {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else message
+        if swept or line is None or line >= 0:  # an override's own error is every run's: no run to name
+            message = f"{message} (run {run}: {', '.join(f'{k}={v}' for k, v in combo.items())})"
     return SpecError(message, file=file, line=line, field=dotted or None)
 
 
