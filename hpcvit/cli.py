@@ -197,7 +197,8 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
             where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
             console.rule(f"sbatch script ({where}{for_executor(kind).preview_note})")
             console.print(script, markup=False, highlight=False)
-    info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind})")
+    note = "" if kind == "slurm" else ": the script is what --executor slurm would submit"
+    info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind}){note}")
     return 0
 
 

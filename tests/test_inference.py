@@ -136,12 +136,20 @@ def test_bad_uses_get_one_line_errors_and_write_nothing(trained, tmp_path: Path)
     with h5py.File(wrong, "w") as f:
         f.create_dataset("X", data=np.zeros((4, 24, 24, 2), np.float32))
         f.create_dataset("y", data=np.zeros(4))
+    nan = tmp_path / "nan.h5"
+    with h5py.File(nan, "w") as f:
+        images = np.zeros((4, 16, 16, 2), np.float32)
+        images[2, 3, 4, 1] = np.nan
+        f.create_dataset("X", data=images)
+        f.create_dataset("y", data=np.zeros(4))
     nolabel = tmp_path / "nolabel.h5"
     with h5py.File(nolabel, "w") as f:
         f.create_dataset("X", data=np.zeros((4, 16, 16, 2), np.float32))
     cases = {
         "images 24x24": (["predict", f"{sweep.sweep_id}/0", "--data", str(wrong), "-o", str(tmp_path / "a.parquet")],
                          "images are 2x24x24"),
+        "a NaN pixel": (["predict", f"{sweep.sweep_id}/0", "--data", str(nan), "-o", str(tmp_path / "n.parquet")],
+                        "(row 2): 1 non-finite pixel(s)"),
         "no such task": (["predict", f"{sweep.sweep_id}/9", "--data", data, "-o", str(tmp_path / "b.parquet")],
                          "has no task 9"),
         "not a run": (["predict", "nonsense", "--data", data, "-o", str(tmp_path / "c.parquet")], "not a run"),
@@ -159,6 +167,7 @@ def test_bad_uses_get_one_line_errors_and_write_nothing(trained, tmp_path: Path)
         proc = hpcvit(*words, cwd=workdir)
         line = proc.stderr.strip()
         assert proc.returncode != 0 and expected in line and "\n" not in line and "Traceback" not in line, (name, line)
+        assert "to train" not in line and "data.channels None" not in line, (name, line)  # advice that fits predict
     assert not any(p.suffix in (".parquet", ".txt") for p in tmp_path.iterdir()), "nothing half-written"
 
 

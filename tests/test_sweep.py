@@ -108,7 +108,11 @@ def test_dry_run_prints_array_and_submits_nothing(tmp_path: Path) -> None:
     assert f"#SBATCH --array=0-{n - 1}%{min(n, limit)}" in proc.stdout
     assert "#SBATCH --requeue" in proc.stdout and "#SBATCH --signal=USR2@" in proc.stdout
     assert "nothing submitted" in proc.stderr, "in a pipe, stdout holds the script alone"
+    assert "what --executor slurm would submit" not in proc.stderr, "the sweep's own executor is Slurm"
     assert not (tmp_path / "runs").exists()
+    local = hpcvit("submit", str(spec), "--executor", "local", "--dry-run", "--output-dir", str(tmp_path / "runs"),
+                   cwd=tmp_path)
+    assert local.returncode == 0 and "executor local): the script is what --executor slurm would submit" in local.stderr
     assert ("checked data: 2 parquet file(s) readable, 80 rows of 3x8x8 images, columns y present; 80 selected, "
             "64/8/8 train/val/test, targets fit the task") in proc.stderr, proc.stderr
     script = tmp_path / "job.sh"

@@ -53,8 +53,8 @@ def open_inputs(run_spec: Any, files: list[Path], input_shape: list[int] | None)
     store = open_store(spec, files)
     if input_shape is not None and list(store.shape) != list(input_shape):
         shape, trained = "x".join(map(str, store.shape)), "x".join(map(str, input_shape))
-        raise DataError(f"{files[0]}: images are {shape} (after data.channels {spec.channels}); the run was "
-                        f"trained on {trained}", field="--data")
+        picked = f" (after the run's data.channels {spec.channels})" if spec.channels is not None else ""
+        raise DataError(f"{files[0]}: images are {shape}{picked}; the run was trained on {trained}", field="--data")
     problem = missing_columns(store, list(spec.scalar_inputs), "data.scalar_inputs")
     if problem is not None:
         raise problem
@@ -70,7 +70,11 @@ def batches(store: Any, spec: Any, rows: np.ndarray, stats: Any, batch_size: int
     for lo in range(0, len(rows), batch_size):
         part = rows[lo:lo + batch_size]
         x = store.read(part)
-        check_finite(x, part, store.where, spec.nonfinite)
+        try:
+            check_finite(x, part, store.where, spec.nonfinite)
+        except DataError as exc:  # the training advice does not apply here: say what the run does instead
+            raise DataError(str(exc).split("; data.nonfinite")[0] + "; the run was trained with data.nonfinite: "
+                            "error, so it predicts no image holding them", field="--data") from None
         yield np.arange(lo, lo + len(part)), apply(x, spec.preprocessing, stats)
 
 
