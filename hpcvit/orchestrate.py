@@ -317,12 +317,12 @@ def resume(sweep_dir: SweepDir, executor: str | None = None, only: list[int] | N
                 _reopen_parent(sweep_dir)
                 sweep_dir.update_manifest(finalized=None)
             return [*(s.index for s in held), *promoted], {**{s.index: s.job_id for s in held}, **promoted}
+        if sweep_dir.manifest.get("tracking_uri"):
+            from hpcvit.tracking.upkeep import mark_submitted
+
+            mark_submitted(sweep_dir, [s.index for s in todo])  # MLflow says they wait, as status will
         for s in todo:
             task = sweep_dir.task(s.index)
-            if sweep_dir.manifest.get("tracking_uri"):
-                from hpcvit.tracking.upkeep import close_stale_run
-
-                close_stale_run(sweep_dir, s.index, s.state)
             task.clear_cancel()
             if task.path.exists():
                 task.write_state(state=TaskState.SUBMITTED, message=f"resubmitted after {s.state}",

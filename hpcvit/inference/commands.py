@@ -132,7 +132,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--device", default="cpu", help="torch device (default cpu)")
         p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                        help="the best epoch's weights (default; the EMA's when the run kept one) or the newest")
-        p.add_argument("--output-dir", help="directory holding the sweeps (default: runs)")
+        p.add_argument("--output-dir", metavar="SWEEPS_DIR", help="where the sweeps are, as for the other commands "
+                       "(default: runs); not where this command writes")
 
     p = subparsers.add_parser("predict", help="a trained run's predictions on new files",
                               description="Predict with a trained run on new files: its own channel selection, "

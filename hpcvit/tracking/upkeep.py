@@ -99,3 +99,30 @@ class StartMark:
                 close_stale_run(self.task.sweep, self.task.index, state)
             except Exception as exc:  # noqa: BLE001 - status puts it right later
                 log.warning("could not close the MLflow run of %s (%s: %s)", self.task.key, type(exc).__name__, exc)
+
+
+def mark_submitted(sweep_dir: SweepDir, indices: list[int]) -> None:
+    """The runs of tasks submitted again (``resume``): SCHEDULED, tagged SUBMITTED, as they wait in the queue."""
+    uri = sweep_dir.manifest.get("tracking_uri")
+    if not uri:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hpcvit.tracking import names
+    from hpcvit.tracking.children import SERVER_THREADS
+    from hpcvit.tracking.client import mlflow_client
+
+    client = mlflow_client(uri)
+
+    def one(index: int) -> None:
+        run_id = sweep_dir.task(index).run_id()
+        if run_id:
+            client.update_run(run_id, status="SCHEDULED")
+            client.set_tag(run_id, names.STATE_TAG, str(TaskState.SUBMITTED))
+
+    if uri.startswith(("http://", "https://")):
+        with ThreadPoolExecutor(SERVER_THREADS) as pool:
+            list(pool.map(one, indices))
+    else:
+        for index in indices:
+            one(index)
