@@ -141,8 +141,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run and args.into:
         from hpcvit.extend import preview
 
-        for line in checked:
-            err.print(f"[green]checked[/] {escape(line)}")
         console.print(preview(sweep, args.into, args.output_dir), highlight=False)
         return 0
     if args.dry_run:
@@ -197,8 +195,7 @@ def _dry_run(sweep: Sweep, checked: list[str], args: argparse.Namespace) -> int:
             where = f"array {k + 1} of {len(scripts)}: tasks {tasks.start}-{tasks.stop - 1}, " if len(scripts) > 1 else ""
             console.rule(f"sbatch script ({where}{for_executor(kind).preview_note})")
             console.print(script, markup=False, highlight=False)
-    note = "" if kind == "slurm" else ": the script is what --executor slurm would submit"
-    info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind}){note}")
+    info.print(f"[yellow]dry run[/]: nothing submitted ({len(sweep.runs)} run(s), executor {kind}){for_executor(kind).dry_run_note}")
     return 0
 
 

@@ -47,6 +47,8 @@ class Scheduler:
     """Whether :meth:`after` submits jobs that wait for others (else the last task's launcher runs it)."""
     preview_note: ClassVar[str] = "for --executor slurm"
     """What ``submit --dry-run`` says of the sbatch script it shows."""
+    dry_run_note: ClassVar[str] = ": the script is what --executor slurm would submit"
+    """The end of ``submit --dry-run``'s last line."""
 
     def executor(self, folder: Path, spec: JobSpec) -> Any:
         """The submitit executor that submits a sweep's tasks."""
@@ -142,6 +144,7 @@ class SlurmScheduler(Scheduler):
     has_after_jobs = True
     multi_node = True
     preview_note = "would be submitted"
+    dry_run_note = ""
 
     def executor(self, folder: Path, spec: JobSpec) -> Any:
         return slurm.executor(folder, spec)
