@@ -177,6 +177,9 @@ def test_tracking_serve_on_postgres_with_auth_runs_a_sweep(workdir: Path) -> Non
             assert {r.info.status for r in runs} == {"FINISHED"}
             assert client.get_run(m["parent_run_id"]).data.tags[names.SUMMARY_TAG] == "logged"
             assert sweep.n_tasks == 2
+            ui = hpcvit("ui", cwd=workdir, timeout=60)  # the server's own pages: no server of its own started
+            assert ui.returncode == 0 and f"is tracked on {url}; its runs side by side: {url}/#/experiments/" \
+                in ui.stdout and "viewStateShareKey=" in ui.stdout, ui.stdout + ui.stderr
         finally:
             for key in env:
                 os.environ.pop(key)

@@ -66,8 +66,40 @@ def _finished_runs(output_dir: Path, sweep_id: str) -> list[str]:
     return [r.info.run_id for r in sorted(runs, key=lambda r: int(r.data.tags.get(names.TASK_INDEX_TAG, 0)))]
 
 
+def _on_a_server(args: argparse.Namespace, output_dir: Path) -> int | None:
+    """A sweep tracked on a tracking server (``hpcvit tracking serve``): its pages there; no server of our own.
+    None when the sweep is tracked in a file here."""
+    from hpcvit.ledger import find_sweep
+
+    try:
+        sweep = find_sweep(args.sweep, output_dir)
+    except FileNotFoundError:
+        if args.sweep:
+            raise
+        return None
+    uri = sweep.manifest.get("tracking_uri") or ""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    base = uri.rstrip("/")
+    target = sweep_view_url(output_dir, sweep.sweep_id, base)
+    print(f"sweep {sweep.sweep_id} is tracked on {base}; its runs side by side: {target}", flush=True)
+    finished = _finished_runs(output_dir, sweep.sweep_id)
+    if finished:
+        print(f"MLflow's comparison of its {len(finished)} finished run(s): "
+              f"{compare_url(base, sweep.manifest['experiment_id'], finished)}", flush=True)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(target):
+            print("no browser found here: open the URL above in yours", flush=True)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir).resolve()
+    served = _on_a_server(args, output_dir)
+    if served is not None:
+        return served
     db = output_dir / "mlflow.db"
     if not db.exists():
         raise FileNotFoundError(f"no MLflow store at {db} (submit a sweep first, or pass --output-dir)")
