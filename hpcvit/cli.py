@@ -47,10 +47,6 @@ _SHOW_MESSAGE = {TaskState.FAILED, TaskState.PREEMPTED, TaskState.CANCELLED, Tas
                  TaskState.TIMEOUT}
 
 
-def _width(out: Console) -> int:
-    return console_width(out)
-
-
 def _run_table(sweep: Sweep, limit: int | None, out: Console) -> Table:
     keys = [k for k in (sweep.runs[0].overrides if sweep.runs else {}) if k != "model.name"]
     columns = [Column("#", numeric=True), Column("model"), *(Column(k.rsplit(".", 1)[-1], priority=1) for k in keys),
@@ -66,7 +62,7 @@ def _run_table(sweep: Sweep, limit: int | None, out: Console) -> Table:
         r = s.resources
         rows.append([str(run.index), s.model.name, *(escape(str(run.overrides[k])) for k in keys),
                      str(s.optim.epochs), str(s.optim.batch_size), f"{r.nodes}x{r.procs_per_node}", s.executor])
-    return fit(f"{sweep.base.name}: {len(sweep.runs)} run(s) from {sweep.file}", columns, rows, _width(out))
+    return fit(f"{sweep.base.name}: {len(sweep.runs)} run(s) from {sweep.file}", columns, rows, console_width(out))
 
 
 def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
@@ -82,7 +78,7 @@ def _status_table(sweep_dir: Any, statuses: list[Any], out: Console) -> Table:
         note = s.message if s.state in _SHOW_MESSAGE and s.message else os.path.relpath(s.log, sweep_dir.root)
         rows.append([str(s.index), escape(s.label), f"[{_COLOURS.get(s.state, 'white')}]{s.state}[/]", s.job_id,
                      str(s.restarts), epoch, best, duration(s.eta_s), escape(note)])
-    return fit(f"sweep {sweep_dir.sweep_id}", columns, rows, _width(out))
+    return fit(f"sweep {sweep_dir.sweep_id}", columns, rows, console_width(out))
 
 
 def _load(path: str, executor: str | None = None, data: bool = True, overrides: list[str] | None = None
@@ -229,14 +225,6 @@ def _wait_and_compare(sweep_dir: Any, args: argparse.Namespace) -> int:
     return 0 if all(s.state in FINAL for s in final) else 1
 
 
-def _print_search(sweep_dir: Any) -> None:
-    """A search's rungs (who was promoted when, with which metric) and the epochs spent vs the full grid."""
-    from hpcvit.search import summary
-
-    for line in summary(sweep_dir):
-        console.print(escape(line), highlight=False)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcvit import orchestrate
 
@@ -291,9 +279,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     sweep_dir = _sweep(args)
     if not 0 <= args.task < sweep_dir.n_tasks:
-        err.print(f"[red]error[/]: sweep {sweep_dir.sweep_id} has no task {args.task} (its tasks are 0-"
-                  f"{sweep_dir.n_tasks - 1})")
-        return 2
+        raise UsageError(f"sweep {sweep_dir.sweep_id} has no task {args.task} (its tasks are 0-{sweep_dir.n_tasks - 1})")
     log = sweep_dir.task(args.task).log
     if not log.exists():
         err.print(f"no log yet for task {args.task} of {sweep_dir.sweep_id} ({log})")
@@ -349,11 +335,14 @@ def _print_comparison(sweep_dir: Any, result: Any) -> None:
     if empty:
         err.print(escape(empty), highlight=False)
         return
-    console.print(compare_table(result, width=_width(console)))
+    console.print(compare_table(result, width=console_width(console)))
     over_seeds = seed_table(sweep_dir, result)
     if over_seeds is not None:
         console.print(over_seeds)
-    _print_search(sweep_dir)
+    from hpcvit.search import summary  # a search's rungs: who was promoted when; epochs spent vs the full grid
+
+    for line in summary(sweep_dir):
+        console.print(escape(line), highlight=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -444,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as exc:  # a tracking store that does not answer: one line, not MLflow's traceback
+        from hpcvit.tracking.outage import outage_line
+
+        if (line := outage_line(exc)) is None:
+            raise
+        err.print(f"[red]error[/]: {escape(line)}", highlight=False)
+        return 1
 
 
 if __name__ == "__main__":

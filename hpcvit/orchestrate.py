@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcvit.checks import check_data, init_files
+from hpcvit.tracking.outage import short_reason
 from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
 from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
 from hpcvit.scheduler.status import TaskStatus, task_statuses
@@ -96,7 +97,7 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
 
                 register_tasks(sweep_dir, list(range(len(specs))))
             except Exception as exc:  # noqa: BLE001 - one line for whatever the tracking store answered
-                raise SpecError(f"the tracking store {uri} cannot be used ({_short_reason(exc)}); nothing was "
+                raise SpecError(f"the tracking store {uri} cannot be used ({short_reason(exc)}); nothing was "
                                 "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
                                 line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
             from hpcvit.results.view import share
@@ -128,18 +129,6 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
             _discard(sweep_dir)  # nothing went in: leave nothing behind
             raise
     return sweep_dir
-
-
-def _short_reason(exc: BaseException) -> str:
-    """The cause of a tracking error in a few words (``[Errno 111] Connection refused``, ``HTTP 403``)."""
-    import re
-
-    text = " ".join(str(exc).split())
-    found = re.search(r"\[Errno -?\d+\] [^'\")(]+", text) or re.search(r"(Read timed out|timed out|"
-                                                                      r"Name or service not known)", text)
-    if found:
-        return found.group(0).strip()
-    return text[:160] + ("..." if len(text) > 160 else "") or type(exc).__name__
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -262,7 +251,7 @@ def finalize_noting(sweep_dir: SweepDir, current: list[TaskStatus] | None = None
         if not is_transient(exc):
             raise
         current = task_statuses(sweep_dir) if current is None else current
-        notes.append(f"tracking: {sweep_dir.manifest.get('tracking_uri')} does not answer ({_short_reason(exc)}); "
+        notes.append(f"tracking: {sweep_dir.manifest.get('tracking_uri')} does not answer ({short_reason(exc)}); "
                      "MLflow is brought up to date by the next status")
     note = buffered_note(sweep_dir)
     return current, [*notes, *([note] if note else [])]

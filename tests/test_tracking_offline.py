@@ -39,6 +39,10 @@ def test_server_outage_is_buffered_and_synced(workdir: Path) -> None:
     down = hpcvit("status", cwd=workdir)  # never a traceback: the state, and two lines saying what waits
     assert down.returncode == 0 and "COMPLETED" in down.stdout, down.stderr
     assert "does not answer" in down.stderr and "1 task(s) hold calls MLflow has not received" in down.stderr
+    for words in (["compare"], ["compare", "--format", "json"], ["ui"]):  # what needs the store says so in a line
+        refused = hpcvit(*words, cwd=workdir)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "error: the tracking store does not answer (" in refused.stderr, refused.stderr
 
     proc, url2 = start_server(backend, store / "artifacts", port=port, log_path=workdir / "server2.log")
     try:

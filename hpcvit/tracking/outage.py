@@ -64,3 +64,23 @@ def is_transient(exc: BaseException) -> bool:
                 return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def short_reason(exc: BaseException) -> str:
+    """The cause of a tracking error in a few words (``[Errno 111] Connection refused``, ``HTTP 403``)."""
+    import re
+
+    text = " ".join(str(exc).split())
+    found = re.search(r"\[Errno -?\d+\] [^'\")(]+", text) or re.search(r"(Read timed out|timed out|"
+                                                                      r"Name or service not known)", text)
+    if found:
+        return found.group(0).strip()
+    return text[:160] + ("..." if len(text) > 160 else "") or type(exc).__name__
+
+
+def outage_line(exc: BaseException) -> str | None:
+    """One line for a command that could not reach the tracking store, or None for any other error."""
+    if not is_transient(exc):
+        return None
+    return (f"the tracking store does not answer ({short_reason(exc)}): start it again (hpcvit tracking serve for "
+            "a server), or try later")
