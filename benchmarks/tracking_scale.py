@@ -193,6 +193,7 @@ def main() -> int:
                             root.chmod(0o755)  # PostgreSQL runs as its own user
                             pg = start_postgres(root / "pg", max_connections=max_connections(WORKERS))
                             store = pg.uri
+                            pool.update(pg.env)
                         else:
                             store = f"sqlite:///{root / 'mlflow.db'}"
                         # as hpcvit tracking serve runs it

@@ -88,3 +88,27 @@ def _data_folders_problem(spec: DataSpec) -> tuple[str, str] | None:
                                   "be in training and validation alike")
         seen[st.st_dev, st.st_ino] = path
     return None
+
+
+def tracking_error(sweep: Sweep, uri: str, exc: BaseException) -> SpecError:
+    """The one line for a tracking store that cannot be used, at the spec's ``tracking.uri``."""
+    from hpcvit.tracking.outage import outage_line, refused_access, short_reason
+
+    why = (outage_line(exc) if refused_access(exc) else None) or (
+        f"{short_reason(exc)}; start the server or point tracking.uri elsewhere")
+    return SpecError(f"the tracking store {uri} cannot be used: {why}; nothing was submitted", file=sweep.file,
+                     line=sweep.line_of("tracking.uri"), field="tracking.uri")
+
+
+def check_tracking(sweep: Sweep) -> None:
+    """A tracking server the sweep names answers and takes these credentials (a dry run checks it as a submission
+    would; a SQLite file is made at submission)."""
+    from hpcvit.tracking import mlflow_client, resolve_uri
+
+    uri = resolve_uri(sweep.base.tracking.uri, Path(sweep.base.output_dir))
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        mlflow_client(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - one line for whatever the server answered
+        raise tracking_error(sweep, uri, exc) from None

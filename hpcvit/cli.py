@@ -134,6 +134,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     sweep, checked = _load(args.spec, args.executor, overrides=args.overrides)
     kind = sweep.base.executor
+    if args.dry_run:
+        from hpcvit.checks import check_tracking
+
+        check_tracking(sweep)  # the server answers and takes these credentials, as a submission needs
     if args.dry_run and args.into:
         from hpcvit.extend import preview
 

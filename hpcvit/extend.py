@@ -63,7 +63,7 @@ def preview(sweep: Sweep, ref: str, output_dir: str | None) -> str:
             + (f" as task(s) {index_ranges(list(range(first, first + len(fresh))))} ({labels})" if fresh else "")
             + f"; {len(known)} already in it"
             + (f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else "")
-            + "; nothing was submitted")
+            + tracked_elsewhere(sweep, sweep_dir) + "; nothing was submitted")
 
 
 def extend(sweep: Sweep, sweep_dir: SweepDir) -> tuple[list[int], dict[int, int]]:
@@ -122,4 +122,14 @@ def extend_into(sweep: Sweep, ref: str, output_dir: str | None) -> tuple[SweepDi
     added, known = extend(sweep, sweep_dir)
     again = f" (task(s) {index_ranges(sorted(set(known.values())))}, not trained again)" if known else ""
     return sweep_dir, (f"{sweep_dir.sweep_id}: {len(added)} new configuration(s)"
-                       + (f" as task(s) {index_ranges(added)}" if added else "") + f"; {len(known)} already in it{again}")
+                       + (f" as task(s) {index_ranges(added)}" if added else "") + f"; {len(known)} already in it{again}"
+                       + tracked_elsewhere(sweep, sweep_dir))
+
+
+def tracked_elsewhere(sweep: Sweep, sweep_dir: SweepDir) -> str:
+    """A note when the spec names another tracking store than the sweep's (its new tasks join the sweep's)."""
+    from hpcvit.tracking import resolve_uri
+
+    mine = sweep_dir.manifest.get("tracking_uri")
+    named = resolve_uri(sweep.base.tracking.uri, sweep_dir.root.parent)
+    return f"; tracked in the sweep's store {mine}, not in {named}" if mine and named != mine else ""

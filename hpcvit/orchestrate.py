@@ -12,13 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcvit.checks import check_data, init_files
-from hpcvit.tracking.outage import short_reason
+from hpcvit.checks import check_data, init_files, tracking_error
 from hpcvit.ledger import SweepDir, create_sweep_dir, new_sweep_id
 from hpcvit.states import FINAL, RESUMABLE, TERMINAL, TaskState
 from hpcvit.scheduler.status import TaskStatus, task_statuses
 from hpcvit.sweep import Sweep
-from hpcvit.yamlio import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +95,7 @@ def create_sweep(sweep: Sweep, output_dir: Path | None = None, *, submit: bool =
 
                 register_tasks(sweep_dir, list(range(len(specs))))
             except Exception as exc:  # noqa: BLE001 - one line for whatever the tracking store answered
-                raise SpecError(f"the tracking store {uri} cannot be used ({short_reason(exc)}); nothing was "
-                                "submitted: start the server or point tracking.uri elsewhere", file=sweep.file,
-                                line=sweep.line_of("tracking.uri"), field="tracking.uri") from None
+                raise tracking_error(sweep, uri, exc) from None
             from hpcvit.results.view import share
             from hpcvit.tracking import mlflow_client
 
@@ -241,18 +237,19 @@ def finalize_noting(sweep_dir: SweepDir, current: list[TaskStatus] | None = None
                     ) -> tuple[list[TaskStatus], list[str]]:
     """:func:`finalize` for a command that reads a sweep: a tracking store that does not answer now is a note
     (MLflow is brought up to date by the next look), not an error; tasks with buffered calls are one too."""
-    from hpcvit.tracking import is_transient
+    from hpcvit.tracking.outage import outage_line
     from hpcvit.tracking.upkeep import buffered_note
 
     notes = []
     try:
         current = finalize(sweep_dir, current)
     except Exception as exc:
-        if not is_transient(exc):
+        line = outage_line(exc)
+        if line is None:
             raise
         current = task_statuses(sweep_dir) if current is None else current
-        notes.append(f"tracking: {sweep_dir.manifest.get('tracking_uri')} does not answer ({short_reason(exc)}); "
-                     "MLflow is brought up to date by the next status")
+        notes.append(f"tracking ({sweep_dir.manifest.get('tracking_uri')}): {line}; MLflow is brought up to date "
+                     "once it can be")
     note = buffered_note(sweep_dir)
     return current, [*notes, *([note] if note else [])]
 

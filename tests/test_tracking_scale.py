@@ -159,10 +159,19 @@ def test_tracking_serve_on_postgres_with_auth_runs_a_sweep(workdir: Path) -> Non
     store = reachable / "tracking"
     proc, url, lines = _serve(store, "--auth")
     try:
-        assert any(line.startswith("PostgreSQL: ") for line in lines), lines
+        (pg_line,) = [line for line in lines if line.startswith("PostgreSQL: ")]
+        pg_port = int(pg_line.split("127.0.0.1:")[1].split()[0])
+        import psycopg2
+
+        with pytest.raises(psycopg2.OperationalError, match="password"):  # no one logs in without the password
+            psycopg2.connect(host="127.0.0.1", port=pg_port, user="hpcvit", dbname="mlflow", connect_timeout=10,
+                             passfile=os.devnull)
+        assert oct((store / "postgres" / "pgpass").stat().st_mode & 0o777) == "0o600"
         spec = write_spec(workdir, SPEC.format(name="pg", n=160, size=8, epochs=2) + f"tracking:\n  uri: {url}\n")
-        refused = hpcvit("submit", str(spec), "optim.seed=[7,8]", cwd=workdir)  # no credentials: one line, nothing submitted
-        assert refused.returncode == 2 and "401" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+        for words in (["--dry-run"], []):  # no credentials: one line saying what to export, nothing submitted
+            refused = hpcvit("submit", str(spec), "optim.seed=[7,8]", *words, cwd=workdir)
+            assert refused.returncode == 2 and "(401, not authenticated): export MLFLOW_TRACKING_USERNAME" \
+                in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert not (workdir / "runs").exists() or not list((workdir / "runs").glob("*/manifest.json"))
         env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": (store / "admin_password").read_text()}
         os.environ.update(env)
@@ -183,6 +192,12 @@ def test_tracking_serve_on_postgres_with_auth_runs_a_sweep(workdir: Path) -> Non
         finally:
             for key in env:
                 os.environ.pop(key)
+        # a new shell without the credentials: status still shows the tasks, and a line says what to export
+        status = hpcvit("status", cwd=workdir)
+        assert status.returncode == 0 and "COMPLETED" in status.stdout and "Traceback" not in status.stderr
+        compare = hpcvit("compare", cwd=workdir)
+        assert compare.returncode == 1 and "refused hpcvit (401, not authenticated)" in compare.stderr
+        assert "Traceback" not in compare.stderr, compare.stderr
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(90)
@@ -199,3 +214,14 @@ def test_sweep_dir_task_runs_is_checked(tmp_path: Path) -> None:
 
     with pytest.raises(DamagedFileError, match="not an MLflow run id"):
         SweepDir(sweep.root).task(0).run_id()
+
+
+@pytest.mark.parametrize("words, expected", [
+    (["--port", "70000"], "is not a port"), (["--backend", "bogus"], "a database URI"),
+    (["--workers", "0"], "not a positive number of workers")])
+def test_tracking_serve_refuses_bad_arguments_before_starting_anything(tmp_path: Path, words: list[str],
+                                                                       expected: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hpcvit.cli", "tracking", "serve", "--store", str(tmp_path / "s"),
+                           *words], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "s").exists()

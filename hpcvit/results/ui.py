@@ -50,8 +50,16 @@ def sweep_view_url(output_dir: Path, sweep_id: str, base_url: str) -> str:
     from hpcvit.results.view import share, view_url
     from hpcvit.tracking import mlflow_client
 
+    from hpcvit.results.view import view_key
+    from hpcvit.tracking.outage import refused_access
+
     sweep = find_sweep(sweep_id, output_dir)
-    key = share(mlflow_client(sweep.manifest["tracking_uri"]), sweep)
+    try:
+        key = share(mlflow_client(sweep.manifest["tracking_uri"]), sweep)
+    except Exception as exc:
+        if refused_access(exc) != 403:  # a reader may not set it: the view submit set is there
+            raise
+        key = view_key(sweep.sweep_id)
     return view_url(base_url, sweep.manifest["experiment_id"], key)
 
 

@@ -78,9 +78,33 @@ def short_reason(exc: BaseException) -> str:
     return text[:160] + ("..." if len(text) > 160 else "") or type(exc).__name__
 
 
+def refused_access(exc: BaseException) -> int | None:
+    """401 or 403 when the tracking server refused the credentials (or their absence), else None."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = current.get_http_status_code() if isinstance(current, MlflowException) else \
+            current.response.status_code if isinstance(current, requests.HTTPError) and current.response is not None \
+            else None
+        if status in (401, 403):
+            return status
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def outage_line(exc: BaseException) -> str | None:
-    """One line for a command that could not reach the tracking store, or None for any other error."""
-    if not is_transient(exc):
-        return None
-    return (f"the tracking store does not answer ({short_reason(exc)}): start it again (hpcvit tracking serve for "
-            "a server), or try later")
+    """One line for a command that could not use the tracking store (it does not answer, or it refuses these
+    credentials), or None for any other error."""
+    if is_transient(exc):
+        return (f"the tracking store does not answer ({short_reason(exc)}): start it again (hpcvit tracking serve "
+                "for a server), or try later")
+    status = refused_access(exc)
+    if status is not None:
+        what = "not authenticated" if status == 401 else "these credentials may not do this"
+        return (f"the tracking server refused hpcvit ({status}, {what}): export MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD as hpcvit tracking serve printed")
+    return None

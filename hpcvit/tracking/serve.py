@@ -61,17 +61,25 @@ def auth_config(store: Path) -> tuple[Path, str]:
 
 def serve(args: argparse.Namespace) -> int:
     from hpcvit.tracking.postgres import binaries, start_postgres
-    from hpcvit.tracking.server import LOOPBACK, start_server, stop_server
+    from hpcvit.tracking.server import LOOPBACK, port_in_use, start_server, stop_server
 
     store = Path(args.store).resolve()
+    if store.exists() and not store.is_dir():
+        raise ValueError(f"--store {store}: is a file; name a folder (made if missing)")
+    if args.port and port_in_use("127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host, args.port):
+        raise ValueError(f"--port {args.port}: already in use on this machine (choose another, or 0 for a free one)")
+    os.umask(0o077)  # the auth database, the log and the artifacts are this user's alone
     store.mkdir(parents=True, exist_ok=True)
+    store.chmod(0o711)  # PostgreSQL's own user passes through to its folder; nobody lists the store
     backend = args.backend or ("postgres" if binaries() else "sqlite")
     pg = None
     env = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL), "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(POOL)}
     if backend == "postgres":
         pg = start_postgres(store / "postgres", max_connections=max_connections(args.workers))
         uri = pg.uri
-        print(f"PostgreSQL: {store / 'postgres'} on 127.0.0.1:{pg.port} (only this server connects to it)", flush=True)
+        env.update(pg.env)
+        print(f"PostgreSQL: {store / 'postgres'} on 127.0.0.1:{pg.port} (its password in {pg.env['PGPASSFILE']}, "
+              "mode 600)", flush=True)
     elif backend == "sqlite":
         uri = f"sqlite:///{store / 'mlflow.db'}"
         kind = file_system(store)
@@ -100,8 +108,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"tracking server: {reach} ({args.workers} worker(s), {backend}, artifacts in {store / 'artifacts'})")
         print(f"in a job spec:   tracking: {{uri: {reach}}}   (or export MLFLOW_TRACKING_URI={reach})")
         if password:
-            print(f"basic auth on: before submitting, export MLFLOW_TRACKING_USERNAME=admin and "
-                  f"MLFLOW_TRACKING_PASSWORD=$(cat {store / 'admin_password'}) (Slurm passes them to the tasks)")
+            print("basic auth on; in the shell that submits (Slurm passes them on to the tasks):")
+            print(f"  export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$(cat {store / 'admin_password'})")
         print(f"log: {store / 'server.log'}; Ctrl-C stops it", flush=True)
         code = proc.wait()
         print(f"mlflow server exited with code {code}; log: {store / 'server.log'}", file=sys.stderr)
@@ -113,6 +121,19 @@ def serve(args: argparse.Namespace) -> int:
             stop_server(proc)
         if pg is not None:
             pg.stop()
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+    return int(text)
+
+
+def _backend(text: str) -> str:
+    scheme = text.split("://")[0].split("+")[0] if "://" in text else ""
+    if text in ("postgres", "sqlite") or scheme in ("postgresql", "mysql", "mssql", "sqlite"):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: postgres, sqlite, or a database URI (postgresql+psycopg2://...)")
 
 
 def _positive(text: str) -> int:
@@ -134,9 +155,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              description=__doc__)
     serve_p.add_argument("--store", default=os.path.join("runs", "tracking"),
                          help="folder of the database, artifacts, log and credentials (default: runs/tracking)")
-    serve_p.add_argument("--backend", help="postgres (default when installed), sqlite, or a database URI")
+    serve_p.add_argument("--backend", type=_backend, help="postgres (default when installed), sqlite, or a database "
+                         "URI (postgresql+psycopg2://..., mysql://...)")
     serve_p.add_argument("--host", default="0.0.0.0", help="interface to bind (default 0.0.0.0: the nodes)")
-    serve_p.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 picks a free one)")
+    serve_p.add_argument("--port", type=_port, default=5000, help="port (default 5000; 0 picks a free one)")
     serve_p.add_argument("--workers", type=_positive, default=4, help="server worker processes (default 4)")
     serve_p.add_argument("--auth", action=argparse.BooleanOptionalAction, default=None,
                          help="MLflow's basic authentication (default: on unless bound to loopback)")

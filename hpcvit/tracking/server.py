@@ -29,7 +29,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -108,7 +108,7 @@ def start_server(backend_uri: str, artifacts_dir: Path | str, port: int = 0, hos
     probe = "127.0.0.1" if host in _ANY or host == "localhost" else host  # an address to test the port on
     if port == 0:
         port = free_port(probe)
-    elif _port_in_use(probe, port):
+    elif port_in_use(probe, port):
         raise RuntimeError(f"port {port} on {host} is already in use (choose another with --port)")
     url_host = "127.0.0.1" if host in _ANY else (f"[{host}]" if ":" in host else host)
     url = f"http://{url_host}:{port}"
