@@ -265,11 +265,30 @@ def _to_spec_error(exc: ValidationError, file: str, lines: dict[Loc, int], *, pr
     err = exc.errors(include_url=False)[0]
     loc: Loc = prefix + tuple(err["loc"])
     message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = _unknown_field(SweepSpec if prefix == ("sweep",) else JobSpec, tuple(err["loc"]))
     named = re.match(r"([A-Za-z_]\w*(?:\.\w+)+): (.+)", message)
     if named and tuple(named.group(1).split("."))[:len(loc)] == tuple(str(p) for p in loc):
         # a section's check that names the field inside it: point at that field
         loc, message = tuple(named.group(1).split(".")), named.group(2)
     return _located(message, ".".join(str(p) for p in loc), file, lines, combo=combo, sweep=sweep, run=run, loc=loc)
+
+
+def _unknown_field(model: Any, loc: Loc) -> str:
+    """``unknown field 'epochz'; did you mean 'epochs'?`` and the fields its section has."""
+    import difflib
+    import typing
+
+    for key in loc[:-1]:
+        field_info = getattr(model, "model_fields", {}).get(key)
+        kinds = [field_info.annotation, *typing.get_args(field_info.annotation)] if field_info else []
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return f"unknown field {loc[-1]!r}"
+    names = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown field {loc[-1]!r}{hint} ({'.'.join(map(str, loc[:-1])) or 'the spec'} has: {', '.join(names)})"
 
 
 def _located(message: str, dotted: str, file: str, lines: dict[Loc, int], *, combo: dict[str, Any] | None = None,

@@ -39,7 +39,7 @@ def test_good_spec_defaults_and_float_exponents(tmp_path: Path) -> None:
     ("text", "line", "field", "words"),
     [
         (GOOD.replace("lr: 1e-3", "lr: -0.1"), 5, "optim.lr", "greater than 0"),
-        (GOOD.replace("  epochs: 2", "  epochz: 2"), 6, "optim.epochz", "Extra inputs"),
+        (GOOD.replace("  epochs: 2", "  epochz: 2"), 6, "optim.epochz", "unknown field"),
         (GOOD.replace("cnn_small", "cnn_smal"), 3, "model.name", "did you mean cnn_small"),
         (GOOD.replace("  epochs: 2", "  epochs: two"), 6, "optim.epochs", "integer"),
         (GOOD + "executor: pbs\n", 7, "executor", "'local' or 'slurm'"),

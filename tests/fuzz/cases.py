@@ -59,7 +59,7 @@ _add("key-is-a-list", "name: x\nmodel: {name: cnn_small}\n? [a, b]\n: 1\n", "a k
 # -- top level ----------------------------------------------------------------------------------------------
 _add("no-name", "model: {name: cnn_small}\n", "name: Field required")
 _add("no-model", "name: x\n", "model: Field required")
-_with("", "modle: {name: cnn_small}", "Extra inputs")
+_with("", "modle: {name: cnn_small}", "unknown field")
 for bad in ("'with space'", "'../escape'", "''", "'.hidden'", "'a/b'", "'x;rm -rf'", "'" + "n" * 65 + "'",
             "'$(id)'", "'`id`'"):
     _add(f"name {bad[:20]}", BASE.replace("name: fuzz", f"name: {bad}"), "name: String should match pattern")
@@ -100,14 +100,14 @@ for field, value, words in [
     ("seed", "99999999999999999999", "less than 4294967296"), ("seed", "1e23", "valid integer"),
     ("seed", "true", "valid integer"), ("grad_clip", "0", "greater than 0"), ("weight_decay", "-0.1", "greater than"),
     ("nonfinite", "ignore", "'stop' or 'skip_batch'"), ("compile", "yes please", "valid boolean"),
-    ("optimiser", "adamw", "Extra inputs"),
+    ("optimiser", "adamw", "unknown field"),
 ]:
     _with("optim", f"{field}: {value}", words)
 
 # -- checkpoint -----------------------------------------------------------------------------------------------
 for fragment, words in [("every_steps: 0", "greater than 0"), ("every_minutes: 0", "greater than 0"),
                         ("keep: 0", "greater than or equal to 1"), ("keep_best: maybe", "valid boolean"),
-                        ("every_minutes: .inf", "finite number"), ("keepp: 2", "Extra inputs")]:
+                        ("every_minutes: .inf", "finite number"), ("keepp: 2", "unknown field")]:
     _with("checkpoint", fragment, words)
 
 # -- resources ------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ for fragment, words in [
     ("max_requeues: -1", "greater than or equal to 0"), ("nproc_per_node: 0", "greater than or equal to 1"),
     ("sbatch_extra: {output: /tmp/x}", "not allowed"), ("sbatch_extra: {dependency: 'afterok:1'}", "not allowed"),
     ("sbatch_extra: {comment: \"a\\nb\"}", "unsafe characters"), ("sbatch_extra: [constraint]", "valid dictionary"),
-    ("mem_gb: .nan", "finite number"), ("partiton: gpu", "Extra inputs"),
+    ("mem_gb: .nan", "finite number"), ("partiton: gpu", "unknown field"),
 ]:
     _with("resources", fragment, words)
 
@@ -143,7 +143,7 @@ for fragment, words in [
     ("preprocessing: {stats_samples: 0}", "greater than 0"), ("preprocessing: {zscore: sometimes}", "valid boolean"),
     ("synthetic: {n_samples: 1}", "greater than 1"), ("synthetic: {image_size: 4}", "greater than or equal to 8"),
     ("synthetic: {channels: 0}", "greater than or equal to 1"), ("synthetic: {seed: -3}", "greater than or equal"),
-    ("input_keys: X", "Extra inputs"),
+    ("input_keys: X", "unknown field"),
 ]:
     _with("data", fragment, words)
 
@@ -160,7 +160,7 @@ for fragment, words in [
     ("grid: {optim.seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], optim.epochs: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n"
      "max_runs: 50", "expands to 100 runs, more than sweep.max_runs = 50"),
     ("grid: {optim.lr: [.inf]}", "inf is not a finite number"), ("max_runs: 0", "greater than or equal to 1"),
-    ("gird: {optim.lr: [0.1]}", "Extra inputs"), ("grid: {data.cuts.pt: [[1, 0]]}", "must be below max"),
+    ("gird: {optim.lr: [0.1]}", "unknown field"), ("grid: {data.cuts.pt: [[1, 0]]}", "must be below max"),
 ]:
     _with("sweep", fragment, words)
 
