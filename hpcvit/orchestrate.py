@@ -138,13 +138,15 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _discard(sweep_dir: SweepDir) -> None:
-    """Remove a sweep none of whose tasks was submitted: its folder, and its parent run in MLflow."""
+    """Remove a sweep none of whose tasks was submitted: its folder, and its runs in MLflow."""
     m = sweep_dir.manifest
     if m.get("parent_run_id"):
         try:
             from hpcvit.tracking import mlflow_client
 
-            mlflow_client(m["tracking_uri"]).delete_run(m["parent_run_id"])
+            client = mlflow_client(m["tracking_uri"])
+            for run_id in [*sweep_dir.task_runs().values(), m["parent_run_id"]]:
+                client.delete_run(run_id)
         except Exception as exc:  # noqa: BLE001 - the folder goes anyway; the run is marked FAILED if it can be
             log.warning("could not delete the sweep's MLflow run %s (%s)", m["parent_run_id"], exc)
     shutil.rmtree(sweep_dir.root, ignore_errors=True)

@@ -67,6 +67,9 @@ def test_status_decides_a_rung_whose_decision_job_was_cancelled_and_shows_the_ou
     sweep = find_sweep(None, workdir / "runs")
     subprocess.run(["scancel", sweep.search()["rungs"][0]["decider"]], check=True)
     wait_for(lambda: all(t.state().get("state") == "RUNG_DONE" for t in sweep.tasks()), 600, "rung 0 to end")
+    jobs = ",".join(sweep.search()["rungs"][0]["jobs"].values())  # their launchers end a moment after the record
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", jobs], capture_output=True, text=True).stdout.strip(),
+             120, "the rung's jobs to leave the queue")
     rows = json.loads(hpcvit("status", "--format", "json", cwd=workdir, check=True).stdout)
     first = sweep.search()["rungs"][0]["decision"]
     assert first is not None and first["by"] == "hpcvit", "whoever looks decides an orphaned rung"

@@ -226,15 +226,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
                 log.write(f"=== node {env.node_rank} ({socket.gethostname()}): torchrun exited with {rc}\n".encode())
             return {"node": env.node_rank, "returncode": rc}
         self._wait_for_trainer(task)
-        try:
-            record = self._outcome(task, rc)
-        except RuntimeError:
-            if mark is not None:
-                mark.settle(TaskState.FAILED)
-            raise
-        if mark is not None:
-            mark.settle(TaskState(record["state"]))
-        return record
+        return self._outcome(task, rc, mark)
 
     @staticmethod
     def _launch_failed(task: TaskDir, env: JobEnv, reason: str, first: bool) -> None:
@@ -254,31 +246,37 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         while is_locked(task.file(TaskDir.RUN_LOCK)) and time.monotonic() < deadline:
             time.sleep(0.2)
 
-    def _outcome(self, task: TaskDir, rc: int) -> dict[str, Any]:
+    def _outcome(self, task: TaskDir, rc: int, mark: Any = None) -> dict[str, Any]:
         ended = {"returncode": rc, "ended": time.time()}
+
+        def record(state: TaskState, **fields: Any) -> dict[str, Any]:
+            # MLflow first: once state.json says how the task ended, status may decide on it (the job ends now)
+            if mark is not None:
+                mark.settle(state)
+            return task.write_state(state=state, **fields)
         if task.result():
-            return task.write_state(state=TaskState.COMPLETED, message="", **ended)
+            return record(TaskState.COMPLETED, message="", **ended)
         rung = task.rung_done()
         if rung and rc == 0:
             name = ((task.sweep.search() or {}).get("search") or {}).get("metric", "")
             value = (rung.get("metrics") or {}).get(name)
             shown = f": {name}={value:.4g}" if isinstance(value, (int, float)) else ""
-            return task.write_state(state=TaskState.RUNG_DONE, **ended,
+            return record(TaskState.RUNG_DONE, **ended,
                                     message=f"rung {rung['rung']} done at epoch {rung['epoch']}{shown}")
         stopped = task.stopped()
         where = f" at epoch {stopped['epoch']} step {stopped['step_in_epoch']}" if stopped else " before training"
         if task.cancel_requested():
             # Cancelled even if the signal came before the trainer could save: resume restarts it cleanly.
-            return task.write_state(state=TaskState.CANCELLED, message=f"cancelled{where}", **ended)
+            return record(TaskState.CANCELLED, message=f"cancelled{where}", **ended)
         what = "torchrun's agent" if self._proc is not None and "torch.distributed.run" in self._proc.args else \
             "the trainer"
         if stopped and rc == -signal.SIGKILL:  # the ranks saved because their agent died, not for a stop request
-            record = task.write_state(state=TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its "
-                                      f"ranks saved{where}: `hpcvit resume` continues it")
-            _tell_tracking(task, TaskState.LOST)
-            return record
+            if mark is None:
+                _tell_tracking(task, TaskState.LOST)
+            return record(TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its ranks saved{where}: "
+                          "`hpcvit resume` continues it")
         if stopped:
-            return task.write_state(state=TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
+            return record(TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
                                     **ended)
         failed = task.failure() or {}
         killed = f"{what} was killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.valid_signals() \
@@ -286,7 +284,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         summary = failed.get("summary") or (
             f"{killed} (the kernel's out-of-memory killer sends SIGKILL; log: {task.log})" if killed
             else f"torchrun exited with {rc} (log: {task.log})")
-        task.write_state(state=TaskState.FAILED, message=summary, **ended)
+        record(TaskState.FAILED, message=summary, **ended)
         raise RuntimeError(f"task {task.key} failed: {summary} (log: {task.log})")
 
     def checkpoint(self, index: int) -> submitit.helpers.DelayedSubmission | None:  # type: ignore[override]
