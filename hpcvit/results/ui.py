@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
-from hpcvit.tracking.server import LOOPBACK, start_server, stop_server
+from hpcvit.tracking.server import LOOPBACK, exit_on_hangup, start_server, stop_server, wait_in_foreground
 
 def runs_url(base_url: str, experiment_id: str | None = None) -> str:
     """The runs table of an experiment (``#/experiments/<id>`` opens a GenAI overview in MLflow 3)."""
@@ -114,12 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     backend_uri = f"sqlite:///{db}"
     experiment_id, sweep_id = _find_experiment(output_dir, backend_uri, args.sweep)
     print(f"starting the MLflow UI on {backend_uri} (lean: 1 worker, no job runner; ready in ~15 s)", flush=True)
-
-    def _exit(signum: int, _frame: Any) -> None:  # the server has its own session: stop it on our way out
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit)
+    exit_on_hangup()
     proc, url = start_server(backend_uri, output_dir / "mlartifacts", args.port, args.host,
                              log_path=output_dir / "mlflow-ui.log")
     try:
@@ -145,9 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"listening on {args.host}:{port}; from another machine open it by this host's name or "
                   f"address, or through an SSH tunnel: ssh -L {port}:127.0.0.1:{port} <this host>", flush=True)
         print("press Ctrl-C to stop", flush=True)
-        code = proc.wait()
-        print(f"mlflow server exited with code {code}; log: {output_dir / 'mlflow-ui.log'}", file=sys.stderr)
-        return 1
+        return wait_in_foreground(proc, output_dir / "mlflow-ui.log")
     except KeyboardInterrupt:
         return 0
     finally:

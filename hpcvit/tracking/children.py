@@ -7,9 +7,9 @@ left by such a retry is found (two runs with one task key) and deleted before an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.states import TaskState
@@ -17,6 +17,7 @@ from hpcvit.tracking import names
 from hpcvit.tracking.client import mlflow_client
 from hpcvit.tracking.sweep_run import child_runs
 
+T, R = TypeVar("T"), TypeVar("R")
 SERVER_THREADS = 8
 """Runs made at once against a tracking server (a file store takes one writer at a time)."""
 
@@ -38,15 +39,19 @@ def create_task_runs(uri: str, experiment_id: str, parent_run_id: str, tasks: Ma
         client.update_run(run.info.run_id, status="SCHEDULED")
         return key, run.info.run_id
 
-    server = uri.startswith(("http://", "https://"))
-    if server and len(todo) > 1:
-        with ThreadPoolExecutor(SERVER_THREADS) as pool:
-            made = dict(pool.map(make, todo))
-    else:
-        made = dict(make(key) for key in todo)
-    if server and made:  # a retried create_run may have made a second run of a task
+    made = dict(each_call(uri, make, todo))
+    if uri.startswith(("http://", "https://")) and made:  # a retried create_run may have made a second run
         made = _drop_duplicates(client, child_runs(uri, experiment_id, parent_run_id), made)
     return {key: (have.get(key) or made[key]) for key in tasks}
+
+
+def each_call(uri: str, call: Callable[[T], R], items: list[T]) -> list[R]:
+    """``call`` on every item: from :data:`SERVER_THREADS` threads against a server, one at a time against a
+    file store (it takes one writer at a time)."""
+    if uri.startswith(("http://", "https://")) and len(items) > 1:
+        with ThreadPoolExecutor(SERVER_THREADS) as pool:
+            return list(pool.map(call, items))
+    return [call(item) for item in items]
 
 
 def _runs_by_key(runs: list[Any]) -> dict[str, str]:

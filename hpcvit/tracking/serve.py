@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -61,13 +60,15 @@ def auth_config(store: Path) -> tuple[Path, str]:
 
 def serve(args: argparse.Namespace) -> int:
     from hpcvit.tracking.postgres import binaries, start_postgres
-    from hpcvit.tracking.server import LOOPBACK, port_in_use, start_server, stop_server
+    from hpcvit.tracking.server import (LOOPBACK, exit_on_hangup, port_in_use, start_server, stop_server,
+                                       wait_in_foreground)
 
     store = Path(args.store).resolve()
     if store.exists() and not store.is_dir():
         raise ValueError(f"--store {store}: is a file; name a folder (made if missing)")
     if args.port and port_in_use("127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host, args.port):
         raise ValueError(f"--port {args.port}: already in use on this machine (choose another, or 0 for a free one)")
+    exit_on_hangup()  # before PostgreSQL starts: a SIGTERM from here on still stops what was started
     os.umask(0o077)  # the auth database, the log and the artifacts are this user's alone
     store.mkdir(parents=True, exist_ok=True)
     store.chmod(0o711)  # PostgreSQL's own user passes through to its folder; nobody lists the store
@@ -94,12 +95,6 @@ def serve(args: argparse.Namespace) -> int:
         ini, password = auth_config(store)
         env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=password,
                    MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-
-    def _exit(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _exit)
     proc = None
     try:
         proc, url = start_server(uri, store / "artifacts", args.port, args.host, log_path=store / "server.log",
@@ -111,9 +106,7 @@ def serve(args: argparse.Namespace) -> int:
             print("basic auth on; in the shell that submits (Slurm passes them on to the tasks):")
             print(f"  export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$(cat {store / 'admin_password'})")
         print(f"log: {store / 'server.log'}; Ctrl-C stops it", flush=True)
-        code = proc.wait()
-        print(f"mlflow server exited with code {code}; log: {store / 'server.log'}", file=sys.stderr)
-        return 1
+        return wait_in_foreground(proc, store / "server.log")
     except KeyboardInterrupt:
         return 0
     finally:

@@ -170,3 +170,21 @@ def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> int | None:
             pass
         proc.wait()
     return proc.returncode
+
+
+def exit_on_hangup() -> None:
+    """SIGTERM and SIGHUP end this process by ``SystemExit``, so that its ``finally`` blocks stop the servers it
+    started (each runs in a session of its own and would outlive it)."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
+def wait_in_foreground(proc: subprocess.Popen, log_path: Path) -> int:
+    """Wait for a server run in the foreground until it exits on its own (1, its log named) or Ctrl-C."""
+    code = proc.wait()
+    print(f"mlflow server exited with code {code}; log: {log_path}", file=sys.stderr)
+    return 1

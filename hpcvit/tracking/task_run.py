@@ -123,7 +123,7 @@ class TaskTracker:
     # -- buffering ----------------------------------------------------------------------------------
     @property
     def _replaying(self) -> Path:
-        return self.buffer.with_name(self.buffer.name + ".replaying")
+        return replaying(self.buffer)
 
     def _lock(self, what: str) -> Path:
         return self.buffer.with_name(f".{self.buffer.name}.{what}.lock")
@@ -220,10 +220,14 @@ def sync_task(uri: str, experiment_id: str, parent_run_id: str, task: TaskDir) -
     return TaskTracker(uri, experiment_id, parent_run_id, task, tags={}, connect=False).flush()
 
 
+def replaying(buffer: Path) -> Path:
+    """Where a replay moves ``buffer`` while it sends its calls."""
+    return buffer.with_name(buffer.name + ".replaying")
+
+
 def has_buffer(task: TaskDir) -> bool:
     """Whether ``task`` holds tracking calls not yet sent."""
-    buffer = task.tracking_buffer
-    return buffer.exists() or buffer.with_name(buffer.name + ".replaying").exists()
+    return task.tracking_buffer.exists() or replaying(task.tracking_buffer).exists()
 
 
 BUFFERED_OPS = frozenset({"open", "params", "epoch", "final", "tags", "artifact", "text", "end"})

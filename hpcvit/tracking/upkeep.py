@@ -106,10 +106,8 @@ def mark_submitted(sweep_dir: SweepDir, indices: list[int]) -> None:
     uri = sweep_dir.manifest.get("tracking_uri")
     if not uri:
         return
-    from concurrent.futures import ThreadPoolExecutor
-
     from hpcvit.tracking import names
-    from hpcvit.tracking.children import SERVER_THREADS
+    from hpcvit.tracking.children import each_call
     from hpcvit.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
@@ -120,9 +118,4 @@ def mark_submitted(sweep_dir: SweepDir, indices: list[int]) -> None:
             client.update_run(run_id, status="SCHEDULED")
             client.set_tag(run_id, names.STATE_TAG, str(TaskState.SUBMITTED))
 
-    if uri.startswith(("http://", "https://")):
-        with ThreadPoolExecutor(SERVER_THREADS) as pool:
-            list(pool.map(one, indices))
-    else:
-        for index in indices:
-            one(index)
+    each_call(uri, one, indices)
