@@ -4,9 +4,11 @@ in an exact resume, the kill of one node's ranks torn down as a gang, and the re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tests.conftest import (
     checkpoint_differences,
     final_weights,
     hpcvit,
+    start_lines,
     steps,
     wait_for,
     write_spec,
@@ -173,6 +176,48 @@ def test_killing_one_nodes_ranks_ends_the_gang_and_resume_is_exact(twin: tuple[P
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert state(sweep) == "COMPLETED", proc.stdout[-3000:] + proc.stderr[-3000:]
     assert equal(sweep, reference), "resumed from its checkpoint, the task must equal its twin"
+
+
+KILL_WAIT_S = 10
+"""The local cluster's ``KillWait``: SIGKILL this long after a preemption's SIGTERM."""
+
+
+def test_a_preemption_during_a_long_evaluation_loses_no_training(two_nodes: str, tmp_path: Path) -> None:
+    """Preempted on two nodes during an evaluation longer than the cluster's KillWait: Slurm's SIGKILL ends the
+    ranks before they can save after it. The checkpoint made before the evaluation holds the whole epoch, so
+    the restart begins at the epoch's last step and only evaluates again; the epoch is logged once."""
+    assert f"KillWait={KILL_WAIT_S}" in Path(two_nodes).read_text()
+    text = SPEC.format(name="evalstop", n=20000, size=32, epochs=1) + TWO_NODES
+    text = text.replace("val_fraction: 0.25", "val_fraction: 0.97")
+    text = text.replace("  every_steps: 5\n", "  every_steps: null\n")  # the only saves: before and after evaluating
+    text = text.replace("kwargs: {width: 8}", "kwargs: {depth: 16}").replace("cnn_small", "vit_seed")  # slow to evaluate
+    text = text.replace("nproc_per_node: 2", "nproc_per_node: 2\n  nodes: 2")
+    sweep = submit(tmp_path, write_spec(tmp_path, text, "evalstop.yaml"), "runs")
+    task = sweep.task(0)
+
+    def trained_not_evaluated() -> bool:  # only the save before evaluating is at epoch 0 with steps done
+        metas = [json.loads(p.read_text()) for p in task.checkpoints.glob("ckpt-*.json")] \
+            if task.checkpoints.exists() else []
+        return any(m["epoch"] == 0 and m["step"] > 0 for m in metas)
+
+    wait_for(trained_not_evaluated, 600, "the checkpoint saved before epoch 0's evaluation")
+    preempted = time.monotonic()
+    blocker = subprocess.run(["sbatch", "--parsable", "--partition=high", "--nodes=2", "--cpus-per-task=2",
+                              "--mem=300", "--output=/dev/null", "--wrap", "sleep 5"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    wait_for(lambda: not any(trainers().values()), 120, "the gang to be gone from both nodes")
+    gone_after = time.monotonic() - preempted
+    first_start = task.log.read_text()
+    assert " epoch 0: " not in first_start, "the evaluation ended before the preemption: make it longer"
+    assert "stopped by SIGTERM" not in first_start, "the ranks saved after the evaluation: make it longer"
+    assert gone_after >= KILL_WAIT_S, f"the ranks were gone {gone_after:.0f} s after the preemption: not KillWait"
+    wait_for(lambda: state(sweep) in ("COMPLETED", "FAILED", "HELD", "LOST"), 900, "the preempted task to end")
+    assert state(sweep) == "COMPLETED", task.state()
+    assert not in_queue(blocker)
+    starts = start_lines(task.log)
+    per_epoch = int(starts[0].split(" step 0/")[1].split()[0])
+    assert len(starts) == 2 and f" start: epoch 0 step {per_epoch}/{per_epoch} " in starts[1], starts
+    assert steps(sweep, children(sweep)[0].info.run_id, "val_loss") == [0], "the epoch logged once"
 
 
 def node_state(node: str) -> str:
