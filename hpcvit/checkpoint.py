@@ -39,6 +39,33 @@ def load_weights(path: Path) -> Any:
         raise ValueError(f"{path}: not a loadable weights file ({first[:300]})") from None
 
 
+def differences(a: Any, b: Any) -> list[str]:
+    """The entries (``model.fc.weight``, ``rng[1].numpy[2]``, ...) in which two loaded checkpoints differ, in
+    value, shape, dtype or presence; ``[]`` when they are equal in every tensor and value (NaN equals NaN)."""
+
+    def flat(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from flat(v, f"{key}[{i}]")
+        else:
+            yield key, value
+
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.dtype != y.dtype or x.shape != y.shape:
+                return False
+            return torch.equal(x, y) or (x.is_floating_point() and bool(((x == y) | (x.isnan() & y.isnan())).all()))
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            return False
+        return bool(x == y) or (x != x and y != y)
+
+    fa, fb = dict(flat(a)), dict(flat(b))
+    return sorted(set(fa) ^ set(fb)) + [k for k in sorted(set(fa) & set(fb)) if not same(fa[k], fb[k])]
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """``dst`` atomically replaced by a hard link to ``src`` (no second write of the data), or by a copy where
     the file system has no hard links. Pruning ``src`` later leaves ``dst`` intact."""

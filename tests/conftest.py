@@ -17,6 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from hpcvit.checkpoint import differences, load_weights
 from hpcvit.ledger import SweepDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,29 +136,10 @@ def checkpoint_differences(sweep_a: SweepDir, sweep_b: SweepDir, index: int = 0,
     """Every entry (weights, optimiser, schedule, every generator of every rank, counters) in which the newest
     checkpoints of task ``index`` of ``sweep_a`` and task ``index_b`` (default: the same) of ``sweep_b`` differ."""
 
-    def flat(value: object, key: str = "") -> Iterator[tuple[str, object]]:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                yield from flat(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                yield from flat(v, f"{key}[{i}]")
-        else:
-            yield key, value
+    def newest(sweep: SweepDir, i: int) -> object:
+        return load_weights(sorted(sweep.task(i).checkpoints.glob("ckpt-*.pt"))[-1])
 
-    def newest(sweep: SweepDir, i: int) -> dict[str, object]:
-        path = sorted(sweep.task(i).checkpoints.glob("ckpt-*.pt"))[-1]
-        return dict(flat(torch.load(path, weights_only=False)))
-
-    a, b = newest(sweep_a, index), newest(sweep_b, index if index_b is None else index_b)
-    differ = sorted(set(a) ^ set(b))
-    for key in sorted(set(a) & set(b)):
-        x, y = a[key], b[key]
-        same = (isinstance(y, torch.Tensor) and x.shape == y.shape and torch.equal(x, y)) if isinstance(x, torch.Tensor) \
-            else x == y or (x != x and y != y)  # NaN equals NaN here
-        if not same:
-            differ.append(key)
-    return differ
+    return differences(newest(sweep_a, index), newest(sweep_b, index if index_b is None else index_b))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcvit.checkpoint import CheckpointManager
+from hpcvit.checkpoint import CheckpointManager, differences
 
 
 def _state(step: int) -> dict:
@@ -183,3 +183,15 @@ def test_a_gpu_snapshot_is_freed_once_written(tmp_path: Path) -> None:
     mgr.wait()
     assert mgr._staging is None
     assert torch.equal(torch.load(tmp_path / "ckpt-000000001.pt", weights_only=True)["w"], expected)
+
+
+def test_differences_names_every_entry_that_differs() -> None:
+    a = {"model": {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor([3])},
+         "rng": [{"python": (3, (1, 2), None), "numpy": ["MT19937", torch.arange(4)]}], "epoch": 2}
+    same = {"model": {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor([3])},
+            "rng": [{"python": (3, (1, 2), None), "numpy": ["MT19937", torch.arange(4)]}], "epoch": 2}
+    assert differences(a, same) == []  # NaN equals NaN
+    b = {"model": {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3.0])},
+         "rng": [{"python": (3, (1, 3), None), "numpy": ["MT19937", torch.arange(4)]}], "step": 2}
+    assert differences(a, b) == ["epoch", "step", "model.n", "model.w", "rng[0].python[1][1]"]
+    assert differences(a, {**a, "model": {"w": torch.zeros(3), "n": a["model"]["n"]}}) == ["model.w"]  # shape

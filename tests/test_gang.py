@@ -16,7 +16,7 @@ from tests.sampler import StateSampler
 from tests.conftest import SPEC, children, hpcvit, start_lines, steps, wait_for, write_spec
 from tests.test_train_features import make_sweep, tiny
 
-GRACE_S = 15.0
+GRACE_S = 5.0
 """Longest that status, state.json and MLflow may disagree during an event (a restart's MLflow word comes from a
 thread of the launcher as the trainer starts: seconds here, under two end-to-end tests on two cores)."""
 

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 TRAINER_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2"
 SAVE_WAIT_S = 120
 """How long the launcher waits, after a time-limit warning, for the trainer to save and exit."""
+MARK_READY_WAIT_S = 5.0
+"""How long the trainer's start waits for MLflow's import and the store's opening in the launcher (so that
+they do not run beside the trainer's own start-up and MLflow learns of the start as state.json does)."""
 
 
 def _die_with_launcher() -> None:
@@ -117,7 +120,8 @@ def _cancelled_unstarted(task: TaskDir, message: str) -> dict[str, Any]:
 
 
 def _start_mark(task: TaskDir, restarts: int, job_id: str) -> Any:
-    """MLflow told that the task runs, by the launcher, as the trainer starts (None without tracking)."""
+    """MLflow made ready to be told that the task runs, by the launcher, before the trainer starts (None
+    without tracking)."""
     if not task.sweep.manifest.get("tracking_uri"):
         return None
     from hpcvit.tracking import names
@@ -190,6 +194,8 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             task.keep_reserve()
         starts = int(task.state().get("starts", 0)) + int(first)
         restarts = max(0, starts - 1)  # another node's launcher may read the record before the first one writes it
+        job_id = submitit.JobEnvironment().job_id
+        mark = _start_mark(task, restarts, job_id) if first else None
         if nodes > 1:
             try:
                 check_rendezvous(*rendezvous(env), serve=first)
@@ -205,7 +211,8 @@ class TaskLauncher(submitit.helpers.Checkpointable):
             for name in ("MASTER_ADDR", "MASTER_PORT"):
                 child_env.pop(name, None)
             child_env.update(rank_env)
-        job_id = submitit.JobEnvironment().job_id
+        if mark is not None:
+            mark.ready(MARK_READY_WAIT_S)
         with open(task.log, "ab") as log:
             where = socket.gethostname() + (f", node {env.node_rank} of {nodes}" if nodes > 1 else "")
             log.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} on {where} "
@@ -218,7 +225,8 @@ class TaskLauncher(submitit.helpers.Checkpointable):
                              trainer_pgid=self._proc.pid, host=socket.gethostname(), job_id=job_id,
                              executor=env.executor, restarts=restarts, starts=starts, started=time.time(),
                              message="")  # the last stop's message is not this start's
-        mark = _start_mark(task, restarts, job_id) if first else None
+            if mark is not None:
+                mark.send()
         while (rc := self._proc.poll()) is None:
             time.sleep(0.5)
         if not first:  # the first node's launcher records the outcome (its rank 0 writes it)

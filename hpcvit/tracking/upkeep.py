@@ -59,40 +59,61 @@ def close_stale_run(sweep_dir: SweepDir, index: int, state: TaskState) -> bool:
 
 
 class StartMark:
-    """The launcher's word to MLflow that its task runs (again), sent as the trainer starts, seconds before the
-    trainer itself opens the run, from a thread at a lower CPU priority (the trainer's start-up comes first).
-    :meth:`settle`, once the trainer has ended, puts the run right if that word arrived after the trainer's last.
+    """The launcher's word to MLflow that its task runs (again), seconds before the trainer itself opens the run.
+
+    Made before the trainer starts, it imports MLflow and opens the store at once, in a thread, while the CPU
+    is still free (:meth:`ready` waits for that, bounded); :meth:`send`, once state.json says RUNNING, then
+    only has the two calls to make, so the two records agree within a fraction of a second instead of lagging
+    by MLflow's start-up under the trainer's. :meth:`settle`, once the trainer has ended, puts the run right
+    if that word arrived after the trainer's last.
     """
 
     def __init__(self, task: TaskDir, tags: dict[str, str]):
         self.task, self.tags, self.sent = task, tags, False
-        self._thread = threading.Thread(target=self._send, name="hpcvit-start-mark", daemon=True)
+        self._prepared, self._go = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpcvit-start-mark", daemon=True)
         self._thread.start()
 
-    def _send(self) -> None:
-        from hpcvit.tracking import names
-        from hpcvit.tracking.client import mlflow_client
+    def ready(self, wait_s: float) -> None:
+        """Wait up to ``wait_s`` for MLflow to be imported and the store opened."""
+        self._prepared.wait(wait_s)
 
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)  # Linux: this thread alone
-        except OSError:
-            pass
+    def send(self) -> None:
+        """Say RUNNING now (the thread does, as soon as it is prepared)."""
+        self._go.set()
+
+    def _run(self) -> None:
         try:
             uri, run_id = self.task.sweep.manifest.get("tracking_uri"), self.task.run_id()
             if not (uri and run_id):
                 return
             from mlflow.entities import RunTag
 
+            from hpcvit.tracking import names
+            from hpcvit.tracking.client import mlflow_client
+
             client = mlflow_client(uri)
-            client.update_run(run_id, status="RUNNING")
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in
-                                           {names.STATE_TAG: str(TaskState.RUNNING), **self.tags}.items()])
-            self.sent = True
+            tags = [RunTag(k, v) for k, v in {names.STATE_TAG: str(TaskState.RUNNING), **self.tags}.items()]
         except Exception as exc:  # noqa: BLE001 - the trainer opens the run itself; this word only comes sooner
+            log.warning("could not open MLflow for %s (%s: %s)", self.task.key, type(exc).__name__, exc)
+            return
+        finally:
+            self._prepared.set()
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)  # Linux: this thread alone
+        except OSError:
+            pass
+        self._go.wait()
+        try:
+            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, tags=tags)
+            self.sent = True
+        except Exception as exc:  # noqa: BLE001
             log.warning("could not mark the MLflow run of %s running (%s: %s)", self.task.key, type(exc).__name__, exc)
 
     def settle(self, state: TaskState, wait_s: float = 60.0) -> None:
         """After the trainer ended in ``state``: the run closed with that state, whatever arrived last."""
+        self._go.set()
         self._thread.join(wait_s)
         if self.sent:
             try:
