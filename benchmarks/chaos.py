@@ -76,6 +76,15 @@ def _ranks(procs: dict[int, tuple[int, list[str]]], task_path: Path) -> list[int
             if "hpcvit.train" in argv and str(task_path) in argv and "torch.distributed.run" not in argv]
 
 
+def _node(pid: int) -> str:
+    """The Slurm node a process runs on (``SLURMD_NODENAME`` in its environment; "" outside Slurm)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return next((e[16:].decode() for e in env if e.startswith(b"SLURMD_NODENAME=")), "")
+
+
 def _victims(task: Any) -> dict[str, int]:
     """The killable processes of a running task: its (first node's) launcher, and on every node the torchrun
     agent and the ranks it started (``torchrun``, ``rank0``, ``rank1``; ``@2`` for the second node's)."""
@@ -119,13 +128,14 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
 
     orphan_seen: dict[int, float] = {}
 
-    def watch() -> None:  # sampled twice a second: ranks of two live torchrun agents of one task = running twice
-        while not done.is_set():
+    def watch() -> None:  # sampled twice a second: ranks of two live torchrun agents of one task on one node
+        while not done.is_set():  # = running twice (a task on two nodes has one agent on each)
             procs = _processes()
             for task in sweep_dir.tasks():
                 ranks = _ranks(procs, task.path)
-                agents = {procs[pid][0] for pid in ranks if pid in procs and procs[pid][0] != 1}
-                if len(agents) > 1:
+                agents = Counter(_node(agent) for agent in
+                                 {procs[pid][0] for pid in ranks if pid in procs and procs[pid][0] != 1})
+                if any(n > 1 for n in agents.values()):
                     ran_twice[0] += 1
                 for pid in ranks:  # a rank whose agent died: how long it lives on (bounded by its watchdog)
                     if procs.get(pid, (0,))[0] == 1:
@@ -157,6 +167,8 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
                     kills[kind] += 1
                     killed_at[task.index] = _starts(task)
                     at_kill.append((task.index, time.time(), newest))
+                    report.setdefault("kill_log", []).append({"task": task.index, "process": kind,
+                                                             "newest_checkpoint": newest})
                 except ProcessLookupError:
                     pass
             continue
@@ -167,7 +179,10 @@ def _run_sweep(root: Path, args: argparse.Namespace, chaos: bool, report: dict[s
     done.set()
     watcher.join()
     orchestrate.finalize(sweep_dir)
-    lost = _steps_lost(sweep_dir, at_kill)
+    per_kill = _steps_lost(sweep_dir, at_kill)
+    for entry, value in zip(report.get("kill_log", []), per_kill):
+        entry["restart_minus_newest_checkpoint"] = value
+    lost = [v for v in per_kill if v is not None]
     report.update(kills=dict(kills), kills_total=sum(kills.values()), resumes=resumes, ran_twice=ran_twice[0],
                   orphan_rank_max_s=round(orphan_life[0], 1),
                   restarts_after_kills=len(lost), min_resume_minus_newest_checkpoint=min(lost, default=0),
@@ -192,23 +207,24 @@ def _trained_since_start(task: Any) -> bool:
     return " first step after " in text[text.rfind("=== start "):]
 
 
-def _steps_lost(sweep_dir: Any, at_kill: list[tuple[int, float, int]]) -> list[int]:
-    """For each kill: the step its task restarted from minus the newest checkpoint's step at the kill; >= 0
-    means no more than one checkpoint interval was lost (the trainer was at most ``every_steps`` past it)."""
+def _steps_lost(sweep_dir: Any, at_kill: list[tuple[int, float, int]]) -> list[int | None]:
+    """For each kill: the step its task restarted from minus the newest checkpoint's step at the kill (>= 0
+    means no more than one checkpoint interval was lost: the trainer was at most ``every_steps`` past it), or
+    None when the task did not start again after it (it had finished training)."""
     import datetime as dt
 
-    out = []
+    out: list[int | None] = []
     for index, when, newest in at_kill:
         task = sweep_dir.task(index)
         starts = [line for line in task.log.read_text().splitlines() if " start: epoch " in line]
         per_epoch = int(starts[0].split(" step 0/")[1].split()[0])
-        for line in starts[1:]:
-            stamp = dt.datetime.fromisoformat(line[1:line.index("]")]).timestamp()
-            if stamp > when:
-                epoch = int(line.split(" start: epoch ")[1].split()[0])
-                step = int(line.split(" step ")[1].split("/")[0])
-                out.append(epoch * per_epoch + step - newest)
-                break
+        later = [line for line in starts[1:] if dt.datetime.fromisoformat(line[1:line.index("]")]).timestamp() > when]
+        if not later:
+            out.append(None)
+            continue
+        epoch = int(later[0].split(" start: epoch ")[1].split()[0])
+        step = int(later[0].split(" step ")[1].split("/")[0])
+        out.append(epoch * per_epoch + step - newest)
     return out
 
 
