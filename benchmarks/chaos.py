@@ -93,7 +93,10 @@ def _victims(task: Any) -> dict[str, int]:
     found = {}
     if state.get("pid") in procs:
         found["launcher"] = state["pid"]
-    agents = sorted({procs[pid][0] for pid in _ranks(procs, task.path) if procs[pid][0] in procs},
+    # a rank's parent is its agent only while that lives: an orphan's (init, a subreaper) is nobody to kill
+    agents = sorted({parent for pid in _ranks(procs, task.path) if (parent := procs[pid][0]) in procs
+                     and parent != 1 and "torch.distributed.run" in procs[parent][1]
+                     and any(str(task.path) in arg for arg in procs[parent][1])},
                     key=lambda pid: pid != state.get("trainer_pgid"))  # the first node's agent first
     for n, agent in enumerate(agents):
         node = f"@{n + 1}" if n else ""

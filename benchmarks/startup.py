@@ -9,8 +9,8 @@ runs without torchrun) and stopped again after its first step; the trainer logs 
 (``torchrun_command``), and two baselines measured in the same run, each timed to a line it prints: ``import
 torch``, and a plain PyTorch process that builds the same model and ``AdamW``, reads a checkpoint of them and
 takes one step on a batch of the same shape. The second is what any PyTorch training start pays: the torch
-installed here imports ``torch._dynamo`` (over a second) in the optimiser's first ``add_param_group`` and in
-every ``step``, which ``import torch`` alone does not.
+installed here imports ``torch._dynamo`` (about a second) when an optimiser is made (``add_param_group``; its
+``step`` needs it too), which ``import torch`` alone does not.
 
 Target: first step <= 5 s after the process started (1 rank, small model, checkpoint present).
 
@@ -99,9 +99,9 @@ def import_torch_s() -> float:
 
 PLAIN = """
 import sys, torch
-from hpcvit.models.cnn import build_cnn_small
+from hpcvit.models import build_model
 torch.set_num_threads(2)
-model = build_cnn_small(2, 32, 1)
+model = build_model(sys.argv[2], 2, 32, 1)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 path = sys.argv[1]
 try:
@@ -117,9 +117,9 @@ torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
 """
 
 
-def plain_torch_s(ckpt: Path) -> float:
+def plain_torch_s(ckpt: Path, model: str) -> float:
     """A plain PyTorch process: model, AdamW, its checkpoint read, one step; seconds to that step."""
-    return _seconds_to_line(["-c", PLAIN, str(ckpt)], "first step")
+    return _seconds_to_line(["-c", PLAIN, str(ckpt), model], "first step")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         torchrun = torchrun_command(task, 1, 1, JobEnv.read(env))
         rows: dict[str, list[tuple[float, dict[str, float]]]] = {"direct": [], "torchrun": []}
         baseline, plain = [], []
-        plain_torch_s(root / "plain.pt")  # leaves the checkpoint every later start reads
+        plain_torch_s(root / "plain.pt", args.model)  # leaves the checkpoint every later start reads
         for _ in range(args.repeats):
             baseline.append(import_torch_s())
-            plain.append(plain_torch_s(root / "plain.pt"))
+            plain.append(plain_torch_s(root / "plain.pt", args.model))
             rows["direct"].append(start_once(task, direct, {**env, **rank_env}))
             rows["torchrun"].append(start_once(task, torchrun, env))
     base, plain_s = statistics.median(baseline), statistics.median(plain)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hpcvit import fsio
@@ -60,7 +61,10 @@ def differences(a: Any, b: Any) -> list[str]:
             return torch.equal(x, y) or (x.is_floating_point() and bool(((x == y) | (x.isnan() & y.isnan())).all()))
         if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
             return False
-        return bool(x == y) or (x != x and y != y)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):  # not from weights_only files; from callers
+            return (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.dtype == y.dtype
+                    and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"))
+        return type(x) is type(y) and (bool(x == y) or (x != x and y != y))
 
     fa, fb = dict(flat(a)), dict(flat(b))
     return sorted(set(fa) ^ set(fb)) + [k for k in sorted(set(fa) & set(fb)) if not same(fa[k], fb[k])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,3 +196,6 @@ def test_differences_names_every_entry_that_differs() -> None:
          "rng": [{"python": (3, (1, 3), None), "numpy": ["MT19937", torch.arange(4)]}], "step": 2}
     assert differences(a, b) == ["epoch", "step", "model.n", "model.w", "rng[0].python[1][1]"]
     assert differences(a, {**a, "model": {"w": torch.zeros(3), "n": a["model"]["n"]}}) == ["model.w"]  # shape
+    arrays = {"x": np.array([1.0, np.nan]), "y": np.arange(3), "z": 1}
+    assert differences(arrays, {"x": np.array([1.0, np.nan]), "y": np.arange(3), "z": 1}) == []
+    assert differences(arrays, {"x": np.array([1.0, 2.0]), "y": np.arange(3.0), "z": 1.0}) == ["x", "y", "z"]

@@ -201,16 +201,17 @@ def test_a_preemption_during_a_long_evaluation_loses_no_training(two_nodes: str,
         return any(m["epoch"] == 0 and m["step"] > 0 for m in metas)
 
     wait_for(trained_not_evaluated, 600, "the checkpoint saved before epoch 0's evaluation")
-    preempted = time.monotonic()
     blocker = subprocess.run(["sbatch", "--parsable", "--partition=high", "--nodes=2", "--cpus-per-task=2",
                               "--mem=300", "--output=/dev/null", "--wrap", "sleep 5"],
                              check=True, capture_output=True, text=True).stdout.strip()
+    # torchrun's agents log the SIGTERM they pass on; the ranks then live until Slurm's SIGKILL
+    wait_for(lambda: "Received 15 death signal" in task.log.read_text(), 120, "the preemption's SIGTERM")
+    signalled = time.monotonic()
     wait_for(lambda: not any(trainers().values()), 120, "the gang to be gone from both nodes")
-    gone_after = time.monotonic() - preempted
+    gone_after = time.monotonic() - signalled
     first_start = task.log.read_text()
     assert " epoch 0: " not in first_start, "the evaluation ended before the preemption: make it longer"
-    assert "stopped by SIGTERM" not in first_start, "the ranks saved after the evaluation: make it longer"
-    assert gone_after >= KILL_WAIT_S, f"the ranks were gone {gone_after:.0f} s after the preemption: not KillWait"
+    assert gone_after >= KILL_WAIT_S - 1, f"the ranks were gone {gone_after:.1f} s after SIGTERM: not at KillWait"
     wait_for(lambda: state(sweep) in ("COMPLETED", "FAILED", "HELD", "LOST"), 900, "the preempted task to end")
     assert state(sweep) == "COMPLETED", task.state()
     assert not in_queue(blocker)

@@ -27,7 +27,7 @@ from hpcvit.ledger import SweepDir, TaskDir
 from hpcvit.scheduler import slurm
 from hpcvit.scheduler.jobenv import RESTARTS_VAR, JobEnv
 from hpcvit.scheduler.local import Slot
-from hpcvit.scheduler.procs import die_with_parent, pid_alive, process_start_time, signal_group
+from hpcvit.scheduler.procs import die_with_parent, libc, pid_alive, process_start_time, signal_group
 from hpcvit.config import JobSpec
 from hpcvit.states import TaskState
 
@@ -195,6 +195,7 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         starts = int(task.state().get("starts", 0)) + int(first)
         restarts = max(0, starts - 1)  # another node's launcher may read the record before the first one writes it
         job_id = submitit.JobEnvironment().job_id
+        libc()  # loaded before the mark's thread runs: the trainer's preexec_fn then only calls into it
         mark = _start_mark(task, restarts, job_id) if first else None
         if nodes > 1:
             try:
@@ -279,10 +280,12 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         what = "torchrun's agent" if self._proc is not None and "torch.distributed.run" in self._proc.args else \
             "the trainer"
         if stopped and rc == -signal.SIGKILL:  # the ranks saved because their agent died, not for a stop request
-            if mark is None:
+            if mark is not None:
+                mark.settle(TaskState.LOST)  # closes the run LOST if the mark's word was the last
+            if mark is None or not mark.sent:  # only the launcher knows: the ranks reported a stop
                 _tell_tracking(task, TaskState.LOST)
-            return record(TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its ranks saved{where}: "
-                          "`hpcvit resume` continues it")
+            return task.write_state(state=TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its "
+                                    f"ranks saved{where}: `hpcvit resume` continues it")
         if stopped:
             return record(TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
                                     **ended)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 from pathlib import Path
@@ -33,6 +34,13 @@ def pid_alive(pid: int | str | None) -> bool:
     return pid is not None and str(pid).isdigit() and process_start_time(int(pid)) is not None
 
 
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, loaded once. A parent that forks with threads running loads it first, so that its
+    child's :func:`die_with_parent` (a ``preexec_fn``) only calls into it and never takes the loader's lock."""
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     """Have the kernel send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
 
@@ -40,8 +48,7 @@ def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     signal is sent at once.
     """
     parent = os.getppid()
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(sig))
+    libc().prctl(_PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent or parent == 1:
         os.kill(os.getpid(), sig)
 
