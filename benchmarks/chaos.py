@@ -94,14 +94,15 @@ def _victims(task: Any) -> dict[str, int]:
     if state.get("pid") in procs:
         found["launcher"] = state["pid"]
     # a rank's parent is its agent only while that lives: an orphan's (init, a subreaper) is nobody to kill
-    agents = sorted({parent for pid in _ranks(procs, task.path) if (parent := procs[pid][0]) in procs
+    ranks = _ranks(procs, task.path)
+    agents = sorted({parent for pid in ranks if (parent := procs[pid][0]) in procs
                      and parent != 1 and "torch.distributed.run" in procs[parent][1]
                      and any(str(task.path) in arg for arg in procs[parent][1])},
                     key=lambda pid: pid != state.get("trainer_pgid"))  # the first node's agent first
     for n, agent in enumerate(agents):
         node = f"@{n + 1}" if n else ""
         found[f"torchrun{node}"] = agent
-        for k, pid in enumerate(sorted(p for p in _ranks(procs, task.path) if procs[p][0] == agent)):
+        for k, pid in enumerate(sorted(p for p in ranks if procs[p][0] == agent)):
             found[f"rank{k}{node}"] = pid
     return found
 

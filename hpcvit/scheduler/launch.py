@@ -258,10 +258,13 @@ class TaskLauncher(submitit.helpers.Checkpointable):
     def _outcome(self, task: TaskDir, rc: int, mark: Any = None) -> dict[str, Any]:
         ended = {"returncode": rc, "ended": time.time()}
 
-        def record(state: TaskState, **fields: Any) -> dict[str, Any]:
-            # MLflow first: once state.json says how the task ended, status may decide on it (the job ends now)
+        def record(state: TaskState, only_here: bool = False, **fields: Any) -> dict[str, Any]:
+            # MLflow first: once state.json says how the task ended, status may decide on it (the job ends now).
+            # ``only_here``: a state the trainer never told MLflow, which the launcher alone knows.
             if mark is not None:
-                mark.settle(state)
+                mark.settle(state, only_here)
+            elif only_here:
+                _tell_tracking(task, state)
             return task.write_state(state=state, **fields)
         if task.result():
             return record(TaskState.COMPLETED, message="", **ended)
@@ -280,12 +283,8 @@ class TaskLauncher(submitit.helpers.Checkpointable):
         what = "torchrun's agent" if self._proc is not None and "torch.distributed.run" in self._proc.args else \
             "the trainer"
         if stopped and rc == -signal.SIGKILL:  # the ranks saved because their agent died, not for a stop request
-            if mark is not None:
-                mark.settle(TaskState.LOST)  # closes the run LOST if the mark's word was the last
-            if mark is None or not mark.sent:  # only the launcher knows: the ranks reported a stop
-                _tell_tracking(task, TaskState.LOST)
-            return task.write_state(state=TaskState.LOST, **ended, message=f"{what} was killed (SIGKILL); its "
-                                    f"ranks saved{where}: `hpcvit resume` continues it")
+            return record(TaskState.LOST, only_here=True, **ended,  # the ranks told MLflow of a stop
+                          message=f"{what} was killed (SIGKILL); its ranks saved{where}: `hpcvit resume` continues it")
         if stopped:
             return record(TaskState.PREEMPTED, message=f"stopped by {stopped['signal']}{where}",
                                     **ended)

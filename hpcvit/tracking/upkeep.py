@@ -111,11 +111,12 @@ class StartMark:
         except Exception as exc:  # noqa: BLE001
             log.warning("could not mark the MLflow run of %s running (%s: %s)", self.task.key, type(exc).__name__, exc)
 
-    def settle(self, state: TaskState, wait_s: float = 60.0) -> None:
-        """After the trainer ended in ``state``: the run closed with that state, whatever arrived last."""
+    def settle(self, state: TaskState, only_here: bool = False, wait_s: float = 60.0) -> None:
+        """After the trainer ended in ``state``: the run closed with that state, whatever arrived last; also when
+        this word never went out if ``only_here`` (a state only the launcher knows, which the trainer never told)."""
         self._go.set()
         self._thread.join(wait_s)
-        if self.sent:
+        if self.sent or only_here:
             try:
                 close_stale_run(self.task.sweep, self.task.index, state)
             except Exception as exc:  # noqa: BLE001 - status puts it right later
