@@ -48,7 +48,6 @@ def main() -> None:
 
     from hpcvit.hits.data import padding_fraction
     from hpcvit.hits.generate import generate
-    from hpcvit.hits.matching import hit_loss
     from hpcvit.hits.simulate import EventConfig
     from hpcvit.orchestrate import create_sweep
     from hpcvit.sweep import load_sweep
@@ -95,7 +94,7 @@ resources: {{nproc_per_node: 1}}
         torch.manual_seed(0)
         model = trainer.objective.build_model()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-        per_slot = trainer.objective.per_slot
+        head = trainer.objective.head
 
         def plain() -> float:
             model.train()
@@ -103,7 +102,7 @@ resources: {{nproc_per_node: 1}}
             for x, y in batches:
                 opt.zero_grad(set_to_none=True)
                 out = model(x["hits"], x["pad"])
-                loss = hit_loss(out, {k: y[k] for k in ("particle", "labels", "pad")}, per_slot)
+                loss = head.loss(out, {k: y[k] for k in ("particle", "labels", "pad")})
                 loss.backward()
                 opt.step()
             return real / (time.perf_counter() - t)

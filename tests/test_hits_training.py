@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from hpcvit.hits.generate import generate
-from hpcvit.hits.matching import hit_loss, match_slots
+from hpcvit.hits.heads import HEADS, edge_clusters, edge_truth
+from hpcvit.hits.matching import match_slots
 from hpcvit.hits.metrics import Event, adjusted_rand, event_table, summarize
-from hpcvit.hits.models import TYPES, build_clusters_finder, build_hit_set_transformer
+from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_graph_transformer, build_hit_set_transformer,
+                               neighbours)
 from hpcvit.hits.simulate import EventConfig
 from hpcvit.ledger import find_sweep
 from hpcvit.training.loop import Trainer
@@ -59,10 +61,13 @@ def test_cluster_metrics_against_hand_computed_events() -> None:
     assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(-0.5)
 
 
-@pytest.mark.parametrize("builder,per_slot", [(build_clusters_finder, False), (build_hit_set_transformer, True)])
-def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, per_slot: bool) -> None:
+@pytest.mark.parametrize("builder,head", [(build_clusters_finder, "hits"), (build_hit_set_transformer, "slots"),
+                                          (build_hit_graph_transformer, "edges")])
+def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, head: str) -> None:
     torch.manual_seed(0)
-    model = builder(5, nlayers_encoder=1, nlayers_decoder=1)
+    small = {"nlayers_local": 1, "k": 6} if head == "edges" else {"nlayers_encoder": 1, "nlayers_decoder": 1}
+    model = builder(5, **small)
+    assert model.head == head
     b, h = 3, 40
     hits, pad = torch.randn(b, h, 5), torch.zeros(b, h, dtype=torch.bool)
     pad[1, 30:] = True
@@ -73,11 +78,19 @@ def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, per_slo
     labels = rows[particle.clamp_min(0)]
     with torch.no_grad():
         out = model(hits, pad)
-    loss = hit_loss(out, {"particle": particle, "labels": labels, "pad": pad}, per_slot)
+    loss = HEADS[head].loss(out, {"particle": particle, "labels": labels, "pad": pad})
     perm = torch.tensor([3, 0, 4, 1, 2])  # particle j is called perm[j]
     renamed = torch.where(particle >= 0, perm[particle.clamp_min(0)], -1)
-    again = hit_loss(out, {"particle": renamed, "labels": labels, "pad": pad}, per_slot)
+    again = HEADS[head].loss(out, {"particle": renamed, "labels": labels, "pad": pad})
     assert torch.allclose(loss, again, rtol=1e-6), (loss, again)
+    if head == "edges":
+        # an edge's truth is whether its hits share a particle: renaming keeps it, moving one hit changes it
+        same, _ = edge_truth(particle, labels, out["nbr"], out["nbr_pad"])
+        assert torch.equal(same, edge_truth(renamed, labels, out["nbr"], out["nbr_pad"])[0])
+        moved = particle.clone()
+        moved[0, 0] = (moved[0, 0] + 1) % 4
+        assert not torch.equal(same, edge_truth(moved, labels, out["nbr"], out["nbr_pad"])[0])
+        return
     # the matching follows the particles, whatever their numbers
     assert torch.equal(match_slots(out["assign"], particle), match_slots(out["assign"], renamed))
     # and the check has teeth: a plain cross-entropy on the particle numbers moves with them
@@ -86,6 +99,39 @@ def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, per_slo
     plain2 = torch.nn.functional.cross_entropy(out["assign"].reshape(-1, out["assign"].shape[-1]),
                                                renamed.reshape(-1), ignore_index=-1)
     assert not torch.allclose(plain, plain2)
+
+
+def test_edge_clusters_are_the_groups_of_edges_above_the_threshold() -> None:
+    # event 0: hits 0-1-2 linked in a chain, 3-4 linked, the 2-3 edge below threshold; event 1: 2 hits + padding
+    nbr = torch.tensor([[[1, 2], [0, 2], [1, 3], [4, 2], [3, 0]], [[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]]])
+    edge = torch.full((2, 5, 2), -5.0)
+    for i, j in ((0, 0), (1, 1), (3, 0), (4, 0)):
+        edge[0, i, j] = 5.0
+    edge[0, 2, 1] = 0.1  # p = 0.52: a link at threshold 0.5, none at 0.6
+    edge[1, 0, 0] = 5.0
+    pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    nbr_pad = torch.zeros(2, 5, 2, dtype=torch.bool)
+    nbr_pad[1, :, 1] = True
+    nbr_pad[1, 2:] = True
+    hit_type = torch.zeros(2, 5, len(TYPES))
+    hit_type[0, :3, G], hit_type[0, 3:, NH], hit_type[1, :, G] = 9.0, 9.0, 9.0
+    out = {"edge": edge, "nbr": nbr, "nbr_pad": nbr_pad, "type": hit_type}
+    slot, types = edge_clusters(out, pad, threshold=0.6)
+    assert slot[0].tolist() == [0, 0, 0, 1, 1] and slot[1].tolist() == [0, 0, -1, -1, -1]
+    assert types[0].shape == (2, len(TYPES)) and types[0][:, [G, NH]].argmax(1).tolist() == [0, 1]
+    assert types[1].shape == (1, len(TYPES))
+    assert edge_clusters(out, pad, threshold=0.5)[0][0].tolist() == [0] * 5
+
+
+def test_neighbours_leave_out_the_hit_itself_and_the_padding() -> None:
+    coords = torch.tensor([[[0.0], [1.0], [3.0], [7.0]], [[0.0], [2.0], [0.5], [0.0]]])
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    nbr, missing = neighbours(coords, pad, 2)
+    assert nbr[0].tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]] and not missing[0].any()
+    assert nbr[1, 0, 0] == 1 and nbr[1, 1, 0] == 0 and missing[1].tolist() == [[False, True], [False, True],
+                                                                                [True, True], [True, True]]
+    with pytest.raises(ValueError, match=r"coords \[1, 2, 9\]"):
+        build_hit_graph_transformer(5, coords=[1, 2, 9])
 
 
 SPEC = """
@@ -107,7 +153,8 @@ checkpoint: {{every_steps: 2, every_minutes: null, keep: 3}}
 resources: {{nproc_per_node: {ranks}, cpus_per_task: 2, array_parallelism: 2}}
 """
 SMALL = {"clusters_finder": "{nclusters_max: 6, dmodel: 16, nhid_ff_trsf: 32, nlayers_encoder: 1, nlayers_decoder: 1}",
-         "hit_set_transformer": "{n_queries: 6, dmodel: 16, dim_ff: 32, nlayers_encoder: 1, nlayers_decoder: 1}"}
+         "hit_set_transformer": "{n_queries: 6, dmodel: 16, dim_ff: 32, nlayers_encoder: 1, nlayers_decoder: 1}",
+         "hit_graph_transformer": "{k: 6, dmodel: 16, dim_ff: 32, nlayers_local: 1, nlayers_global: 1}"}
 
 
 def _events(path: Path, n: int) -> Path:
@@ -116,7 +163,8 @@ def _events(path: Path, n: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("model,scaling", [("clusters_finder", "seed"), ("hit_set_transformer", "standard")])
+@pytest.mark.parametrize("model,scaling", [("clusters_finder", "seed"), ("hit_set_transformer", "standard"),
+                                           ("hit_graph_transformer", "standard")])
 def test_a_hit_clustering_run_trains_and_writes_its_figures(workdir: Path, model: str, scaling: str) -> None:
     path = _events(workdir / "calo.h5", 64)
     sweep = make_sweep(workdir, SPEC.format(name="hits", path=path, scaling=scaling, model=model, kwargs=SMALL[model],

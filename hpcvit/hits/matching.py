@@ -98,14 +98,9 @@ def hit_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], per_
     type_logp = F.log_softmax(out["type"].float(), dim=-1) if per_slot else None
     slots = match_slots(assign, particle, type_logp, types if per_slot else None)
     loss = w.assign * F.cross_entropy(assign.reshape(-1, assign.shape[-1]), slots.reshape(-1), ignore_index=-1)
-    kin_target = kinematics(labels)
     if not per_slot:
-        loss = loss + w.type * F.cross_entropy(out["type"].float().reshape(-1, out["type"].shape[-1]),
-                                               types.reshape(-1), ignore_index=-1)
-        real = (particle >= 0) & (types != NOISE)
-        if real.any():
-            loss = loss + w.kin * F.mse_loss(out["kin"].float()[real], kin_target[real])
-        return loss
+        return with_per_hit_loss(loss, out, particle, labels, w)
+    kin_target = kinematics(labels)
     # per-slot heads: the matched slots learn their particle's type and kinematics, the others "no particle"
     b, k = out["type"].shape[:2]
     n_p = int(particle.max().item()) + 1 if particle.numel() else 0
@@ -127,6 +122,19 @@ def hit_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], per_
                                            weight=weight)
     if has_kin.any():
         loss = loss + w.kin * F.mse_loss(out["kin"].float()[has_kin], slot_kin[has_kin])
+    return loss
+
+
+def with_per_hit_loss(loss: torch.Tensor, out: dict[str, torch.Tensor], particle: torch.Tensor,
+                      labels: torch.Tensor, w: LossWeights = LossWeights()) -> torch.Tensor:
+    """``loss`` plus the type cross-entropy and kinematics MSE of per-hit heads (each hit says its particle's
+    type and kinematics; noise hits say noise and have no kinematics)."""
+    types = torch.where(particle >= 0, particle_type(labels[..., 1], labels[..., 0]), -1)
+    loss = loss + w.type * F.cross_entropy(out["type"].float().reshape(-1, out["type"].shape[-1]), types.reshape(-1),
+                                    ignore_index=-1)
+    real = (particle >= 0) & (types != NOISE)
+    if real.any():
+        loss = loss + w.kin * F.mse_loss(out["kin"].float()[real], kinematics(labels)[real])
     return loss
 
 

@@ -1,13 +1,17 @@
 """Models that assign an event's hits to the particles that made them.
 
-Both take ``(hits, pad)``: the scaled numbers of every hit (batch x hits x features) and the padding mask (True
-at padding) and return a dict of logits:
+Each takes ``(hits, pad)``: the scaled numbers of every hit (batch x hits x features) and the padding mask (True
+at padding) and returns a dict of logits. Its ``head`` says how they read (:mod:`hpcvit.hits.heads` holds the
+loss and the clustering of each):
 
-- ``assign`` (batch x hits x slots): which of the model's slots (clusters, queries) each hit belongs to;
-- ``type`` (per hit, or per slot with ``per_slot``): the particle type, :data:`TYPES`;
-- ``kin``: the particle's log-energy and unit direction (4 numbers).
+- ``hits``: ``assign`` (batch x hits x slots), the slot each hit belongs to; ``type`` (the particle type,
+  :data:`TYPES`) and ``kin`` (the particle's log-energy and unit direction) per hit;
+- ``slots``: ``assign`` as above; ``type`` (with a last "no particle" class) and ``kin`` per slot;
+- ``edges``: ``edge`` (batch x hits x k), whether a hit and each of its ``nbr`` (k nearest neighbours) come
+  from one particle; ``type`` and ``kin`` per hit.
 
-Slots are unordered: the loss matches them to the truth particles (:mod:`hpcvit.hits.matching`).
+Slots are unordered: the loss matches them to the truth particles (:mod:`hpcvit.hits.matching`). An edge is
+scored by whether its two hits share a particle, whatever the particles' numbers.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class ClustersFinder(nn.Module):
     the decoder and the cross-attention (the seed's ``create_mask``); outputs are logits (the seed applied a
     softmax before a cross-entropy, which applies its own)."""
 
+    head = "hits"
+
     def __init__(self, n_features: int, n_types: int = len(TYPES), nclusters_max: int = 16, dmodel: int = 64,
                  nhead: int = 4, nhid_ff_trsf: int = 128, nlayers_encoder: int = 2, nlayers_decoder: int = 2,
                  nlayers_embder: int = 2, dropout: float = 0.0):
@@ -74,7 +80,7 @@ class HitSetTransformer(nn.Module):
     encoded hits and becomes one particle candidate with its type (or no particle) and kinematics; a hit belongs
     to the query whose embedding its own matches best (``assign`` = hit . query / sqrt(d))."""
 
-    per_slot = True
+    head = "slots"
 
     def __init__(self, n_features: int, n_types: int = len(TYPES), n_queries: int = 16, dmodel: int = 96,
                  nhead: int = 4, dim_ff: int = 192, nlayers_encoder: int = 3, nlayers_decoder: int = 3,
@@ -101,6 +107,100 @@ class HitSetTransformer(nn.Module):
         return {"assign": assign, "type": self.type_head(q), "kin": self.kin_head(q)}
 
 
+class LocalAttention(nn.Module):
+    """Pre-norm attention of each hit over its ``k`` nearest neighbours, keys and values shifted by an encoding
+    of where the neighbour lies (``pe``, Point Transformer), then a feed-forward block."""
+
+    def __init__(self, dmodel: int, nhead: int, dim_ff: int):
+        super().__init__()
+        self.nhead, self.norm1, self.norm2 = nhead, nn.LayerNorm(dmodel), nn.LayerNorm(dmodel)
+        self.q, self.kv = nn.Linear(dmodel, dmodel), nn.Linear(dmodel, 2 * dmodel)
+        self.out = nn.Linear(dmodel, dmodel)
+        self.ff = nn.Sequential(nn.Linear(dmodel, dim_ff), nn.GELU(), nn.Linear(dim_ff, dmodel))
+
+    def forward(self, h: torch.Tensor, nbr: torch.Tensor, pe: torch.Tensor, nbr_pad: torch.Tensor) -> torch.Tensor:
+        b, n, k = nbr.shape
+        d, heads = h.shape[-1], self.nhead
+        x = self.norm1(h)
+        kv = gather(self.kv(x), nbr)  # b x n x k x 2d
+        key = (kv[..., :d] + pe).view(b, n, k, heads, -1)
+        value = (kv[..., d:] + pe).view(b, n, k, heads, -1)
+        score = (self.q(x).view(b, n, 1, heads, -1) * key).sum(-1) / math.sqrt(d // heads)  # b x n x k x heads
+        w = torch.softmax(score.masked_fill(nbr_pad.unsqueeze(-1), float("-inf")), dim=2)
+        w = torch.nan_to_num(w, nan=0.0).unsqueeze(-1)  # a padding hit has no real neighbour
+        h = h + self.out((w * value).sum(2).reshape(b, n, d))
+        return h + self.ff(self.norm2(h))
+
+
+def gather(values: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """``values`` (batch x hits x d) of each hit's neighbours ``nbr`` (batch x hits x k): batch x hits x k x d."""
+    b, n, k = nbr.shape
+    flat = (nbr + torch.arange(b, device=nbr.device).view(b, 1, 1) * n).reshape(-1)
+    return values.reshape(b * n, -1)[flat].view(b, n, k, -1)
+
+
+def neighbours(coords: torch.Tensor, pad: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each hit's ``k`` nearest other hits (batch x hits x k indices) and which of those are not there (padding,
+    or an event with fewer than ``k + 1`` hits)."""
+    with torch.no_grad():
+        n = coords.shape[1]
+        d = torch.cdist(coords.float(), coords.float())
+        d = d.masked_fill(pad.unsqueeze(1), float("inf"))
+        d = d.masked_fill(torch.eye(n, dtype=torch.bool, device=d.device), float("inf"))
+        dist, nbr = torch.topk(d, max(min(k, n - 1), 1), dim=-1, largest=False, sorted=True)
+        return nbr, torch.isinf(dist) | pad.unsqueeze(-1)
+
+
+class HitGraphTransformer(nn.Module):
+    """Attention over each hit's ``k`` nearest neighbours (``nlayers_local``), then over the whole event
+    (``nlayers_global``), and an edge head: for a hit and each neighbour, the logit that both come from one
+    particle. Clusters are the connected groups of edges above ``threshold``: the learnt successor of the
+    topological baseline's fixed neighbourhood. Type and kinematics per hit. Neighbours are found in the fed
+    numbers ``coords`` (x, y, z: columns 1-3 when ``data.hits.features`` starts E, x, y, z)."""
+
+    head = "edges"
+
+    def __init__(self, n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64, nhead: int = 4,
+                 dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
+                 coords: list[int] | None = None, threshold: float = 0.5):
+        super().__init__()
+        coords = [1, 2, 3] if coords is None else list(coords)
+        if not coords or max(coords) >= n_features or min(coords) < 0:
+            raise ValueError(f"coords {list(coords)}: give columns among the {n_features} fed numbers of a hit")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold {threshold}: an edge probability, between 0 and 1")
+        self.k, self.coords, self.threshold = k, coords, float(threshold)
+        n_rel = len(coords) + 1 + n_features  # offset, distance, the difference of every fed number
+        self.embed = nn.Sequential(nn.Linear(n_features, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
+        self.rel = nn.Sequential(nn.Linear(n_rel, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
+        self.local = nn.ModuleList(LocalAttention(dmodel, nhead, dim_ff) for _ in range(nlayers_local))
+        self.globals = nn.ModuleList(
+            nn.TransformerEncoderLayer(dmodel, nhead, dim_ff, 0.0, batch_first=True, norm_first=True)
+            for _ in range(nlayers_global))
+        self.norm = nn.LayerNorm(dmodel)
+        # the edge MLP's first layer on (hit, neighbour, offset), taken apart so each hit's share is computed once
+        self.edge_hit, self.edge_nbr = nn.Linear(dmodel, dmodel), nn.Linear(dmodel, dmodel, bias=False)
+        self.edge_rel = nn.Linear(dmodel, dmodel, bias=False)
+        self.edge_out = nn.Sequential(nn.GELU(), nn.Linear(dmodel, 1))
+        self.type_head = nn.Linear(dmodel, n_types)
+        self.kin_head = nn.Linear(dmodel, 4)
+
+    def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        nbr, nbr_pad = neighbours(hits[..., self.coords], pad, self.k)
+        diff = gather(hits, nbr) - hits.unsqueeze(2)
+        offset = diff[..., self.coords]
+        pe = self.rel(torch.cat([offset, offset.norm(dim=-1, keepdim=True), diff], dim=-1))
+        h = self.embed(hits)
+        for layer in self.local:
+            h = layer(h, nbr, pe, nbr_pad)
+        for layer in self.globals:
+            h = layer(h, src_key_padding_mask=pad)
+        h = self.norm(h)
+        pair = self.edge_hit(h).unsqueeze(2) + gather(self.edge_nbr(h), nbr) + self.edge_rel(pe)
+        edge = self.edge_out(pair).squeeze(-1)
+        return {"edge": edge, "nbr": nbr, "nbr_pad": nbr_pad, "type": self.type_head(h), "kin": self.kin_head(h)}
+
+
 def build_clusters_finder(n_features: int, n_types: int = len(TYPES), nclusters_max: int = 16, dmodel: int = 64,
                           nhead: int = 4, nhid_ff_trsf: int = 128, nlayers_encoder: int = 2, nlayers_decoder: int = 2,
                           nlayers_embder: int = 2, dropout: float = 0.0) -> nn.Module:
@@ -113,3 +213,10 @@ def build_hit_set_transformer(n_features: int, n_types: int = len(TYPES), n_quer
                               dropout: float = 0.0) -> nn.Module:
     return HitSetTransformer(n_features, n_types, n_queries, dmodel, nhead, dim_ff, nlayers_encoder,
                              nlayers_decoder, dropout)
+
+
+def build_hit_graph_transformer(n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64,
+                                nhead: int = 4, dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
+                                coords: list[int] | None = None, threshold: float = 0.5) -> nn.Module:
+    return HitGraphTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
+                               coords, threshold)

@@ -52,3 +52,6 @@ register_model("clusters_finder", "hpcvit.hits.models:build_clusters_finder", "h
 register_model("hit_set_transformer", "hpcvit.hits.models:build_hit_set_transformer", "hits",
                "hit encoder + learnt cluster queries (DETR/MaskFormer), Hungarian-matched to the particles",
                inputs="hits")
+register_model("hit_graph_transformer", "hpcvit.hits.models:build_hit_graph_transformer", "hits",
+               "attention over each hit's nearest neighbours and the event; same-particle edges, connected",
+               inputs="hits")

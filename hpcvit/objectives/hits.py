@@ -35,14 +35,13 @@ class ClusterOutputs(Evaluator):
         self.objective, self.events, self.loss, self.n = objective, [], 0.0, 0
 
     def add(self, out: dict[str, torch.Tensor], y: dict[str, Any]) -> None:
-        from hpcvit.hits.matching import hit_loss, predicted_clusters
-
-        device = out["assign"].device
+        head = self.objective.head
+        device = out["type"].device
         target = {k: v.to(device) for k, v in y.items() if k in ("particle", "labels", "pad")}
-        self.loss += float(hit_loss(out, target, self.objective.per_slot).item()) * len(y["event"])
+        self.loss += float(head.loss(out, target).item()) * len(y["event"])
         self.n += len(y["event"])
-        slot, types = predicted_clusters(out, target["pad"], self.objective.per_slot)
-        slot, types, pad = slot.cpu().numpy(), types.float().cpu().numpy(), y["pad"].numpy()
+        slot, types = head.clusters(out, target["pad"], self.objective.threshold)
+        slot, pad = slot.cpu().numpy(), y["pad"].numpy()
         for i, event in enumerate(y["event"].tolist()):
             keep = ~pad[i]
             self.events.append((event, slot[i][keep], types[i], y["raw"][i][keep].numpy(),
@@ -83,7 +82,7 @@ class HitClustering(Objective):
         from hpcvit.config import HitsSpec
 
         self.hits = spec.data.hits or HitsSpec()
-        self.per_slot = False
+        self.head_name, self.threshold = "hits", 0.5
 
     # -- data --------------------------------------------------------------------------------------------------
     @classmethod
@@ -184,8 +183,16 @@ class HitClustering(Objective):
 
         model = build_hit_model(self.spec.model.name, len(self.hits.features), n_types=len(TYPES),
                                 **self.spec.model.kwargs)
-        self.per_slot = bool(getattr(model, "per_slot", False))
+        self.head_name = str(getattr(model, "head", "hits"))
+        self.threshold = float(getattr(model, "threshold", 0.5))
         return model
+
+    @property
+    def head(self) -> Any:
+        """The loss and the clusters of the model's outputs (:mod:`hpcvit.hits.heads`)."""
+        from hpcvit.hits.heads import HEADS
+
+        return HEADS[self.head_name]
 
     def inputs(self, x: dict[str, Any], device: torch.device) -> list[torch.Tensor]:
         return [x["hits"].to(device, non_blocking=True), x["pad"].to(device, non_blocking=True)]
@@ -194,9 +201,7 @@ class HitClustering(Objective):
         return {k: y[k].to(device, non_blocking=True) for k in ("particle", "labels", "pad")}
 
     def loss(self, out: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
-        from hpcvit.hits.matching import hit_loss
-
-        return hit_loss(out, target, self.per_slot)
+        return self.head.loss(out, target)
 
     def count(self, y: dict[str, Any]) -> int:
         return len(y["event"])
@@ -218,12 +223,14 @@ class HitClustering(Objective):
         metrics, _ = summarize(scored)
         n = sum(p[2] for p in parts)
         metrics["loss"] = sum(p[1] for p in parts) / max(n, 1)
-        sizes = [len(e[1]) for e in events]
+        sizes, clusters = [len(e[1]) for e in events], [len(e[2]) for e in events]
         predictions = {"event": np.array([e[0] for e in events], np.int64),
                        "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
                        "pred": np.concatenate([e[1] for e in events]).astype(np.int32) if events else np.zeros(0),
                        "truth": np.concatenate([e[4] for e in events]).astype(np.int32) if events else np.zeros(0),
-                       "types": np.stack([e[2] for e in events]).astype(np.float32) if events else np.zeros((0, 0, 0))}
+                       "type_offsets": np.concatenate([[0], np.cumsum(clusters)]).astype(np.int64),
+                       "types": (np.concatenate([e[2] for e in events]).astype(np.float32) if events
+                                 else np.zeros((0, 0), np.float32))}
         return metrics, predictions
 
     def write_artifacts(self, folder: Path, predictions: dict[str, dict[str, np.ndarray]], label: str) -> list[Path]:
@@ -244,7 +251,7 @@ class HitClustering(Objective):
             lo, hi = int(p["offsets"][i]), int(p["offsets"][i + 1])
             raw, particle, labels = item["raw"], item["particle"], item["labels"]
             base = E.baseline(raw, cols)
-            types = p["types"][i] if "types" in p else None
+            types = p["types"][p["type_offsets"][i]:p["type_offsets"][i + 1]] if "type_offsets" in p else None
             model_events.append(E.event(raw, particle, labels, p["pred"][lo:hi], types, cols))
             base_events.append(E.event(raw, particle, labels, base, None, cols))
             if len(shown) < DISPLAYS:
