@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KWARGS = {"clusters_finder": "{nclusters_max: 16, dmodel: 64, nhid_ff_trsf: 128}",
-          "hit_set_transformer": "{n_queries: 16, dmodel: 64, dim_ff: 128, nlayers_encoder: 3, nlayers_decoder: 2}"}
+          "hit_set_transformer": "{n_queries: 16, dmodel: 64, dim_ff: 128, nlayers_encoder: 3, nlayers_decoder: 2}",
+          "hit_graph_transformer": "{k: 8, dmodel: 64, dim_ff: 128, nlayers_local: 3, nlayers_global: 1}"}
 
 
 def main() -> None:

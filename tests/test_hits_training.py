@@ -101,13 +101,15 @@ def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, head: s
     assert not torch.allclose(plain, plain2)
 
 
-def test_edge_clusters_are_the_groups_of_edges_above_the_threshold() -> None:
-    # event 0: hits 0-1-2 linked in a chain, 3-4 linked, the 2-3 edge below threshold; event 1: 2 hits + padding
+def test_edge_clusters_join_groups_by_the_mean_of_the_edges_between_them() -> None:
+    # event 0: hits 0-1-2 and 3-4 sure of each other; between the groups, 2->3 says "one particle" (p = 0.73),
+    # 3->2 and 4->0 say no (p = 0.007): the mean (0.25) keeps them apart, where connected components of the
+    # edges above 0.5 would join them. Event 1: two hits and padding.
     nbr = torch.tensor([[[1, 2], [0, 2], [1, 3], [4, 2], [3, 0]], [[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]]])
     edge = torch.full((2, 5, 2), -5.0)
-    for i, j in ((0, 0), (1, 1), (3, 0), (4, 0)):
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (3, 0), (4, 0)):
         edge[0, i, j] = 5.0
-    edge[0, 2, 1] = 0.1  # p = 0.52: a link at threshold 0.5, none at 0.6
+    edge[0, 2, 1] = 1.0
     edge[1, 0, 0] = 5.0
     pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
     nbr_pad = torch.zeros(2, 5, 2, dtype=torch.bool)
@@ -116,11 +118,14 @@ def test_edge_clusters_are_the_groups_of_edges_above_the_threshold() -> None:
     hit_type = torch.zeros(2, 5, len(TYPES))
     hit_type[0, :3, G], hit_type[0, 3:, NH], hit_type[1, :, G] = 9.0, 9.0, 9.0
     out = {"edge": edge, "nbr": nbr, "nbr_pad": nbr_pad, "type": hit_type}
-    slot, types = edge_clusters(out, pad, threshold=0.6)
+    slot, types = edge_clusters(out, pad, threshold=0.5)
     assert slot[0].tolist() == [0, 0, 0, 1, 1] and slot[1].tolist() == [0, 0, -1, -1, -1]
     assert types[0].shape == (2, len(TYPES)) and types[0][:, [G, NH]].argmax(1).tolist() == [0, 1]
     assert types[1].shape == (1, len(TYPES))
+    assert edge_clusters(out, pad, threshold=0.2)[0][0].tolist() == [0] * 5  # the mean 0.25 passes 0.2
+    edge[0, 3, 1] = edge[0, 4, 1] = 5.0  # every edge between the groups says yes: one cluster
     assert edge_clusters(out, pad, threshold=0.5)[0][0].tolist() == [0] * 5
+    assert edge_clusters(out, pad, threshold=0.999)[0][0].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_neighbours_leave_out_the_hit_itself_and_the_padding() -> None:

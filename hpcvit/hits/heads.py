@@ -4,7 +4,7 @@ the clusters read from them. The objective asks here and never looks at a model'
 - ``hits`` and ``slots``: each hit's slot, the slots matched to the particles (:mod:`hpcvit.hits.matching`);
 - ``edges``: a logit per hit and neighbour that both come from one particle. The loss is a class-balanced binary
   cross-entropy (most neighbours share a particle; the few that do not are where clusters part); the clusters
-  are the connected groups of edges above the model's threshold.
+  are grown by average linkage over the edges (:func:`linkage`).
 """
 
 from __future__ import annotations
@@ -54,26 +54,50 @@ def edge_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: 
     return with_per_hit_loss(loss, out, particle, labels, w)
 
 
+def linkage(prob: np.ndarray, nbr: np.ndarray, missing: np.ndarray, threshold: float) -> np.ndarray:
+    """Average-linkage agglomeration over one event's neighbour graph: every hit starts alone; in rounds, two
+    groups join when the mean probability of all the edges between them passes ``threshold``, the most likely
+    pairs first and each group once per round, until no pair passes. One wrong edge among many right ones does
+    not join two showers, as it would in connected components. A group number per hit (0, 1, ...)."""
+    n = len(prob)
+    src, j = np.nonzero(~missing)
+    dst, p = nbr[src, j], prob[src, j].astype(np.float64)
+    group = np.arange(n)
+    while True:
+        a, b = group[src], group[dst]
+        between = a != b
+        if not between.any():
+            break
+        pair = np.minimum(a, b)[between].astype(np.int64) * n + np.maximum(a, b)[between]
+        pairs, inverse = np.unique(pair, return_inverse=True)
+        mean = np.bincount(inverse, weights=p[between]) / np.bincount(inverse)
+        passing = np.flatnonzero(mean > threshold)
+        if not len(passing):
+            break
+        joined, into = np.zeros(n, bool), np.arange(n)
+        for q in passing[np.argsort(-mean[passing], kind="stable")]:
+            x, y = divmod(int(pairs[q]), n)
+            if not (joined[x] or joined[y]):
+                joined[x] = joined[y] = True
+                into[y] = x
+        group = into[group]
+    return np.unique(group, return_inverse=True)[1].reshape(-1)
+
+
 def edge_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.5
                   ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Connected groups of the edges whose probability passes ``threshold``; a cluster's type probabilities are
-    its hits' averaged."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    link = (torch.sigmoid(out["edge"].float()) > threshold) & ~out["nbr_pad"] & ~pad.unsqueeze(-1)
-    link, nbr, pad_np = link.cpu().numpy(), out["nbr"].cpu().numpy(), pad.cpu().numpy()
+    """Each event's hits grouped by :func:`linkage` of the edge probabilities; a cluster's type probabilities
+    are its hits' averaged."""
+    prob = torch.sigmoid(out["edge"].float()).cpu().numpy()
+    nbr, missing, pad_np = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy(), pad.cpu().numpy()
     hit_types = F.softmax(out["type"].float(), dim=-1).cpu().numpy()
     slot = np.full(pad_np.shape, -1, dtype=np.int64)
     types = []
     for i in range(len(pad_np)):
         n = int((~pad_np[i]).sum())  # an event's hits come first, its padding after them
-        src, j = np.nonzero(link[i, :n])
-        dst = nbr[i, :n][src, j]
-        graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(n, n))
-        count, labels = connected_components(graph, directed=False)
+        labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold)
         slot[i, :n] = labels
-        sums = np.zeros((count, hit_types.shape[-1]))
+        sums = np.zeros((int(labels.max()) + 1 if n else 0, hit_types.shape[-1]))
         np.add.at(sums, labels, hit_types[i, :n])
         types.append((sums / np.maximum(sums.sum(-1, keepdims=True), 1e-9)).astype(np.float32))
     return torch.from_numpy(slot), types

@@ -151,18 +151,37 @@ def neighbours(coords: torch.Tensor, pad: torch.Tensor, k: int) -> tuple[torch.T
         return nbr, torch.isinf(dist) | pad.unsqueeze(-1)
 
 
+def relations(hits: torch.Tensor, nbr: torch.Tensor, nbr_pad: torch.Tensor, coords: list[int]
+              ) -> torch.Tensor:
+    """What the model knows of a hit and each neighbour (batch x hits x k x (len(coords) + 2 + features)): the
+    offset and distance in units of the event's own spacing (the median distance from a hit to its nearest
+    neighbour, measured per event as the topological baseline measures its neighbourhood), the distance over
+    the hit's own nearest one (a gap between showers stands out at any cell size), and the difference of every
+    fed number."""
+    diff = gather(hits, nbr) - hits.unsqueeze(2)
+    offset = diff[..., coords]
+    dist = offset.norm(dim=-1)
+    nearest = dist[..., 0].masked_fill(nbr_pad[..., 0], float("nan"))
+    spacing = torch.nanmedian(nearest, dim=1, keepdim=True).values.nan_to_num(1.0).clamp_min(1e-6)  # batch x 1
+    unit = spacing.unsqueeze(-1)
+    own = (dist / nearest.nan_to_num(1.0).clamp_min(1e-6).unsqueeze(-1)).clamp_max(100.0)
+    rel = torch.cat([offset / unit.unsqueeze(-1), (dist / unit).unsqueeze(-1), own.log1p().unsqueeze(-1), diff], -1)
+    return rel.masked_fill(nbr_pad.unsqueeze(-1), 0.0)
+
+
 class HitGraphTransformer(nn.Module):
     """Attention over each hit's ``k`` nearest neighbours (``nlayers_local``), then over the whole event
     (``nlayers_global``), and an edge head: for a hit and each neighbour, the logit that both come from one
-    particle. Clusters are the connected groups of edges above ``threshold``: the learnt successor of the
-    topological baseline's fixed neighbourhood. Type and kinematics per hit. Neighbours are found in the fed
+    particle. Clusters are grown from the edges by average linkage: two groups join while the mean probability
+    of the edges between them passes ``threshold`` (:func:`hpcvit.hits.heads.linkage`); the learnt successor of
+    the topological baseline's fixed neighbourhood. Type and kinematics per hit. Neighbours are found in the fed
     numbers ``coords`` (x, y, z: columns 1-3 when ``data.hits.features`` starts E, x, y, z)."""
 
     head = "edges"
 
     def __init__(self, n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64, nhead: int = 4,
                  dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
-                 coords: list[int] | None = None, threshold: float = 0.5):
+                 coords: list[int] | None = None, threshold: float = 0.7):
         super().__init__()
         coords = [1, 2, 3] if coords is None else list(coords)
         if not coords or max(coords) >= n_features or min(coords) < 0:
@@ -170,7 +189,7 @@ class HitGraphTransformer(nn.Module):
         if not 0 < threshold < 1:
             raise ValueError(f"threshold {threshold}: an edge probability, between 0 and 1")
         self.k, self.coords, self.threshold = k, coords, float(threshold)
-        n_rel = len(coords) + 1 + n_features  # offset, distance, the difference of every fed number
+        n_rel = len(coords) + 2 + n_features
         self.embed = nn.Sequential(nn.Linear(n_features, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
         self.rel = nn.Sequential(nn.Linear(n_rel, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
         self.local = nn.ModuleList(LocalAttention(dmodel, nhead, dim_ff) for _ in range(nlayers_local))
@@ -187,9 +206,7 @@ class HitGraphTransformer(nn.Module):
 
     def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
         nbr, nbr_pad = neighbours(hits[..., self.coords], pad, self.k)
-        diff = gather(hits, nbr) - hits.unsqueeze(2)
-        offset = diff[..., self.coords]
-        pe = self.rel(torch.cat([offset, offset.norm(dim=-1, keepdim=True), diff], dim=-1))
+        pe = self.rel(relations(hits, nbr, nbr_pad, self.coords))
         h = self.embed(hits)
         for layer in self.local:
             h = layer(h, nbr, pe, nbr_pad)
@@ -217,6 +234,6 @@ def build_hit_set_transformer(n_features: int, n_types: int = len(TYPES), n_quer
 
 def build_hit_graph_transformer(n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64,
                                 nhead: int = 4, dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
-                                coords: list[int] | None = None, threshold: float = 0.5) -> nn.Module:
+                                coords: list[int] | None = None, threshold: float = 0.7) -> nn.Module:
     return HitGraphTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
                                coords, threshold)

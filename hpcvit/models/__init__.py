@@ -53,5 +53,5 @@ register_model("hit_set_transformer", "hpcvit.hits.models:build_hit_set_transfor
                "hit encoder + learnt cluster queries (DETR/MaskFormer), Hungarian-matched to the particles",
                inputs="hits")
 register_model("hit_graph_transformer", "hpcvit.hits.models:build_hit_graph_transformer", "hits",
-               "attention over each hit's nearest neighbours and the event; same-particle edges, connected",
+               "attention over each hit's nearest neighbours and the event; same-particle edges, average linkage",
                inputs="hits")
