@@ -200,10 +200,11 @@ def test_a_hit_clustering_run_trains_and_writes_its_figures(workdir: Path, model
 
 
 @pytest.mark.slow
-def test_a_preempted_two_rank_hit_task_resumes_bitwise_identical(workdir: Path) -> None:
+@pytest.mark.parametrize("model", ["hit_set_transformer", "hit_graph_transformer"])
+def test_a_preempted_two_rank_hit_task_resumes_bitwise_identical(workdir: Path, model: str) -> None:
     path = _events(workdir / "calo.h5", 160)
-    text = SPEC.format(name="hits-twin", path=path, scaling="standard", model="hit_set_transformer",
-                       kwargs=SMALL["hit_set_transformer"], epochs=2, ranks=2) + textwrap.dedent("""
+    text = SPEC.format(name="hits-twin", path=path, scaling="standard", model=model,
+                       kwargs=SMALL[model], epochs=2, ranks=2) + textwrap.dedent("""
         sweep:
           zip:
             description: [uninterrupted, interrupted]
