@@ -22,6 +22,7 @@ from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_graph_tr
                                neighbours)
 from hpcvit.hits.simulate import EventConfig
 from hpcvit.ledger import find_sweep
+from hpcvit.models import build_hit_model, list_models
 from hpcvit.training.loop import Trainer
 from tests.conftest import children, hpcvit, start_lines, wait_for, write_spec
 from tests.test_train_features import make_sweep
@@ -126,6 +127,27 @@ def test_edge_clusters_join_groups_by_the_mean_of_the_edges_between_them() -> No
     edge[0, 3, 1] = edge[0, 4, 1] = 5.0  # every edge between the groups says yes: one cluster
     assert edge_clusters(out, pad, threshold=0.5)[0][0].tolist() == [0] * 5
     assert edge_clusters(out, pad, threshold=0.999)[0][0].tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", list_models(inputs="hits"))
+def test_every_hit_model_trains_every_parameter_through_its_head(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_hit_model(name, 7, len(TYPES))
+    b, h = 2, 30
+    hits, pad = torch.randn(b, h, 7), torch.zeros(b, h, dtype=torch.bool)
+    pad[1, 20:] = True
+    particle = torch.randint(0, 3, (b, h)).masked_fill(pad, -1)
+    rows = torch.tensor([[0, 22, 4.0, 1, 0, 0], [1, 211, 2.0, 0, 1, 0], [0, 2112, 6.0, 0, 0, 1]])
+    loss = HEADS[model.head].loss(model(hits, pad), {"particle": particle, "labels": rows[particle.clamp_min(0)],
+                                                     "pad": pad})
+    loss.backward()
+    params = dict(model.named_parameters())
+    assert not [n for n, p in params.items() if p.grad is None], f"{name}: parameters outside the loss"
+    assert all(torch.isfinite(p.grad).all() for p in params.values()), name
+    with torch.no_grad():
+        slot, types = HEADS[model.head].clusters(model(hits, pad), pad)
+    assert slot.shape == (b, h) and (slot[pad] == -1).all() and (slot[~pad] >= 0).all()
+    assert len(types) == b and all(t.shape[0] > int(s[s >= 0].max()) for t, s in zip(types, slot))
 
 
 def test_neighbours_leave_out_the_hit_itself_and_the_padding() -> None:
