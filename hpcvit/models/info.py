@@ -159,9 +159,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.format in RECORD_FORMATS:
             sys.stdout.write(records_text(rows, args.format))
         else:
-            width = max([18, *(len(r["name"]) for r in rows)])
+            name_width = max([18, *(len(r["name"]) for r in rows)])
             for row in rows:
-                print(f"{row['name']:<{width}} {row['family']:<9} {row['description']}")
+                print(f"{row['name']:<{name_width}} {row['family']:<9} {row['description']}")
             print("(parameters, FLOPs and input sizes: hpcvit models --build, a PATTERN, or --in-chans/--img-size; "
                   "it builds every model, a minute or two)", file=sys.stderr)
         return 0
