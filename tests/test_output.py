@@ -150,3 +150,35 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
         proc.stdout.close()  # before the command has written all it has to say
         code, stderr = proc.wait(120), proc.stderr.read().decode()
         assert code in (0, 141) and "error" not in stderr and "Traceback" not in stderr, (words, code, stderr)
+
+
+def test_a_zip_of_models_shows_their_arguments_in_one_column_that_fits_80() -> None:
+    """Each model of a zip has its own arguments: as columns they would be mostly empty and too many to fit."""
+    from hpcvit.results.rows import Col, Comparison, _fold_kwargs
+
+    kwargs = [{"nclusters_max": 16, "dmodel": 64, "nhid_ff_trsf": 128},
+              {"n_queries": 16, "dmodel": 64, "dim_ff": 128, "nlayers_encoder": 3, "nlayers_decoder": 2},
+              {"k": 8, "dmodel": 64, "dim_ff": 128, "nlayers_local": 3, "nlayers_global": 1, "coords": [1, 2, 3]}]
+    swept = ["optim.lr", *dict.fromkeys(f"model.kwargs.{k}" for kw in kwargs for k in kw)]
+    rows = [{"task": i, "model": m, "optim.lr": 0.001, **{f"model.kwargs.{k}": v for k, v in kw.items()},
+             "status": "FINISHED", "params_M": 0.16, "epochs": 8, "val_efficiency": e, "test_efficiency": e - 0.01,
+             "val_efficiency_last": e, "test_purity": 0.978, "test_merge_rate": 0.064, "img_s": 120.0,
+             "wall_min": 20.0, "_bounds": {}}
+            for i, (m, kw, e) in enumerate(zip(["clusters_finder", "hit_set_transformer", "hit_graph_transformer"],
+                                               kwargs, [0.783, 0.711, 0.889]))]
+    shown = _fold_kwargs(swept, rows)
+    assert shown == ["optim.lr", "model.kwargs"]
+    assert rows[2]["model.kwargs"] == "dmodel=64 dim_ff=128 k=8 nlayers_local=3 nlayers_global=1 coords=[1,2,3]"
+    columns = [Col("task", "#", 0), Col("model", "model", 0, numeric=False),
+               *(Col(k, k.rsplit(".", 1)[-1], -1, 1, numeric=False) for k in shown),
+               Col("status", "status", 0, 3, numeric=False), Col("val_efficiency", "val efficiency"),
+               Col("test_efficiency", "test efficiency"), Col("test_purity", "test purity", 3, 1),
+               Col("test_merge_rate", "test merged", 3, 2), Col("img_s", "ev/s", 0, 4)]
+    result = Comparison("sweep-hits-20261206-084915-3db2", "hit_clustering", "val_efficiency", rows, columns, swept)
+    for width in (80, 120):
+        lines = _rendered(compare_table(result, width=width), width)
+        assert max(len(line) for line in lines) <= width, (width, lines)
+        text = "\n".join(lines)
+        assert "0.8890" in text and "0.7830" in text and "…" not in text, text
+    record = result.records()[2]
+    assert record["model.kwargs.k"] == 8 and record["model.kwargs.coords"] == [1, 2, 3], "records keep each one"

@@ -8,6 +8,7 @@ when the sweep has one, else of validation at the best epoch.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,10 +171,11 @@ def comparison(sweep: SweepDir, metric: str | None = None) -> Comparison:
 
     rows.sort(key=order)
     _add_rungs(sweep, rows)
-    short = {k: k.rsplit(".", 1)[-1] for k in swept}
+    shown = _fold_kwargs(swept, rows)
+    short = {k: k.rsplit(".", 1)[-1] for k in shown}
     ambiguous = {v for v in short.values() if list(short.values()).count(v) > 1}
     columns = [Col("task", "#", 0), Col("model", "model", 0, numeric=False),
-               *(Col(k, k if short[k] in ambiguous else short[k], -1, 1, numeric=False) for k in swept),
+               *(Col(k, k if short[k] in ambiguous else short[k], -1, 1, numeric=False) for k in shown),
                Col("status", "status", 0, 3, numeric=False), Col("params_M", "Mparams", 2, 2),
                Col("epochs", "ep", 0, 2), Col(f"val_{base}", f"val {base}", 4),
                *([Col(f"test_{base}", f"test {base}", 4)] if has_test else []),
@@ -181,6 +183,26 @@ def comparison(sweep: SweepDir, metric: str | None = None) -> Comparison:
                *(Col(f"{split}_{c.metric}", f"{split} {c.header}", c.digits, c.priority) for c in extra),
                Col("img_s", f"{objective.sample_word}/s", 0, 4), Col("wall_min", "min", 1, 4)]
     return Comparison(sweep.sweep_id, objective.name, metric, rows, columns, swept, _failures(sweep))
+
+
+KWARGS = "model.kwargs"
+
+
+def _fold_kwargs(swept: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The swept fields shown as columns: several swept model arguments (a zip of models, each with its own
+    arguments, leaves most of them empty) are one ``kwargs`` column of ``name=value`` words that folds on a narrow
+    terminal; the records keep each argument as its own key."""
+    args = [k for k in swept if k.startswith(KWARGS + ".")]
+    if len(args) < 2:
+        return swept
+    for row in rows:
+        row[KWARGS] = " ".join(f"{k[len(KWARGS) + 1:]}={_word(row[k])}" for k in args if row.get(k) is not None)
+    at = swept.index(args[0])
+    return [*swept[:at], KWARGS, *(k for k in swept[at:] if k not in args)]
+
+
+def _word(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else _fmt(value, -1)
 
 
 def _failures(sweep: SweepDir) -> list[tuple[int, str]]:
