@@ -6,8 +6,12 @@ within 100-200 mm, 16 within 100 mm). This scores each task's best weights on ``
 scaling kept in its checkpoint, through the objective's own evaluation and artifacts
 (``<workdir>/<model>/metrics.csv`` and ``efficiency_binned.csv``), and prints the efficiency by distance.
 
+A model that appears in several tasks (a zip of its arguments) is scored per task, under the task's run name.
+``--thresholds`` scores an edge model (hit_graph_transformer) at other linkage thresholds than the one it was
+trained with, each under ``<name>@<threshold>``: how merges trade against splits on the same weights.
+
 Usage: python benchmarks/hits_holdout.py SWEEP_DIR [--events 4000] [--seed 2] [--workdir DIR] [--json out.json]
-       [--models NAME ...]
+       [--models NAME ...] [--tasks INDEX ...] [--thresholds T ...]
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--models", nargs="*", help="score only these models' tasks (default: every task; none: "
                                                 "only print what the workdir holds)")
+    ap.add_argument("--tasks", nargs="+", type=int, help="score only these task indices")
+    ap.add_argument("--thresholds", nargs="+", type=float,
+                    help="linkage thresholds to score an edge model at (default: the model's own)")
     args = ap.parse_args()
 
     import torch
@@ -45,9 +52,13 @@ def main() -> None:
                         str(args.events), "--seed", str(args.seed), "--jet-energy", "10", "30", "--particles", "2",
                         "6", "--ecal-cell-mm", "10", "-o", str(data)], check=True)
     torch.set_num_threads(2)
-    for task in SweepDir(args.sweep.resolve()).tasks():
+    tasks = list(SweepDir(args.sweep.resolve()).tasks())
+    names = [t.spec().model.name for t in tasks]
+    for task in tasks:
         spec = task.spec()
-        if args.models is not None and spec.model.name not in args.models:
+        label = spec.model.name if names.count(spec.model.name) == 1 else task.run_name
+        if (args.models is not None and spec.model.name not in args.models) or (args.tasks and task.index not in
+                                                                                  args.tasks):
             continue
         # every event of the file in the test split (a sliver stays "training": the split needs one)
         held = spec.data.model_copy(update={"paths": [str(data)], "cache_dir": str(work / "cache"),
@@ -59,16 +70,20 @@ def main() -> None:
         model = objective.build_model()
         model.load_state_dict(torch.load(task.file(task.BEST_WEIGHTS), weights_only=True))
         model.eval()
-        evaluator = objective.evaluator()
-        loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,
-                                  pin_memory=False, worker_init_fn=None, persistent=False)
-        with torch.no_grad():
-            for x, y in loader:
-                evaluator.add(model(*objective.inputs(x, torch.device("cpu"))), y)
-        metrics, predictions = objective.evaluate([evaluator.local()])
-        name = spec.model.name
-        objective.write_artifacts(work / name, {"test": predictions}, name)
-        print(f"{name}: {len(objective.data.test)} events, efficiency {metrics['efficiency']:.3f}", flush=True)
+        thresholds = args.thresholds if args.thresholds and objective.head_name == "edges" else [None]
+        for threshold in thresholds:
+            if threshold is not None:
+                objective.threshold = threshold
+            evaluator = objective.evaluator()
+            loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,
+                                      pin_memory=False, worker_init_fn=None, persistent=False)
+            with torch.no_grad():
+                for x, y in loader:
+                    evaluator.add(model(*objective.inputs(x, torch.device("cpu"))), y)
+            metrics, predictions = objective.evaluate([evaluator.local()])
+            name = label if threshold is None else f"{label}@{threshold:g}"
+            objective.write_artifacts(work / name, {"test": predictions}, name)
+            print(f"{name}: {len(objective.data.test)} events, efficiency {metrics['efficiency']:.3f}", flush=True)
     results: dict[str, dict] = {}  # every model scored in the workdir (a run with --models adds to the earlier ones)
     for folder in sorted(p.parent for p in work.glob("*/metrics.csv")):
         with open(folder / "metrics.csv") as f:
