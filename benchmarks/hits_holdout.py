@@ -52,10 +52,9 @@ def main() -> None:
                         str(args.events), "--seed", str(args.seed), "--jet-energy", "10", "30", "--particles", "2",
                         "6", "--ecal-cell-mm", "10", "-o", str(data)], check=True)
     torch.set_num_threads(2)
-    tasks = list(SweepDir(args.sweep.resolve()).tasks())
-    names = [t.spec().model.name for t in tasks]
-    for task in tasks:
-        spec = task.spec()
+    specs = {task: task.spec() for task in SweepDir(args.sweep.resolve()).tasks()}
+    names = [spec.model.name for spec in specs.values()]
+    for task, spec in specs.items():
         label = spec.model.name if names.count(spec.model.name) == 1 else task.run_name
         if (args.models is not None and spec.model.name not in args.models) or (args.tasks and task.index not in
                                                                                   args.tasks):
@@ -70,18 +69,20 @@ def main() -> None:
         model = objective.build_model()
         model.load_state_dict(torch.load(task.file(task.BEST_WEIGHTS), weights_only=True))
         model.eval()
-        thresholds = args.thresholds if args.thresholds and objective.head_name == "edges" else [None]
-        for threshold in thresholds:
-            if threshold is not None:
-                objective.threshold = threshold
-            evaluator = objective.evaluator()
-            loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,
-                                      pin_memory=False, worker_init_fn=None, persistent=False)
-            with torch.no_grad():
-                for x, y in loader:
-                    evaluator.add(model(*objective.inputs(x, torch.device("cpu"))), y)
+        several = bool(args.thresholds) and objective.head_name == "edges"
+        thresholds = args.thresholds if several else [objective.threshold]
+        evaluators = [objective.evaluator() for _ in thresholds]
+        loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,
+                                  pin_memory=False, worker_init_fn=None, persistent=False)
+        with torch.no_grad():
+            for x, y in loader:
+                out = model(*objective.inputs(x, torch.device("cpu")))  # once; only the clusters read the threshold
+                for threshold, evaluator in zip(thresholds, evaluators):
+                    objective.threshold = threshold
+                    evaluator.add(out, y)
+        for threshold, evaluator in zip(thresholds, evaluators):
             metrics, predictions = objective.evaluate([evaluator.local()])
-            name = label if threshold is None else f"{label}@{threshold:g}"
+            name = f"{label}@{threshold:g}" if several else label
             objective.write_artifacts(work / name, {"test": predictions}, name)
             print(f"{name}: {len(objective.data.test)} events, efficiency {metrics['efficiency']:.3f}", flush=True)
     results: dict[str, dict] = {}  # every model scored in the workdir (a run with --models adds to the earlier ones)
