@@ -222,7 +222,9 @@ def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> li
     m = sweep_dir.manifest
     if not (all_terminal(current) and m.get("parent_run_id")):
         return current
-    outcome = "FINISHED" if all(s.state in FINAL for s in current) else "FAILED"
+    # as a task's run reads (FAILED if one failed; a sweep cancelled, preempted or lost reads KILLED)
+    outcome = ("FINISHED" if all(s.state in FINAL for s in current)
+               else "FAILED" if any(s.state == TaskState.FAILED for s in current) else "KILLED")
     if m.get("finalized") == outcome:  # done by whoever looked first (status, compare, wait, resume)
         return current
     from hpcvit.results.compare import finalize_parent
@@ -230,7 +232,7 @@ def finalize(sweep_dir: SweepDir, current: list[TaskStatus] | None = None) -> li
 
     replay_buffers(sweep_dir)  # the summary is made from every call the tasks logged
     if not pending_buffers(sweep_dir):
-        finalize_parent(sweep_dir, outcome == "FINISHED")
+        finalize_parent(sweep_dir, outcome)
         sweep_dir.update_manifest(finalized=outcome)
     return current
 

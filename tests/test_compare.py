@@ -126,6 +126,10 @@ def test_a_sweep_whose_tasks_all_failed_says_so_with_the_first_error(workdir: Pa
     no_test = hpcvit("compare", "--plot", str(workdir / "x.png"), "--split", "test", cwd=workdir)
     assert no_test.returncode != 0
     sweep = find_sweep(None, workdir / "runs")
+    from mlflow.tracking import MlflowClient
+
+    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    assert parent.info.status == "FAILED", "a sweep whose tasks failed reads FAILED in MLflow"
     again = hpcvit("resume", "--tasks", "1", "--wait", cwd=workdir)
     assert "resubmitted 1 task(s)" in again.stdout and again.returncode == 1, again.stdout + again.stderr
     assert list(sweep.submissions()[-1]["jobs"]) == ["1"], "only the task asked for went in"

@@ -134,6 +134,11 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert task.progress().get("state") == "CANCELLED"
     shown = json.loads(hpcvit("status", sweep.sweep_id, "--format", "json", cwd=workdir, check=True).stdout)
     assert shown[0]["state"] == "CANCELLED"
+
+    def parent() -> str:
+        return MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"]).info.status
+
+    assert parent() == "KILLED", "a cancelled sweep's run reads as its cancelled task's, not FAILED"
     logs = hpcvit("logs", sweep.sweep_id, "0", cwd=workdir)
     assert logs.returncode == 0 and "stopped by SIGTERM" in logs.stdout
     assert hpcvit("resume", "--wait", cwd=workdir).returncode == 0
@@ -141,6 +146,8 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     wait_for(lambda: task.state().get("state") == "COMPLETED", 60, "the launcher to record COMPLETED")
     assert " start: epoch 0 step 0/" not in start_lines(task.log)[-1]
     assert [r.info.status for r in children(sweep)] == ["FINISHED"]
+    hpcvit("status", sweep.sweep_id, cwd=workdir, check=True)
+    assert parent() == "FINISHED"
 
 
 def test_a_pending_task_cancelled_reads_cancelled_at_every_moment(workdir: Path) -> None:

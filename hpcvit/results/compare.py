@@ -154,15 +154,14 @@ def overlay_name(sweep: SweepDir) -> str:
     return f"{get_objective(sweep.run_spec(0).data.task).overlay}_overlay.png"
 
 
-def finalize_parent(sweep: SweepDir, all_completed: bool) -> None:
+def finalize_parent(sweep: SweepDir, status: str) -> None:
     """Once every task is final: the sweep's summary table and its figure over the runs on the parent run, then
-    close it."""
+    close it with ``status`` (an MLflow run status)."""
     from hpcvit.tracking import mlflow_client
 
     m = sweep.manifest
     client = mlflow_client(m["tracking_uri"])
     parent = client.get_run(m["parent_run_id"])
-    status = "FINISHED" if all_completed else "FAILED"
     if parent.data.tags.get(names.SUMMARY_TAG) != "logged":
         out = sweep.root / "summary"
         out.mkdir(exist_ok=True)
