@@ -24,7 +24,7 @@ from hpcvit.hits.simulate import EventConfig
 from hpcvit.ledger import find_sweep
 from hpcvit.models import build_hit_model, list_models
 from hpcvit.training.loop import Trainer
-from tests.conftest import children, hpcvit, start_lines, wait_for, write_spec
+from tests.conftest import checkpoint_differences, children, hpcvit, start_lines, wait_for, write_spec
 from tests.test_train_features import make_sweep
 
 G, NH = TYPES.index("photon"), TYPES.index("neutral_hadron")
@@ -246,19 +246,6 @@ def test_a_preempted_two_rank_hit_task_resumes_bitwise_identical(workdir: Path, 
     a = torch.load(max(sweep.task(0).checkpoints.glob("ckpt-*.pt")), weights_only=True)
     b = torch.load(max(task.checkpoints.glob("ckpt-*.pt")), weights_only=True)
     assert a["global_step"] == b["global_step"] and a["hit_scale"] == b["hit_scale"]
-    for part in ("model", "optimizer"):
-        flat_a, flat_b = _tensors(a[part]), _tensors(b[part])
-        assert flat_a.keys() == flat_b.keys()
-        for key in flat_a:
-            assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs after resume"
+    assert checkpoint_differences(sweep, sweep, 0, 1) == [], "every tensor and generator state of every rank too"
     assert sweep.task(0).result()["final"] == task.result()["final"]
 
-
-def _tensors(value: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return {prefix: value}
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _tensors(item, f"{prefix}.{key}").items()}
-    if isinstance(value, (list, tuple)):
-        return {k: v for i, item in enumerate(value) for k, v in _tensors(item, f"{prefix}[{i}]").items()}
-    return {}
