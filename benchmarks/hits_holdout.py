@@ -9,9 +9,12 @@ scaling kept in its checkpoint, through the objective's own evaluation and artif
 A model that appears in several tasks (a zip of its arguments) is scored per task, under the task's run name.
 ``--thresholds`` scores an edge model (hit_graph_transformer) at other linkage thresholds than the one it was
 trained with, each under ``<name>@<threshold>``: how merges trade against splits on the same weights.
+``--weights last`` scores the last checkpoint's weights instead of the best on the validation split.
 
-Usage: python benchmarks/hits_holdout.py SWEEP_DIR [--events 4000] [--seed 2] [--workdir DIR] [--json out.json]
-       [--models NAME ...] [--tasks INDEX ...] [--thresholds T ...]
+``--cone`` makes the unseen events of narrower jets, where showers overlap more often.
+
+Usage: python benchmarks/hits_holdout.py SWEEP_DIR [--events 4000] [--seed 2] [--cone RAD] [--workdir DIR]
+       [--json out.json] [--models NAME ...] [--tasks INDEX ...] [--thresholds T ...] [--weights best|last]
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ def main() -> None:
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--events", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--cone", type=float, help="the jets' angular spread, rad (default: the generator's 0.12); "
+                                                "narrower puts more particles close to another")
     ap.add_argument("--workdir", type=Path, default=Path("hits-holdout"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--models", nargs="*", help="score only these models' tasks (default: every task; none: "
                                                 "only print what the workdir holds)")
     ap.add_argument("--tasks", nargs="+", type=int, help="score only these task indices")
+    ap.add_argument("--weights", choices=["best", "last"], default="best",
+                    help="the task's best weights on its validation split (default) or those of its last checkpoint")
     ap.add_argument("--thresholds", nargs="+", type=float,
                     help="linkage thresholds to score an edge model at (default: the model's own)")
     args = ap.parse_args()
@@ -46,11 +53,12 @@ def main() -> None:
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    data = work / f"calo_hits_n{args.events}_seed{args.seed}.h5"
+    cone = [] if args.cone is None else ["--cone", f"{args.cone:g}"]
+    data = work / f"calo_hits_n{args.events}_seed{args.seed}{'_cone' + cone[1] if cone else ''}.h5"
     if not data.exists():  # as `make data-hits` makes them, another seed
         subprocess.run([sys.executable, "-m", "hpcvit.cli", "data", "generate", "--process", "calo-hits", "-n",
                         str(args.events), "--seed", str(args.seed), "--jet-energy", "10", "30", "--particles", "2",
-                        "6", "--ecal-cell-mm", "10", "-o", str(data)], check=True)
+                        "6", "--ecal-cell-mm", "10", *cone, "-o", str(data)], check=True)
     torch.set_num_threads(2)
     specs = {task: task.spec() for task in SweepDir(args.sweep.resolve()).tasks()}
     names = [spec.model.name for spec in specs.values()]
@@ -67,7 +75,9 @@ def main() -> None:
         saved = torch.load(max(task.checkpoints.glob("ckpt-*.pt")), weights_only=True)
         objective.build_data({k: saved[k] for k in objective.state_keys})
         model = objective.build_model()
-        model.load_state_dict(torch.load(task.file(task.BEST_WEIGHTS), weights_only=True))
+        weights = saved["model"] if args.weights == "last" else torch.load(task.file(task.BEST_WEIGHTS),
+                                                                            weights_only=True)
+        model.load_state_dict(weights)
         model.eval()
         several = bool(args.thresholds) and objective.head_name == "edges"
         thresholds = args.thresholds if several else [objective.threshold]
@@ -102,8 +112,8 @@ def main() -> None:
                  for r in results.values()]
         print(f"| {b['lo']:g}-{b['hi']:g} | {b['n']} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"events": args.events, "seed": args.seed, "sweep": str(args.sweep),
-                                         "results": results}, indent=1, default=float) + "\n")
+        args.json.write_text(json.dumps({"events": args.events, "seed": args.seed, "cone": args.cone,
+                                         "sweep": str(args.sweep), "results": results}, indent=1, default=float) + "\n")
 
 
 def _numbers(row: dict) -> dict[str, float]:
