@@ -19,7 +19,7 @@ from hpcvit.hits.heads import HEADS, edge_clusters, edge_truth
 from hpcvit.hits.matching import match_slots
 from hpcvit.hits.metrics import Event, adjusted_rand, event_table, summarize
 from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_graph_transformer, build_hit_set_transformer,
-                               neighbours, shared_neighbours)
+                               neighbours)
 from hpcvit.hits.simulate import EventConfig
 from hpcvit.ledger import find_sweep
 from hpcvit.models import build_hit_model, list_models
@@ -129,11 +129,10 @@ def test_edge_clusters_join_groups_by_the_mean_of_the_edges_between_them() -> No
     assert edge_clusters(out, pad, threshold=0.999)[0][0].tolist() == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("name", [*list_models(inputs="hits"), "hit_graph_transformer+shared"])
+@pytest.mark.parametrize("name", list_models(inputs="hits"))
 def test_every_hit_model_trains_every_parameter_through_its_head(name: str) -> None:
     torch.manual_seed(0)
-    name, _, extra = name.partition("+")
-    model = build_hit_model(name, 7, len(TYPES), **({extra: True} if extra else {}))
+    model = build_hit_model(name, 7, len(TYPES))
     b, h = 2, 30
     hits, pad = torch.randn(b, h, 7), torch.zeros(b, h, dtype=torch.bool)
     pad[1, 20:] = True
@@ -160,24 +159,6 @@ def test_neighbours_leave_out_the_hit_itself_and_the_padding() -> None:
                                                                                 [True, True], [True, True]]
     with pytest.raises(ValueError, match=r"coords \[1, 2, 9\]"):
         build_hit_graph_transformer(5, coords=[1, 2, 9])
-
-
-def test_shared_neighbours_count_the_common_neighbourhood_and_mutual_edges() -> None:
-    # two clumps on a line, 0 1 2 and 10 11 12.5, and a padding hit; k = 3 reaches across the gap from the ends
-    coords = torch.tensor([[[0.0], [1.0], [2.0], [10.0], [11.0], [12.5], [0.0]]])
-    pad = torch.tensor([[False] * 6 + [True]])
-    nbr, missing = neighbours(coords, pad, 3)
-    assert nbr[0, 2].tolist() == [1, 0, 3] and nbr[0, 3].tolist() == [4, 5, 2]
-    snn = shared_neighbours(nbr, missing) * 3  # shares of 3 neighbours, in neighbours
-    # (the mutual flag is 1, so 3 here) hit 2 and its neighbour 1: N(2) = {1, 0, 3}, N(1) = {0, 2, 3}: 0 and 3 shared; 2 is in N(1)
-    assert snn[0, 2, 0].tolist() == [2, 3]
-    # across the gap, hit 2 and hit 3: N(3) = {4, 5, 2} shares nothing with N(2); 2 is in N(3)
-    assert snn[0, 2, 2].tolist() == [0, 3]
-    # hit 5 and hit 3 (N(5) = {4, 3, 2}): 4 and 2 shared; 5 is in N(3)
-    assert nbr[0, 5].tolist() == [4, 3, 2] and snn[0, 5, 1].tolist() == [2, 3]
-    # hit 0's neighbour 3 is not mutual: N(3) = {4, 5, 2}; N(0) = {1, 2, 3} shares 2 with it
-    assert nbr[0, 0].tolist() == [1, 2, 3] and snn[0, 0, 2].tolist() == [1, 0]
-    assert snn[0, 6].abs().sum() == 0  # the padding hit has no edges
 
 
 SPEC = """

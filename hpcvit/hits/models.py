@@ -169,42 +169,27 @@ def relations(hits: torch.Tensor, nbr: torch.Tensor, nbr_pad: torch.Tensor, coor
     return rel.masked_fill(nbr_pad.unsqueeze(-1), 0.0)
 
 
-def shared_neighbours(nbr: torch.Tensor, nbr_pad: torch.Tensor) -> torch.Tensor:
-    """For a hit and each neighbour (batch x hits x k x 2): the share of the hit's neighbours that are also the
-    neighbour's (shared-nearest-neighbour similarity, as Jarvis-Patrick clustering reads it: two showers that
-    touch share few neighbours across the seam), and whether the hit is among the neighbour's own."""
-    b, n, k = nbr.shape
-    mine = nbr.masked_fill(nbr_pad, -1)
-    theirs = gather(mine, nbr).masked_fill(nbr_pad.unsqueeze(-1), -2)  # b x n x k x k: each neighbour's neighbours
-    common = (mine.view(b, n, 1, k, 1) == theirs.unsqueeze(-2)).any(-1).sum(-1)  # b x n x k
-    own = torch.arange(n, device=nbr.device).view(1, n, 1, 1)
-    mutual = (theirs == own).any(-1)
-    real = (~nbr_pad).sum(-1, keepdim=True).clamp_min(1)
-    return torch.stack([common / real, mutual.float()], -1).masked_fill(nbr_pad.unsqueeze(-1), 0.0)
-
-
 class HitGraphTransformer(nn.Module):
     """Attention over each hit's ``k`` nearest neighbours (``nlayers_local``), then over the whole event
     (``nlayers_global``), and an edge head: for a hit and each neighbour, the logit that both come from one
     particle. Clusters are grown from the edges by average linkage: two groups join while the mean probability
     of the edges between them passes ``threshold`` (:func:`hpcvit.hits.heads.linkage`); the learnt successor of
     the topological baseline's fixed neighbourhood. Type and kinematics per hit. Neighbours are found in the fed
-    numbers ``coords`` (x, y, z: columns 1-3 when ``data.hits.features`` starts E, x, y, z); ``shared`` adds what
-    the two hits' neighbourhoods share to what an edge knows (:func:`shared_neighbours`)."""
+    numbers ``coords`` (x, y, z: columns 1-3 when ``data.hits.features`` starts E, x, y, z)."""
 
     head = "edges"
 
     def __init__(self, n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64, nhead: int = 4,
                  dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
-                 coords: list[int] | None = None, threshold: float = 0.7, shared: bool = False):
+                 coords: list[int] | None = None, threshold: float = 0.7):
         super().__init__()
         coords = [1, 2, 3] if coords is None else list(coords)
         if not coords or max(coords) >= n_features or min(coords) < 0:
             raise ValueError(f"coords {list(coords)}: give columns among the {n_features} fed numbers of a hit")
         if not 0 < threshold < 1:
             raise ValueError(f"threshold {threshold}: an edge probability, between 0 and 1")
-        self.k, self.coords, self.threshold, self.shared = k, coords, float(threshold), bool(shared)
-        n_rel = len(coords) + 2 + n_features + 2 * self.shared
+        self.k, self.coords, self.threshold = k, coords, float(threshold)
+        n_rel = len(coords) + 2 + n_features
         self.embed = nn.Sequential(nn.Linear(n_features, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
         self.rel = nn.Sequential(nn.Linear(n_rel, dmodel), nn.GELU(), nn.Linear(dmodel, dmodel))
         self.local = nn.ModuleList(LocalAttention(dmodel, nhead, dim_ff) for _ in range(nlayers_local))
@@ -221,10 +206,7 @@ class HitGraphTransformer(nn.Module):
 
     def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
         nbr, nbr_pad = neighbours(hits[..., self.coords], pad, self.k)
-        rel = relations(hits, nbr, nbr_pad, self.coords)
-        if self.shared:
-            rel = torch.cat([rel, shared_neighbours(nbr, nbr_pad)], -1)
-        pe = self.rel(rel)
+        pe = self.rel(relations(hits, nbr, nbr_pad, self.coords))
         h = self.embed(hits)
         for layer in self.local:
             h = layer(h, nbr, pe, nbr_pad)
@@ -252,7 +234,6 @@ def build_hit_set_transformer(n_features: int, n_types: int = len(TYPES), n_quer
 
 def build_hit_graph_transformer(n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64,
                                 nhead: int = 4, dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
-                                coords: list[int] | None = None, threshold: float = 0.7, shared: bool = False
-                                ) -> nn.Module:
+                                coords: list[int] | None = None, threshold: float = 0.7) -> nn.Module:
     return HitGraphTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
-                               coords, threshold, shared)
+                               coords, threshold)
