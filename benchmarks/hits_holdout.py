@@ -62,6 +62,8 @@ def main() -> None:
         if not data.exists():  # the generator has said what is wrong
             sys.exit(2)
     torch.set_num_threads(2)
+    # every event of the file in the test split but a sliver, which stays "training": the split needs one
+    sliver = min(0.999, 1 - 1.5 / max(args.events, 2))
     specs = {task: task.spec() for task in SweepDir(args.sweep.resolve()).tasks()}
     names = [spec.model.name for spec in specs.values()]
     for task, spec in specs.items():
@@ -69,8 +71,6 @@ def main() -> None:
         if (args.models is not None and spec.model.name not in args.models) or (args.tasks and task.index not in
                                                                                   args.tasks):
             continue
-        # every event of the file in the test split but a sliver, which stays "training": the split needs one
-        sliver = min(0.999, 1 - 1.5 / max(args.events, 2))
         held = spec.data.model_copy(update={"paths": [str(data)], "cache_dir": str(work / "cache"),
                                             "val_fraction": 0.0, "test_fraction": sliver})
         spec = spec.model_copy(update={"data": held})

@@ -117,6 +117,11 @@ def children(sweep: SweepDir) -> list:
     return client.search_runs([m["experiment_id"]], f"tags.`mlflow.parentRunId` = '{m['parent_run_id']}'")
 
 
+def parent_run(sweep: SweepDir):
+    """The sweep's own MLflow run, as the tracking store holds it now."""
+    return MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+
+
 def steps(sweep: SweepDir, run_id: str, key: str) -> list[int]:
     client = MlflowClient(sweep.manifest["tracking_uri"])
     return sorted(m.step for m in client.get_metric_history(run_id, key))

@@ -13,7 +13,7 @@ from hpcvit.ledger import create_sweep_dir, find_sweep
 from hpcvit.results.compare import render, seed_groups
 from hpcvit.results.rows import Col, Comparison
 from hpcvit.sweep import expand
-from tests.conftest import SPEC, children, hpcvit, write_spec
+from tests.conftest import SPEC, children, hpcvit, parent_run, write_spec
 
 GRID = """
   test_fraction: 0.2
@@ -126,10 +126,7 @@ def test_a_sweep_whose_tasks_all_failed_says_so_with_the_first_error(workdir: Pa
     no_test = hpcvit("compare", "--plot", str(workdir / "x.png"), "--split", "test", cwd=workdir)
     assert no_test.returncode != 0
     sweep = find_sweep(None, workdir / "runs")
-    from mlflow.tracking import MlflowClient
-
-    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
-    assert parent.info.status == "FAILED", "a sweep whose tasks failed reads FAILED in MLflow"
+    assert parent_run(sweep).info.status == "FAILED", "a sweep whose tasks failed reads FAILED in MLflow"
     again = hpcvit("resume", "--tasks", "1", "--wait", cwd=workdir)
     assert "resubmitted 1 task(s)" in again.stdout and again.returncode == 1, again.stdout + again.stderr
     assert list(sweep.submissions()[-1]["jobs"]) == ["1"], "only the task asked for went in"

@@ -14,8 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hpcvit.ledger import find_sweep
-from tests.conftest import (SPEC, TWO_MODELS, checkpoint_differences, children, final_weights, hpcvit, kill_tree, start_lines, steps,
-                            wait_for, write_spec)
+from tests.conftest import (SPEC, TWO_MODELS, checkpoint_differences, children, final_weights, hpcvit, kill_tree,
+                            parent_run, start_lines, steps, wait_for, write_spec)
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,7 @@ def test_two_models_two_ranks_end_to_end(workdir: Path) -> None:
         assert run.data.params["dist.world_size"] == "2"
         assert run.data.tags["hpcvit.sweep_id"] == sweep.sweep_id
         assert 0.0 <= run.data.metrics["val_roc_auc"] <= 1.0
-    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
-    assert parent.info.status == "FINISHED"
+    assert parent_run(sweep).info.status == "FINISHED"
     assert (workdir / "runs" / "mlflow.db").exists()
     log = sweep.task(0).log.read_text()
     assert "2 rank(s) on cpu" in log and "finished" in log
@@ -134,11 +133,7 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert task.progress().get("state") == "CANCELLED"
     shown = json.loads(hpcvit("status", sweep.sweep_id, "--format", "json", cwd=workdir, check=True).stdout)
     assert shown[0]["state"] == "CANCELLED"
-
-    def parent() -> str:
-        return MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"]).info.status
-
-    assert parent() == "KILLED", "a cancelled sweep's run reads as its cancelled task's, not FAILED"
+    assert parent_run(sweep).info.status == "KILLED", "a cancelled sweep's run reads as its cancelled task's, not FAILED"
     logs = hpcvit("logs", sweep.sweep_id, "0", cwd=workdir)
     assert logs.returncode == 0 and "stopped by SIGTERM" in logs.stdout
     assert hpcvit("resume", "--wait", cwd=workdir).returncode == 0
@@ -147,7 +142,7 @@ def test_cancel_checkpoints_and_resume_continues(workdir: Path) -> None:
     assert " start: epoch 0 step 0/" not in start_lines(task.log)[-1]
     assert [r.info.status for r in children(sweep)] == ["FINISHED"]
     hpcvit("status", sweep.sweep_id, cwd=workdir, check=True)
-    assert parent() == "FINISHED"
+    assert parent_run(sweep).info.status == "FINISHED"
 
 
 def test_a_pending_task_cancelled_reads_cancelled_at_every_moment(workdir: Path) -> None:

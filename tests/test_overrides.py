@@ -10,7 +10,7 @@ import pytest
 from hpcvit.ledger import find_sweep
 from hpcvit.sweep import load_sweep
 from hpcvit.yamlio import SpecError
-from tests.conftest import REPO, SPEC, children, hpcvit, write_spec
+from tests.conftest import REPO, SPEC, children, hpcvit, parent_run, write_spec
 
 SMOKE = REPO / "jobs" / "smoke.yaml"
 
@@ -64,9 +64,7 @@ def test_a_submitted_override_is_recorded_in_the_ledger_and_mlflow(workdir: Path
     sweep = find_sweep(None, workdir / "runs")
     assert sweep.manifest["overrides"] == ["optim.epochs=1", "optim.seed=[1,2]"]
     assert [s.optim.seed for s in sweep.run_specs()] == [1, 2] and {s.optim.epochs for s in sweep.run_specs()} == {1}
-    from mlflow.tracking import MlflowClient
-
-    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    parent = parent_run(sweep)
     assert parent.data.tags["hpcvit.overrides"] == "optim.epochs=1 optim.seed=[1,2]"
     assert {r.data.params["optim.epochs"] for r in children(sweep)} == {"1"}
 
@@ -92,9 +90,7 @@ def test_a_finished_sweep_is_extended_without_training_its_tasks_again(workdir: 
     assert sweep.manifest["extensions"][0]["tasks"] == [1] and sweep.manifest["finalized"] == "FINISHED"
     rows = json.loads(hpcvit("compare", "--format", "json", cwd=workdir, check=True).stdout)
     assert sorted(r["task"] for r in rows) == [0, 1] and {r["optim.seed"] for r in rows} == {1, 2}
-    from mlflow.tracking import MlflowClient
-
-    parent = MlflowClient(sweep.manifest["tracking_uri"]).get_run(sweep.manifest["parent_run_id"])
+    parent = parent_run(sweep)
     assert parent.info.status == "FINISHED" and parent.data.metrics["cnn_small/n_seeds"] == 2, "summary made again"
     runs = children(sweep)  # the new task's run was made by the extension, once
     assert sorted(r.data.tags["hpcvit.task_key"] for r in runs) == [t.key for t in sweep.tasks()]
