@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from hpcvit.hits.condensation import condensation_loss, condense
 from hpcvit.hits.generate import generate
 from hpcvit.hits.heads import HEADS, edge_clusters, edge_truth
 from hpcvit.hits.matching import match_slots
 from hpcvit.hits.metrics import Event, adjusted_rand, event_table, summarize
-from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_graph_transformer, build_hit_set_transformer,
-                               neighbours)
+from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_condensation_transformer,
+                               build_hit_graph_transformer, build_hit_set_transformer, neighbours)
 from hpcvit.hits.simulate import EventConfig
 from hpcvit.ledger import find_sweep
 from hpcvit.models import build_hit_model, list_models
@@ -63,10 +64,12 @@ def test_cluster_metrics_against_hand_computed_events() -> None:
 
 
 @pytest.mark.parametrize("builder,head", [(build_clusters_finder, "hits"), (build_hit_set_transformer, "slots"),
-                                          (build_hit_graph_transformer, "edges")])
+                                          (build_hit_graph_transformer, "edges"),
+                                          (build_hit_condensation_transformer, "condensation")])
 def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, head: str) -> None:
     torch.manual_seed(0)
-    small = {"nlayers_local": 1, "k": 6} if head == "edges" else {"nlayers_encoder": 1, "nlayers_decoder": 1}
+    graph = head in ("edges", "condensation")
+    small = {"nlayers_local": 1, "k": 6} if graph else {"nlayers_encoder": 1, "nlayers_decoder": 1}
     model = builder(5, **small)
     assert model.head == head
     b, h = 3, 40
@@ -84,7 +87,7 @@ def test_the_loss_does_not_depend_on_the_order_of_the_particles(builder, head: s
     renamed = torch.where(particle >= 0, perm[particle.clamp_min(0)], -1)
     again = HEADS[head].loss(out, {"particle": renamed, "labels": labels, "pad": pad})
     assert torch.allclose(loss, again, rtol=1e-6), (loss, again)
-    if head == "edges":
+    if graph:
         # an edge's truth is whether its hits share a particle: renaming keeps it, moving one hit changes it
         same, _ = edge_truth(particle, labels, out["nbr"], out["nbr_pad"])
         assert torch.equal(same, edge_truth(renamed, labels, out["nbr"], out["nbr_pad"])[0])
@@ -127,6 +130,35 @@ def test_edge_clusters_join_groups_by_the_mean_of_the_edges_between_them() -> No
     edge[0, 3, 1] = edge[0, 4, 1] = 5.0  # every edge between the groups says yes: one cluster
     assert edge_clusters(out, pad, threshold=0.5)[0][0].tolist() == [0] * 5
     assert edge_clusters(out, pad, threshold=0.999)[0][0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_condensation_gives_each_strong_hit_the_free_hits_within_its_radius() -> None:
+    # hit 0 (beta 0.9) takes hit 1 (0.3 away); hit 3 (0.3) is 2 away and condenses hit 2 (0.5 from it, 0.05 weak);
+    # hit 4 is weak and far from both: a cluster of its own. Raising the threshold past 0.3 leaves hits 2, 3 alone;
+    # shrinking the radius makes hit 1 a condensation point of its own and leaves hit 2 out of hit 3's reach.
+    beta = np.array([0.9, 0.5, 0.05, 0.3, 0.02])
+    coords = np.array([[0.0, 0], [0.3, 0], [2.5, 0], [2.0, 0], [10.0, 0]])
+    assert condense(beta, coords, 0.1, 0.8).tolist() == [0, 0, 1, 1, 2]
+    assert condense(beta, coords, 0.4, 0.8).tolist() == [0, 0, 1, 2, 3]
+    assert condense(beta, coords, 0.1, 0.2).tolist() == [0, 1, 3, 2, 4]
+    assert condense(np.zeros(0), np.zeros((0, 2)), 0.1, 0.8).tolist() == []
+
+
+def test_the_condensation_loss_is_least_when_each_particle_gathers_apart_from_the_others() -> None:
+    # two particles of three hits and one noise hit; the particles' first hits are their strongest
+    owner = torch.tensor([[0, 0, 0, 1, 1, 1, -1]])
+    pad = torch.zeros(1, 7, dtype=torch.bool)
+    logit = torch.tensor([[9.0, -3, -3, 9.0, -3, -3, -9.0]])
+    apart = torch.tensor([[[0.0, 0], [0, 0], [0, 0], [5, 0], [5, 0], [5, 0], [0, 9]]])
+    mixed = apart[:, [0, 3, 1, 4, 2, 5, 6]]  # each particle's hits spread over both places
+    good = condensation_loss(logit, apart, owner, pad)
+    assert good < 1e-3, good
+    assert condensation_loss(logit, mixed, owner, pad) > 10 * good + 1.0
+    assert condensation_loss(-logit, apart, owner, pad) > good + 1.0  # no hit condenses: beta loss near 2
+    padded = torch.cat([apart, torch.full((1, 2, 2), 3.0)], 1)  # padding anywhere changes nothing
+    assert torch.allclose(condensation_loss(torch.cat([logit, torch.zeros(1, 2)], 1), padded,
+                                            torch.cat([owner, torch.full((1, 2), -1)], 1),
+                                            torch.tensor([[False] * 7 + [True] * 2])), good)
 
 
 @pytest.mark.parametrize("name", list_models(inputs="hits"))

@@ -4,7 +4,9 @@ the clusters read from them. The objective asks here and never looks at a model'
 - ``hits`` and ``slots``: each hit's slot, the slots matched to the particles (:mod:`hpcvit.hits.matching`);
 - ``edges``: a logit per hit and neighbour that both come from one particle. The loss is a class-balanced binary
   cross-entropy (most neighbours share a particle; the few that do not are where clusters part); the clusters
-  are grown by average linkage over the edges (:func:`linkage`).
+  are grown by average linkage over the edges (:func:`linkage`);
+- ``condensation``: the edges as above, and a condensation strength and clustering-space position per hit
+  (:mod:`hpcvit.hits.condensation`); both losses are learnt, the clusters are condensed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from hpcvit.hits.condensation import condensation_loss, condense, owners
 from hpcvit.hits.matching import NOISE, LossWeights, hit_loss, particle_type, predicted_clusters, with_per_hit_loss
 
 
@@ -90,16 +93,46 @@ def edge_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: fl
     are its hits' averaged."""
     prob = torch.sigmoid(out["edge"].float()).cpu().numpy()
     nbr, missing, pad_np = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy(), pad.cpu().numpy()
-    hit_types = F.softmax(out["type"].float(), dim=-1).cpu().numpy()
+    hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
     slot = np.full(pad_np.shape, -1, dtype=np.int64)
     types = []
     for i in range(len(pad_np)):
         n = int((~pad_np[i]).sum())  # an event's hits come first, its padding after them
         labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold)
         slot[i, :n] = labels
-        sums = np.zeros((int(labels.max()) + 1 if n else 0, hit_types.shape[-1]))
-        np.add.at(sums, labels, hit_types[i, :n])
-        types.append((sums / np.maximum(sums.sum(-1, keepdims=True), 1e-9)).astype(np.float32))
+        types.append(cluster_types(labels, hit_types[i, :n]))
+    return torch.from_numpy(slot), types
+
+
+def cluster_types(labels: np.ndarray, hit_types: np.ndarray) -> np.ndarray:
+    """Each cluster's type probabilities: its hits' averaged (clusters x types)."""
+    sums = np.zeros((int(labels.max()) + 1 if len(labels) else 0, hit_types.shape[-1]))
+    np.add.at(sums, labels, hit_types)
+    return (sums / np.maximum(sums.sum(-1, keepdims=True), 1e-9)).astype(np.float32)
+
+
+def condensation_head_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                           w: LossWeights = LossWeights()) -> torch.Tensor:
+    """The edge loss (with the per-hit losses) plus the object-condensation loss."""
+    own = owners(target["particle"], target["labels"])
+    return edge_loss(out, target, w) + w.assign * condensation_loss(out["beta"], out["ccoords"], own, target["pad"])
+
+
+def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.1
+                       ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Each event's hits condensed (:func:`hpcvit.hits.condensation.condense`) around the hits whose strength
+    passes ``threshold``, within the model's ``radius``."""
+    beta = torch.sigmoid(out["beta"].detach().float()).cpu().numpy()
+    coords, pad_np = out["ccoords"].detach().float().cpu().numpy(), pad.cpu().numpy()
+    radius = float(out["radius"])
+    hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
+    slot = np.full(pad_np.shape, -1, dtype=np.int64)
+    types = []
+    for i in range(len(pad_np)):
+        n = int((~pad_np[i]).sum())
+        labels = condense(beta[i, :n], coords[i, :n], threshold, radius)
+        slot[i, :n] = labels
+        types.append(cluster_types(labels, hit_types[i, :n]))
     return torch.from_numpy(slot), types
 
 
@@ -115,4 +148,5 @@ HEADS: dict[str, Head] = {
     "hits": Head(lambda out, target: hit_loss(out, target, False), _slot_clusters(False)),
     "slots": Head(lambda out, target: hit_loss(out, target, True), _slot_clusters(True)),
     "edges": Head(edge_loss, edge_clusters),
+    "condensation": Head(condensation_head_loss, condensed_clusters),
 }

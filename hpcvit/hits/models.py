@@ -204,7 +204,8 @@ class HitGraphTransformer(nn.Module):
         self.type_head = nn.Linear(dmodel, n_types)
         self.kin_head = nn.Linear(dmodel, 4)
 
-    def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(self, hits: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each hit's encoding, and the edge, type and kinematics outputs."""
         nbr, nbr_pad = neighbours(hits[..., self.coords], pad, self.k)
         pe = self.rel(relations(hits, nbr, nbr_pad, self.coords))
         h = self.embed(hits)
@@ -215,7 +216,37 @@ class HitGraphTransformer(nn.Module):
         h = self.norm(h)
         pair = self.edge_hit(h).unsqueeze(2) + gather(self.edge_nbr(h), nbr) + self.edge_rel(pe)
         edge = self.edge_out(pair).squeeze(-1)
-        return {"edge": edge, "nbr": nbr, "nbr_pad": nbr_pad, "type": self.type_head(h), "kin": self.kin_head(h)}
+        return h, {"edge": edge, "nbr": nbr, "nbr_pad": nbr_pad, "type": self.type_head(h), "kin": self.kin_head(h)}
+
+    def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encode(hits, pad)[1]
+
+
+class HitCondensationTransformer(HitGraphTransformer):
+    """The hit graph transformer with object condensation beside its edges (:mod:`hpcvit.hits.condensation`):
+    per hit a condensation strength ``beta`` and a position in a ``space``-dimensional clustering space, learnt
+    with the edges. Clusters are condensed: the strongest hit left above ``threshold`` takes every hit within
+    ``radius`` of it there. Where two showers touch, a hit is given to one particle's condensation point rather
+    than joined by a chain of neighbours."""
+
+    head = "condensation"
+
+    def __init__(self, n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64, nhead: int = 4,
+                 dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
+                 coords: list[int] | None = None, threshold: float = 0.1, radius: float = 0.8, space: int = 3):
+        super().__init__(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global, coords,
+                         threshold)
+        if not 0 < radius <= 1:
+            raise ValueError(f"radius {radius}: a distance in the clustering space, in (0, 1]")
+        self.radius = float(radius)
+        self.beta_head = nn.Linear(dmodel, 1)
+        self.space_head = nn.Sequential(nn.Linear(dmodel, dmodel), nn.GELU(), nn.Linear(dmodel, space))
+
+    def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, out = self.encode(hits, pad)
+        out.update(beta=self.beta_head(h).squeeze(-1), ccoords=self.space_head(h),
+                   radius=torch.tensor(self.radius, device=h.device))
+        return out
 
 
 def build_clusters_finder(n_features: int, n_types: int = len(TYPES), nclusters_max: int = 16, dmodel: int = 64,
@@ -237,3 +268,11 @@ def build_hit_graph_transformer(n_features: int, n_types: int = len(TYPES), k: i
                                 coords: list[int] | None = None, threshold: float = 0.7) -> nn.Module:
     return HitGraphTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
                                coords, threshold)
+
+
+def build_hit_condensation_transformer(n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64,
+                                       nhead: int = 4, dim_ff: int = 128, nlayers_local: int = 3,
+                                       nlayers_global: int = 1, coords: list[int] | None = None,
+                                       threshold: float = 0.1, radius: float = 0.8, space: int = 3) -> nn.Module:
+    return HitCondensationTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
+                                      coords, threshold, radius, space)

@@ -55,3 +55,6 @@ register_model("hit_set_transformer", "hpcvit.hits.models:build_hit_set_transfor
 register_model("hit_graph_transformer", "hpcvit.hits.models:build_hit_graph_transformer", "hits",
                "attention over each hit's nearest neighbours and the event; same-particle edges, average linkage",
                inputs="hits")
+register_model("hit_condensation_transformer", "hpcvit.hits.models:build_hit_condensation_transformer", "hits",
+               "the hit graph transformer with object condensation: clusters condensed around the strongest hits",
+               inputs="hits")
