@@ -7,8 +7,8 @@ scaling kept in its checkpoint, through the objective's own evaluation and artif
 (``<workdir>/<model>/metrics.csv`` and ``efficiency_binned.csv``), and prints the efficiency by distance.
 
 A model that appears in several tasks (a zip of its arguments) is scored per task, under the task's run name.
-``--thresholds`` scores an edge model (hit_graph_transformer) at other linkage thresholds than the one it was
-trained with, each under ``<name>@<threshold>``: how merges trade against splits on the same weights.
+``--thresholds`` scores a model with edges (hit_graph_transformer, hit_condensation_transformer) at other linkage
+thresholds than its own, each under ``<name>@<threshold>``: how merges trade against splits on the same weights.
 ``--weights last`` scores the last checkpoint's weights instead of the best on the validation split.
 
 ``--cone`` makes the unseen events of narrower jets, where showers overlap more often.
@@ -82,7 +82,7 @@ def main() -> None:
                                                                             weights_only=True)
         model.load_state_dict(weights)
         model.eval()
-        several = bool(args.thresholds) and objective.head_name == "edges"
+        several = bool(args.thresholds) and objective.head_name in ("edges", "condensation")
         thresholds = args.thresholds if several else [objective.threshold]
         evaluators = [objective.evaluator() for _ in thresholds]
         loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,

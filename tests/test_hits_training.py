@@ -16,7 +16,7 @@ import torch
 
 from hpcvit.hits.condensation import condensation_loss, condense
 from hpcvit.hits.generate import generate
-from hpcvit.hits.heads import HEADS, edge_clusters, edge_truth
+from hpcvit.hits.heads import HEADS, edge_clusters, edge_truth, linkage
 from hpcvit.hits.matching import match_slots
 from hpcvit.hits.metrics import Event, adjusted_rand, event_table, summarize
 from hpcvit.hits.models import (TYPES, build_clusters_finder, build_hit_condensation_transformer,
@@ -132,16 +132,32 @@ def test_edge_clusters_join_groups_by_the_mean_of_the_edges_between_them() -> No
     assert edge_clusters(out, pad, threshold=0.999)[0][0].tolist() == [0, 1, 2, 3, 4]
 
 
-def test_condensation_gives_each_strong_hit_the_free_hits_within_its_radius() -> None:
-    # hit 0 (beta 0.9) takes hit 1 (0.3 away); hit 3 (0.3) is 2 away and condenses hit 2 (0.5 from it, 0.05 weak);
-    # hit 4 is weak and far from both: a cluster of its own. Raising the threshold past 0.3 leaves hits 2, 3 alone;
-    # shrinking the radius makes hit 1 a condensation point of its own and leaves hit 2 out of hit 3's reach.
+def test_condensation_gives_each_hit_to_the_nearest_strong_hit_within_the_radius() -> None:
+    # hit 0 (beta 0.9) is a condensation point and takes hit 1 (0.3 away, too close to be a point itself); hit 3
+    # (0.3) is 2 away, a point, and takes hit 2 (0.5 from it, 0.05 weak); hit 4 is weak and far from both: a
+    # cluster of its own. Raising the threshold past 0.3 leaves hits 2, 3 alone; shrinking the radius makes hit 1
+    # a point of its own and leaves hit 2 out of hit 3's reach.
     beta = np.array([0.9, 0.5, 0.05, 0.3, 0.02])
     coords = np.array([[0.0, 0], [0.3, 0], [2.5, 0], [2.0, 0], [10.0, 0]])
     assert condense(beta, coords, 0.1, 0.8).tolist() == [0, 0, 1, 1, 2]
     assert condense(beta, coords, 0.4, 0.8).tolist() == [0, 0, 1, 2, 3]
     assert condense(beta, coords, 0.1, 0.2).tolist() == [0, 1, 3, 2, 4]
     assert condense(np.zeros(0), np.zeros((0, 2)), 0.1, 0.8).tolist() == []
+    # a weak hit within reach of both points goes to the closer, not to the stronger
+    assert condense(np.array([0.9, 0.8, 0.05]), np.array([[0.0], [1.0], [0.7]]), 0.1, 0.8).tolist() == [0, 1, 1]
+
+
+def test_linkage_joins_condensed_pieces_by_the_edges_between_them() -> None:
+    # a chain 0-1-2-3: the edges inside {0, 1} and {2, 3} are sure, the one between them says 0.9. Started from
+    # the pieces {0}, {1}, {2, 3}, all join at 0.8; with the 1-2 edge at 0.1, started from {0, 1}, {2}, {3},
+    # only 2 and 3 join (as they would from single hits).
+    nbr = np.array([[1], [2], [3], [2]])
+    missing = np.zeros((4, 1), bool)
+    prob = np.array([[0.99], [0.9], [0.99], [0.99]])
+    assert linkage(prob, nbr, missing, 0.8, start=np.array([0, 1, 2, 2])).tolist() == [0, 0, 0, 0]
+    prob[1, 0] = 0.1
+    assert linkage(prob, nbr, missing, 0.8, start=np.array([0, 0, 1, 2])).tolist() == [0, 0, 1, 1]
+    assert linkage(prob, nbr, missing, 0.8).tolist() == [0, 0, 1, 1]
 
 
 def test_the_condensation_loss_is_least_when_each_particle_gathers_apart_from_the_others() -> None:

@@ -1,9 +1,9 @@
 """Object condensation (Kieseler, Eur. Phys. J. C 80, 886 (2020)): every hit is placed in a learnt clustering
 space and given a condensation strength ``beta``; the hits of one particle gather around the particle's
-strongest hit, the others are pushed out of its unit ball. Clusters are read by taking the strongest hit left as
-a condensation point and giving it every unassigned hit within ``radius`` of it, until no hit left passes
-``threshold``. Nothing here depends on how the particles are numbered: the loss sums over particles, the
-clusters come from the hits' own outputs.
+strongest hit, the others are pushed out of its unit ball. Clusters are read by taking the strong hits that are
+``radius`` apart as condensation points and giving every hit to the nearest one within ``radius``. Nothing here
+depends on how the particles are numbered: the loss sums over particles, the clusters come from the hits' own
+outputs.
 """
 
 from __future__ import annotations
@@ -57,22 +57,24 @@ def condensation_loss(beta_logit: torch.Tensor, coords: torch.Tensor, owner: tor
     return (l_v + l_beta + NOISE_WEIGHT * l_noise).mean()
 
 
-def condense(beta: np.ndarray, coords: np.ndarray, threshold: float, radius: float) -> np.ndarray:
-    """One event's clusters (0, 1, ...): the strongest hit left above ``threshold`` takes every unassigned hit
-    within ``radius`` of it in the clustering space, then the next; a hit that no condensation point reaches is
-    a cluster of its own."""
+def condense(beta: np.ndarray, coords: np.ndarray, min_beta: float, radius: float) -> np.ndarray:
+    """One event's clusters (0, 1, ...): the hits whose strength passes ``min_beta`` become condensation points,
+    strongest first, unless a stronger one lies within ``radius`` of them in the clustering space; every hit goes
+    to its nearest condensation point within ``radius`` (a hit between two showers to the closer one, not to the
+    stronger); a hit that none reaches is a cluster of its own."""
     n = len(beta)
-    group = np.full(n, -1, dtype=np.int64)
-    c = 0
+    seeds: list[int] = []
     for i in np.argsort(-beta, kind="stable"):
-        if beta[i] <= threshold:
+        if beta[i] <= min_beta:
             break
-        if group[i] >= 0:
-            continue
-        free = group < 0
-        near = free & (((coords - coords[i]) ** 2).sum(-1) < radius * radius)
-        group[near | (np.arange(n) == i)] = c
-        c += 1
+        if not seeds or (((coords[seeds] - coords[i]) ** 2).sum(-1) >= radius * radius).all():
+            seeds.append(int(i))
+    group = np.full(n, -1, dtype=np.int64)
+    if seeds:
+        d2 = ((coords[:, None] - coords[seeds][None]) ** 2).sum(-1)
+        nearest = d2.argmin(1)
+        reached = d2[np.arange(n), nearest] < radius * radius
+        group[reached] = nearest[reached]
     alone = group < 0
-    group[alone] = c + np.arange(int(alone.sum()))
+    group[alone] = len(seeds) + np.arange(int(alone.sum()))
     return group

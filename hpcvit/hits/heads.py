@@ -6,7 +6,8 @@ the clusters read from them. The objective asks here and never looks at a model'
   cross-entropy (most neighbours share a particle; the few that do not are where clusters part); the clusters
   are grown by average linkage over the edges (:func:`linkage`);
 - ``condensation``: the edges as above, and a condensation strength and clustering-space position per hit
-  (:mod:`hpcvit.hits.condensation`); both losses are learnt, the clusters are condensed.
+  (:mod:`hpcvit.hits.condensation`); both losses are learnt. The clusters are condensed, then joined by
+  average linkage over the edges (pieces of one shower that condensed apart).
 """
 
 from __future__ import annotations
@@ -57,15 +58,17 @@ def edge_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: 
     return with_per_hit_loss(loss, out, particle, labels, w)
 
 
-def linkage(prob: np.ndarray, nbr: np.ndarray, missing: np.ndarray, threshold: float) -> np.ndarray:
-    """Average-linkage agglomeration over one event's neighbour graph: every hit starts alone; in rounds, two
-    groups join when the mean probability of all the edges between them passes ``threshold``, the most likely
-    pairs first and each group once per round, until no pair passes. One wrong edge among many right ones does
-    not join two showers, as it would in connected components. A group number per hit (0, 1, ...)."""
+def linkage(prob: np.ndarray, nbr: np.ndarray, missing: np.ndarray, threshold: float,
+            start: np.ndarray | None = None) -> np.ndarray:
+    """Average-linkage agglomeration over one event's neighbour graph: every hit starts alone (or in its
+    ``start`` group, numbers below the hit count); in rounds, two groups join when the mean probability of all
+    the edges between them passes ``threshold``, the most likely pairs first and each group once per round,
+    until no pair passes. One wrong edge among many right ones does not join two showers, as it would in
+    connected components. A group number per hit (0, 1, ...)."""
     n = len(prob)
     src, j = np.nonzero(~missing)
     dst, p = nbr[src, j], prob[src, j].astype(np.float64)
-    group = np.arange(n)
+    group = np.arange(n) if start is None else np.asarray(start, dtype=np.int64)
     while True:
         a, b = group[src], group[dst]
         between = a != b
@@ -118,19 +121,23 @@ def condensation_head_loss(out: dict[str, torch.Tensor], target: dict[str, torch
     return edge_loss(out, target, w) + w.assign * condensation_loss(out["beta"], out["ccoords"], own, target["pad"])
 
 
-def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.1
+def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.7
                        ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Each event's hits condensed (:func:`hpcvit.hits.condensation.condense`) around the hits whose strength
-    passes ``threshold``, within the model's ``radius``."""
+    """Each event's hits condensed (:func:`hpcvit.hits.condensation.condense`) around the hits stronger than the
+    model's ``min_beta``, within its ``radius``; then condensed pieces joined by :func:`linkage` of the edges
+    at ``threshold``."""
     beta = torch.sigmoid(out["beta"].detach().float()).cpu().numpy()
     coords, pad_np = out["ccoords"].detach().float().cpu().numpy(), pad.cpu().numpy()
-    radius = float(out["radius"])
+    radius, min_beta = float(out["radius"]), float(out["min_beta"])
+    prob = torch.sigmoid(out["edge"].detach().float()).cpu().numpy()
+    nbr, missing = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy()
     hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
     slot = np.full(pad_np.shape, -1, dtype=np.int64)
     types = []
     for i in range(len(pad_np)):
         n = int((~pad_np[i]).sum())
-        labels = condense(beta[i, :n], coords[i, :n], threshold, radius)
+        pieces = condense(beta[i, :n], coords[i, :n], min_beta, radius)
+        labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold, start=pieces)
         slot[i, :n] = labels
         types.append(cluster_types(labels, hit_types[i, :n]))
     return torch.from_numpy(slot), types

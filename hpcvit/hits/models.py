@@ -225,27 +225,32 @@ class HitGraphTransformer(nn.Module):
 class HitCondensationTransformer(HitGraphTransformer):
     """The hit graph transformer with object condensation beside its edges (:mod:`hpcvit.hits.condensation`):
     per hit a condensation strength ``beta`` and a position in a ``space``-dimensional clustering space, learnt
-    with the edges. Clusters are condensed: the strongest hit left above ``threshold`` takes every hit within
-    ``radius`` of it there. Where two showers touch, a hit is given to one particle's condensation point rather
-    than joined by a chain of neighbours."""
+    with the edges. Hits stronger than ``min_beta`` and ``radius`` apart there become condensation points; each
+    hit goes to the nearest within ``radius``; pieces of one shower that condensed apart are joined when the
+    mean probability of the edges between them passes ``threshold``. Where two showers touch, a hit is given to
+    the closer condensation point rather than joined by a chain of neighbours."""
 
     head = "condensation"
 
     def __init__(self, n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64, nhead: int = 4,
                  dim_ff: int = 128, nlayers_local: int = 3, nlayers_global: int = 1,
-                 coords: list[int] | None = None, threshold: float = 0.1, radius: float = 0.8, space: int = 3):
+                 coords: list[int] | None = None, threshold: float = 0.7, radius: float = 0.4,
+                 min_beta: float = 0.1, space: int = 3):
         super().__init__(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global, coords,
                          threshold)
         if not 0 < radius <= 1:
             raise ValueError(f"radius {radius}: a distance in the clustering space, in (0, 1]")
-        self.radius = float(radius)
+        if not 0 <= min_beta < 1:
+            raise ValueError(f"min_beta {min_beta}: a condensation strength, in [0, 1)")
+        self.radius, self.min_beta = float(radius), float(min_beta)
         self.beta_head = nn.Linear(dmodel, 1)
         self.space_head = nn.Sequential(nn.Linear(dmodel, dmodel), nn.GELU(), nn.Linear(dmodel, space))
 
     def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
         h, out = self.encode(hits, pad)
         out.update(beta=self.beta_head(h).squeeze(-1), ccoords=self.space_head(h),
-                   radius=torch.tensor(self.radius, device=h.device))
+                   radius=torch.tensor(self.radius, device=h.device),
+                   min_beta=torch.tensor(self.min_beta, device=h.device))
         return out
 
 
@@ -273,6 +278,7 @@ def build_hit_graph_transformer(n_features: int, n_types: int = len(TYPES), k: i
 def build_hit_condensation_transformer(n_features: int, n_types: int = len(TYPES), k: int = 16, dmodel: int = 64,
                                        nhead: int = 4, dim_ff: int = 128, nlayers_local: int = 3,
                                        nlayers_global: int = 1, coords: list[int] | None = None,
-                                       threshold: float = 0.1, radius: float = 0.8, space: int = 3) -> nn.Module:
+                                       threshold: float = 0.7, radius: float = 0.4, min_beta: float = 0.1,
+                                       space: int = 3) -> nn.Module:
     return HitCondensationTransformer(n_features, n_types, k, dmodel, nhead, dim_ff, nlayers_local, nlayers_global,
-                                      coords, threshold, radius, space)
+                                      coords, threshold, radius, min_beta, space)
