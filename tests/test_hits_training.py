@@ -145,19 +145,20 @@ def test_condensation_gives_each_hit_to_the_nearest_strong_hit_within_the_radius
     assert condense(np.zeros(0), np.zeros((0, 2)), 0.1, 0.8).tolist() == []
     # a weak hit within reach of both points goes to the closer, not to the stronger
     assert condense(np.array([0.9, 0.8, 0.05]), np.array([[0.0], [1.0], [0.7]]), 0.1, 0.8).tolist() == [0, 1, 1]
+    # positions gone bad (NaN): every hit a cluster of its own, numbered below the hit count
+    assert condense(np.array([0.9, 0.5, 0.2]), np.full((3, 2), np.nan), 0.1, 0.8).tolist() == [0, 1, 2]
 
 
-def test_linkage_joins_condensed_pieces_by_the_edges_between_them() -> None:
-    # a chain 0-1-2-3: the edges inside {0, 1} and {2, 3} are sure, the one between them says 0.9. Started from
-    # the pieces {0}, {1}, {2, 3}, all join at 0.8; with the 1-2 edge at 0.1, started from {0, 1}, {2}, {3},
-    # only 2 and 3 join (as they would from single hits).
-    nbr = np.array([[1], [2], [3], [2]])
-    missing = np.zeros((4, 1), bool)
-    prob = np.array([[0.99], [0.9], [0.99], [0.99]])
-    assert linkage(prob, nbr, missing, 0.8, start=np.array([0, 1, 2, 2])).tolist() == [0, 0, 0, 0]
-    prob[1, 0] = 0.1
-    assert linkage(prob, nbr, missing, 0.8, start=np.array([0, 0, 1, 2])).tolist() == [0, 0, 1, 1]
-    assert linkage(prob, nbr, missing, 0.8).tolist() == [0, 0, 1, 1]
+def test_linkage_started_from_groups_weighs_every_edge_between_them() -> None:
+    # edges 0-2 say "one particle" (0.9), 1-3 say "two" (0.1). From single hits, 0 and 2 join; from the groups
+    # {0, 1} and {2, 3}, the mean of the edges between them (0.5) keeps them apart at 0.8 and joins them at 0.4.
+    nbr, missing = np.array([[2], [3], [0], [1]]), np.zeros((4, 1), bool)
+    prob = np.array([[0.9], [0.1], [0.9], [0.1]])
+    assert linkage(prob, nbr, missing, 0.8).tolist() == [0, 1, 0, 2]
+    assert linkage(prob, nbr, missing, 0.8, start=np.array([0, 0, 1, 1])).tolist() == [0, 0, 1, 1]
+    assert linkage(prob, nbr, missing, 0.4, start=np.array([0, 0, 1, 1])).tolist() == [0, 0, 0, 0]
+    # group numbers need not be small or dense; a group with no edge between its hits stays one
+    assert linkage(prob, nbr, missing, 0.8, start=np.array([70, 9, 70, 9])).tolist() == [1, 0, 1, 0]
 
 
 def test_the_condensation_loss_is_least_when_each_particle_gathers_apart_from_the_others() -> None:
@@ -171,6 +172,17 @@ def test_the_condensation_loss_is_least_when_each_particle_gathers_apart_from_th
     assert good < 1e-3, good
     assert condensation_loss(logit, mixed, owner, pad) > 10 * good + 1.0
     assert condensation_loss(-logit, apart, owner, pad) > good + 1.0  # no hit condenses: beta loss near 2
+    close = apart.clone()
+    close[0, 3:6, 0] = 0.5  # each particle gathered, but within the other's unit ball: repelled
+    assert condensation_loss(logit, close, owner, pad) > good + 1.0
+    loud = logit.clone()
+    loud[0, 6] = 9.0  # the noise hit as strong as a condensation point
+    assert condensation_loss(loud, apart, owner, pad) == pytest.approx(float(good) + 1.0, abs=1e-3)
+    # a batch of this event and one of noise alone: the mean of the two, the second only its noise term
+    quiet = torch.full((1, 7), -9.0)
+    both = condensation_loss(torch.cat([logit, quiet]), torch.cat([apart, apart]),
+                             torch.cat([owner, torch.full((1, 7), -1)]), torch.zeros(2, 7, dtype=torch.bool))
+    assert both == pytest.approx((float(good) + float(torch.sigmoid(torch.tensor(-9.0)))) / 2, abs=1e-6)
     padded = torch.cat([apart, torch.full((1, 2, 2), 3.0)], 1)  # padding anywhere changes nothing
     assert torch.allclose(condensation_loss(torch.cat([logit, torch.zeros(1, 2)], 1), padded,
                                             torch.cat([owner, torch.full((1, 2), -1)], 1),

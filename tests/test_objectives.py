@@ -123,7 +123,7 @@ model: {{name: {model}}}
 @pytest.mark.parametrize("fmt,task,model,sweep,where,words", [
     ("hdf5", "hit_clustering", "cnn_small", "", "spec.yaml:3 model.name",
      "model 'cnn_small' reads image, this task's data are hits "
-     "(its models: clusters_finder, hit_graph_transformer, hit_set_transformer)"),
+     "(its models: clusters_finder, hit_condensation_transformer, hit_graph_transformer, hit_set_transformer)"),
     ("hdf5", "binary", "hit_set_transformer", "", "spec.yaml:3 model.name",
      "model 'hit_set_transformer' reads hits, this task's data are image"),
     ("hdf5", "hit_clustering", "hit_set_transformer", "sweep: {grid: {optim.lr: [0.1, 0.2]}, search: {metric: "

@@ -19,6 +19,7 @@ Q_MIN = 0.1
 NOISE_WEIGHT = 1.0
 """Weight of the noise hits' mean ``beta`` in the condensation loss (noise should condense nowhere)."""
 BETA_MAX = 1.0 - 1e-4
+"""Where ``beta`` is clipped: its charge atanh(beta)^2 stays finite (about 24.6)."""
 
 
 def owners(particle: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -75,6 +76,7 @@ def condense(beta: np.ndarray, coords: np.ndarray, min_beta: float, radius: floa
         nearest = d2.argmin(1)
         reached = d2[np.arange(n), nearest] < radius * radius
         group[reached] = nearest[reached]
+        group[seeds] = np.arange(len(seeds))  # a point is its own, whatever its distances say (NaN)
     alone = group < 0
     group[alone] = len(seeds) + np.arange(int(alone.sum()))
     return group

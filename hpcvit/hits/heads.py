@@ -26,7 +26,8 @@ from hpcvit.hits.matching import NOISE, LossWeights, hit_loss, particle_type, pr
 @dataclass(frozen=True)
 class Head:
     """The loss of a head's outputs against ``target`` (particle, labels, pad) and each hit's cluster (batch x
-    hits, -1 at padding) with each event's cluster type probabilities (clusters x types)."""
+    hits, -1 at padding) with each event's cluster type probabilities (clusters x types); ``clusters`` takes the
+    model's ``threshold`` and its ``cluster_settings`` as keywords."""
 
     loss: Callable[..., torch.Tensor]
     clusters: Callable[..., tuple[torch.Tensor, list[np.ndarray]]]
@@ -61,14 +62,14 @@ def edge_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: 
 def linkage(prob: np.ndarray, nbr: np.ndarray, missing: np.ndarray, threshold: float,
             start: np.ndarray | None = None) -> np.ndarray:
     """Average-linkage agglomeration over one event's neighbour graph: every hit starts alone (or in its
-    ``start`` group, numbers below the hit count); in rounds, two groups join when the mean probability of all
+    ``start`` group); in rounds, two groups join when the mean probability of all
     the edges between them passes ``threshold``, the most likely pairs first and each group once per round,
     until no pair passes. One wrong edge among many right ones does not join two showers, as it would in
     connected components. A group number per hit (0, 1, ...)."""
     n = len(prob)
     src, j = np.nonzero(~missing)
     dst, p = nbr[src, j], prob[src, j].astype(np.float64)
-    group = np.arange(n) if start is None else np.asarray(start, dtype=np.int64)
+    group = np.arange(n) if start is None else np.unique(start, return_inverse=True)[1].reshape(-1)
     while True:
         a, b = group[src], group[dst]
         between = a != b
@@ -94,7 +95,7 @@ def edge_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: fl
                   ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Each event's hits grouped by :func:`linkage` of the edge probabilities; a cluster's type probabilities
     are its hits' averaged."""
-    prob = torch.sigmoid(out["edge"].float()).cpu().numpy()
+    prob = torch.sigmoid(out["edge"].detach().float()).cpu().numpy()
     nbr, missing, pad_np = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy(), pad.cpu().numpy()
     hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
     slot = np.full(pad_np.shape, -1, dtype=np.int64)
@@ -121,14 +122,13 @@ def condensation_head_loss(out: dict[str, torch.Tensor], target: dict[str, torch
     return edge_loss(out, target, w) + w.assign * condensation_loss(out["beta"], out["ccoords"], own, target["pad"])
 
 
-def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.7
-                       ) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Each event's hits condensed (:func:`hpcvit.hits.condensation.condense`) around the hits stronger than the
-    model's ``min_beta``, within its ``radius``; then condensed pieces joined by :func:`linkage` of the edges
-    at ``threshold``."""
+def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float = 0.7,
+                       radius: float = 0.4, min_beta: float = 0.1) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Each event's hits condensed (:func:`hpcvit.hits.condensation.condense`) around the hits stronger than
+    ``min_beta``, within ``radius`` (the model's ``cluster_settings``); then condensed pieces joined by
+    :func:`linkage` of the edges at ``threshold``."""
     beta = torch.sigmoid(out["beta"].detach().float()).cpu().numpy()
     coords, pad_np = out["ccoords"].detach().float().cpu().numpy(), pad.cpu().numpy()
-    radius, min_beta = float(out["radius"]), float(out["min_beta"])
     prob = torch.sigmoid(out["edge"].detach().float()).cpu().numpy()
     nbr, missing = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy()
     hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()

@@ -248,10 +248,13 @@ class HitCondensationTransformer(HitGraphTransformer):
 
     def forward(self, hits: torch.Tensor, pad: torch.Tensor) -> dict[str, torch.Tensor]:
         h, out = self.encode(hits, pad)
-        out.update(beta=self.beta_head(h).squeeze(-1), ccoords=self.space_head(h),
-                   radius=torch.tensor(self.radius, device=h.device),
-                   min_beta=torch.tensor(self.min_beta, device=h.device))
+        out.update(beta=self.beta_head(h).squeeze(-1), ccoords=self.space_head(h))
         return out
+
+    @property
+    def cluster_settings(self) -> dict[str, float]:
+        """How the clusters are read, beside ``threshold`` (:func:`hpcvit.hits.heads.condensed_clusters`)."""
+        return {"radius": self.radius, "min_beta": self.min_beta}
 
 
 def build_clusters_finder(n_features: int, n_types: int = len(TYPES), nclusters_max: int = 16, dmodel: int = 64,

@@ -40,7 +40,8 @@ class ClusterOutputs(Evaluator):
         target = {k: v.to(device) for k, v in y.items() if k in ("particle", "labels", "pad")}
         self.loss += float(head.loss(out, target).item()) * len(y["event"])
         self.n += len(y["event"])
-        slot, types = head.clusters(out, target["pad"], self.objective.threshold)
+        slot, types = head.clusters(out, target["pad"], self.objective.threshold,
+                                    **self.objective.cluster_settings)
         slot, pad = slot.cpu().numpy(), y["pad"].numpy()
         for i, event in enumerate(y["event"].tolist()):
             keep = ~pad[i]
@@ -83,6 +84,7 @@ class HitClustering(Objective):
 
         self.hits = spec.data.hits or HitsSpec()
         self.head_name, self.threshold = "hits", 0.5
+        self.cluster_settings: dict[str, float] = {}
 
     # -- data --------------------------------------------------------------------------------------------------
     @classmethod
@@ -185,6 +187,7 @@ class HitClustering(Objective):
                                 **self.spec.model.kwargs)
         self.head_name = str(getattr(model, "head", "hits"))
         self.threshold = float(getattr(model, "threshold", 0.5))
+        self.cluster_settings = dict(getattr(model, "cluster_settings", {}))
         return model
 
     @property
