@@ -82,7 +82,7 @@ def main() -> None:
                                                                             weights_only=True)
         model.load_state_dict(weights)
         model.eval()
-        several = bool(args.thresholds) and objective.head_name in ("edges", "condensation")
+        several = bool(args.thresholds) and hasattr(model, "threshold")  # the models whose edges are linked
         thresholds = args.thresholds if several else [objective.threshold]
         evaluators = [objective.evaluator() for _ in thresholds]
         loader = objective.loader(_subset(objective.data.test), None, 16, workers=0, generator=None,

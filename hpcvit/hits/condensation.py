@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hpcvit.hits.matching import NOISE, particle_type
 
 Q_MIN = 0.1
 """The least charge a hit carries: hits of low ``beta`` still feel the potentials."""
@@ -20,12 +19,6 @@ NOISE_WEIGHT = 1.0
 """Weight of the noise hits' mean ``beta`` in the condensation loss (noise should condense nowhere)."""
 BETA_MAX = 1.0 - 1e-4
 """Where ``beta`` is clipped: its charge atanh(beta)^2 stays finite (about 24.6)."""
-
-
-def owners(particle: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each hit's particle, -1 for padding and for noise hits (made by no particle)."""
-    types = particle_type(labels[..., 1], labels[..., 0])
-    return torch.where((particle >= 0) & (types != NOISE), particle, -1)
 
 
 def condensation_loss(beta_logit: torch.Tensor, coords: torch.Tensor, owner: torch.Tensor, pad: torch.Tensor

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hpcvit.hits.condensation import condensation_loss, condense, owners
-from hpcvit.hits.matching import NOISE, LossWeights, hit_loss, particle_type, predicted_clusters, with_per_hit_loss
+from hpcvit.hits.condensation import condensation_loss, condense
+from hpcvit.hits.matching import LossWeights, hit_loss, owners, predicted_clusters, with_per_hit_loss
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,7 @@ def edge_truth(particle: torch.Tensor, labels: torch.Tensor, nbr: torch.Tensor, 
     """(whether each edge joins two hits of one particle, whether the edge is there at all). A noise hit (no
     particle) shares a particle with nobody."""
     b, n, k = nbr.shape
-    types = particle_type(labels[..., 1], labels[..., 0])
-    owner = torch.where((particle >= 0) & (types != NOISE), particle, -1)
+    owner = owners(particle, labels)
     other = torch.gather(owner, 1, nbr.reshape(b, -1)).view(b, n, k)
     valid = ~nbr_pad & (particle >= 0).unsqueeze(-1)
     return (owner.unsqueeze(-1) == other) & (other >= 0) & valid, valid
@@ -62,10 +61,10 @@ def edge_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor], w: 
 def linkage(prob: np.ndarray, nbr: np.ndarray, missing: np.ndarray, threshold: float,
             start: np.ndarray | None = None) -> np.ndarray:
     """Average-linkage agglomeration over one event's neighbour graph: every hit starts alone (or in its
-    ``start`` group); in rounds, two groups join when the mean probability of all
-    the edges between them passes ``threshold``, the most likely pairs first and each group once per round,
-    until no pair passes. One wrong edge among many right ones does not join two showers, as it would in
-    connected components. A group number per hit (0, 1, ...)."""
+    ``start`` group); in rounds, two groups join when the mean probability of all the edges between them passes
+    ``threshold``, the most likely pairs first and each group once per round, until no pair passes. One wrong
+    edge among many right ones does not join two showers, as it would in connected components. A group number
+    per hit (0, 1, ...)."""
     n = len(prob)
     src, j = np.nonzero(~missing)
     dst, p = nbr[src, j], prob[src, j].astype(np.float64)
@@ -95,17 +94,7 @@ def edge_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: fl
                   ) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Each event's hits grouped by :func:`linkage` of the edge probabilities; a cluster's type probabilities
     are its hits' averaged."""
-    prob = torch.sigmoid(out["edge"].detach().float()).cpu().numpy()
-    nbr, missing, pad_np = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy(), pad.cpu().numpy()
-    hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
-    slot = np.full(pad_np.shape, -1, dtype=np.int64)
-    types = []
-    for i in range(len(pad_np)):
-        n = int((~pad_np[i]).sum())  # an event's hits come first, its padding after them
-        labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold)
-        slot[i, :n] = labels
-        types.append(cluster_types(labels, hit_types[i, :n]))
-    return torch.from_numpy(slot), types
+    return _linked(out, pad, threshold, lambda i, n: None)
 
 
 def cluster_types(labels: np.ndarray, hit_types: np.ndarray) -> np.ndarray:
@@ -128,16 +117,22 @@ def condensed_clusters(out: dict[str, torch.Tensor], pad: torch.Tensor, threshol
     ``min_beta``, within ``radius`` (the model's ``cluster_settings``); then condensed pieces joined by
     :func:`linkage` of the edges at ``threshold``."""
     beta = torch.sigmoid(out["beta"].detach().float()).cpu().numpy()
-    coords, pad_np = out["ccoords"].detach().float().cpu().numpy(), pad.cpu().numpy()
+    coords = out["ccoords"].detach().float().cpu().numpy()
+    return _linked(out, pad, threshold, lambda i, n: condense(beta[i, :n], coords[i, :n], min_beta, radius))
+
+
+def _linked(out: dict[str, torch.Tensor], pad: torch.Tensor, threshold: float,
+            start: Callable[[int, int], np.ndarray | None]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Each event's hits (its first ``n``, padding after them) grouped by :func:`linkage` of the edges from
+    ``start(event, n)``'s groups (None: single hits), with the groups' type probabilities."""
     prob = torch.sigmoid(out["edge"].detach().float()).cpu().numpy()
-    nbr, missing = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy()
+    nbr, missing, pad_np = out["nbr"].cpu().numpy(), out["nbr_pad"].cpu().numpy(), pad.cpu().numpy()
     hit_types = F.softmax(out["type"].detach().float(), dim=-1).cpu().numpy()
     slot = np.full(pad_np.shape, -1, dtype=np.int64)
     types = []
     for i in range(len(pad_np)):
         n = int((~pad_np[i]).sum())
-        pieces = condense(beta[i, :n], coords[i, :n], min_beta, radius)
-        labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold, start=pieces)
+        labels = linkage(prob[i, :n], nbr[i, :n], missing[i, :n], threshold, start=start(i, n))
         slot[i, :n] = labels
         types.append(cluster_types(labels, hit_types[i, :n]))
     return torch.from_numpy(slot), types

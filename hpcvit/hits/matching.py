@@ -31,6 +31,12 @@ def particle_type(abs_pdg: torch.Tensor, charge: torch.Tensor) -> torch.Tensor:
     return torch.where(abs_pdg == 0, NOISE, t).long()
 
 
+def owners(particle: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each hit's particle, -1 for padding and for noise hits (made by no particle)."""
+    types = particle_type(labels[..., 1], labels[..., 0])
+    return torch.where((particle >= 0) & (types != NOISE), particle, -1)
+
+
 def kinematics(labels: torch.Tensor) -> torch.Tensor:
     """(log energy, direction x, y, z) of each hit's particle from its label row."""
     return torch.cat([torch.log(labels[..., 2:3].clamp_min(1e-3)), labels[..., 3:6]], dim=-1)
