@@ -85,7 +85,8 @@ class BatchLoader:
 
     def __init__(self, dataset: ImageDataset, sampler: Any, batch_size: int, workers: int = 0,
                  indices: np.ndarray | None = None, pin_memory: bool = False, persistent: bool = False,
-                 generator: torch.Generator | None = None, worker_init_fn: Callable[[int], None] | None = None):
+                 generator: torch.Generator | None = None, worker_init_fn: Callable[[int], None] | None = None,
+                 context: Any = None):
         n = len(dataset) if indices is None else len(indices)
         self.ring = torch.empty((PREFETCH * workers + HELD, batch_size, *dataset.store.shape), dtype=torch.float32)
         if workers:
@@ -98,6 +99,7 @@ class BatchLoader:
                                  num_workers=workers, collate_fn=already_collated, generator=generator,
                                  prefetch_factor=PREFETCH if workers else None,
                                  worker_init_fn=worker_init_fn if workers else None,
+                                 multiprocessing_context=context if workers else None,
                                  persistent_workers=persistent and workers > 0)
         # Persistent workers ignore the stop signals, so multiprocessing's exit handler (terminate, then join)
         # would wait for them for ever: stop them first (atexit runs the handlers registered last first).

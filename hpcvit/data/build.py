@@ -232,11 +232,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         starts = np.concatenate([[0], np.cumsum(raw.meta["rows_per_file"])])
 
         source = SourceRows([s["path"] for s in sources], starts, source_rows)
-
-        def where(i: int) -> str:
-            k = int(np.searchsorted(starts, i, side="right") - 1)
-            return f"{sources[k]['path']} (sample {int(source_rows[i])} of the data set)"
-
+        where = source.describe  # picklable: it goes to loader workers with the data sets
         values = rule.make(raw.columns[spec.target_key], spec, where)
         n, n_source = raw.n, int(raw.meta["n_source"])
         train_pos, val_pos, test_pos = split_indices(n, spec)

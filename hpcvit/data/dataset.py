@@ -30,6 +30,12 @@ class SourceRows:
         return {"file": np.array(self.paths, dtype=str)[k] if len(rows) else np.zeros(0, str),
                 "row": in_file.astype(np.int64)}
 
+    def describe(self, row: int) -> str:
+        """Store ``row`` in messages: its file and its sample number in the data set."""
+        k = int(np.searchsorted(self.starts, row, side="right") - 1)
+        in_file = int(row - self.starts[k] if self.source_rows is None else self.source_rows[row])
+        return f"{self.paths[k]} (sample {in_file} of the data set)"
+
 
 class ImageDataset:
     """Map-style data set: ``(image float32 C x H x W, target float32 scalar)`` for rows of a store.

@@ -105,8 +105,9 @@ class Objective:
         raise NotImplementedError
 
     def loader(self, dataset: Any, sampler: Any, batch_size: int, *, workers: int, generator: Any,
-               pin_memory: bool, worker_init_fn: Any, persistent: bool) -> Any:
-        """An iterable of ``(x, y)`` batches of ``dataset`` in ``sampler``'s order (all of it when None)."""
+               pin_memory: bool, worker_init_fn: Any, persistent: bool, context: Any = None) -> Any:
+        """An iterable of ``(x, y)`` batches of ``dataset`` in ``sampler``'s order (all of it when None); its
+        ``workers`` processes start through the multiprocessing ``context`` (None: the default)."""
         raise NotImplementedError
 
     # -- model -------------------------------------------------------------------------------------------

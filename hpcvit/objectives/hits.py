@@ -165,7 +165,7 @@ class HitClustering(Objective):
         return arrange_by_length(indices, self.data.train.sizes, batch_size, seed)
 
     def loader(self, dataset: Any, sampler: Any, batch_size: int, *, workers: int, generator: Any,
-               pin_memory: bool, worker_init_fn: Any, persistent: bool) -> Any:
+               pin_memory: bool, worker_init_fn: Any, persistent: bool, context: Any = None) -> Any:
         from torch.utils.data import DataLoader, Subset
 
         from hpcvit.hits.data import collate
@@ -176,7 +176,7 @@ class HitClustering(Objective):
             dataset = Subset(dataset.dataset, order.tolist())
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                           generator=generator, pin_memory=pin_memory, worker_init_fn=worker_init_fn,
-                          persistent_workers=False, drop_last=False)
+                          multiprocessing_context=context, persistent_workers=False, drop_last=False)
 
     # -- model and loss ------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

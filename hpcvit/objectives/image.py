@@ -81,7 +81,7 @@ class ImageObjective(Objective):
         """State learnt from the training split once the data is built (or taken from ``saved``)."""
 
     def loader(self, dataset: Any, sampler: Any, batch_size: int, *, workers: int, generator: Any,
-               pin_memory: bool, worker_init_fn: Any, persistent: bool) -> Any:
+               pin_memory: bool, worker_init_fn: Any, persistent: bool, context: Any = None) -> Any:
         import torch
         from torch.utils.data import DataLoader
 
@@ -93,10 +93,11 @@ class ImageObjective(Objective):
             dataset, indices = dataset.dataset, dataset.indices
         if isinstance(dataset, ImageDataset):  # whole-batch reads, no per-sample tensors to collate
             return BatchLoader(dataset, sampler, batch_size, workers, indices=indices, pin_memory=pin_memory,
-                               persistent=persistent, generator=generator, worker_init_fn=worker_init_fn)
+                               persistent=persistent, generator=generator, worker_init_fn=worker_init_fn,
+                               context=context)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
-                          pin_memory=pin_memory, worker_init_fn=worker_init_fn, persistent_workers=False,
-                          drop_last=False)
+                          pin_memory=pin_memory, worker_init_fn=worker_init_fn, multiprocessing_context=context,
+                          persistent_workers=False, drop_last=False)
 
     def build_model(self) -> nn.Module:
         """The registered model; with ``data.scalar_inputs`` its features and the scalars feed a small head."""

@@ -29,7 +29,7 @@ from hpcvit.objectives import Objective, get_objective, is_better
 from hpcvit.scheduler.jobenv import JobEnv
 from hpcvit.rngs import host_generators_kept
 from hpcvit.states import TaskState
-from hpcvit.training import distributed, optim, startup, stop
+from hpcvit.training import distributed, optim, startup, stop, workers as worker_procs
 from hpcvit.training.distributed import Dist
 from hpcvit.training.guard import NonFiniteGuard
 from hpcvit.training.model import build_model
@@ -210,7 +210,7 @@ class Trainer:
             dataset, sampler, batch_size, workers=workers,
             generator=torch.Generator().manual_seed(seed) if seed is not None else None,
             pin_memory=self.d.device.type == "cuda", worker_init_fn=stop.ignore_in_worker if workers else None,
-            persistent=persistent)
+            context=worker_procs.context(workers), persistent=persistent)
 
     def _backward(self, x: Any, y: Any, weight: float, sync: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch, its loss weighted by its share of the step; the unweighted loss."""

@@ -1,0 +1,67 @@
+"""Loader workers start from the trainer's fork server, never forked from the trainer itself (whose threads can
+leave a forked child stuck in CPython's after-fork clean-up): every objective's data sets pickle to them, and
+they give the batches read in-process."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcvit.objectives import get_objective
+from hpcvit.training import stop, workers as worker_procs
+from tests.test_hits_training import SMALL, SPEC as HITS, _events
+from tests.test_objectives import REGRESSION, _blobs
+from tests.test_train_features import make_sweep
+
+
+def record_parent(folder: Path, worker_id: int) -> None:
+    stop.ignore_in_worker(worker_id)
+    (folder / f"{os.getpid()}.ppid").write_text(str(os.getppid()))
+
+
+def _spec(workdir: Path, case: str) -> str:
+    if case == "image-synthetic":
+        return "name: w\ndata: {format: synthetic, synthetic: {n_samples: 120, image_size: 8}}\nmodel: {name: cnn_small}\n"
+    if case == "regression-cache":
+        text = REGRESSION.format(path=_blobs(workdir / "blobs.h5", n=120))
+        return text.replace("  scalar_inputs: [pt]\n", f"  scalar_inputs: [pt]\n  cache_dir: {workdir / 'cache'}\n")
+    return HITS.format(name="w", path=_events(workdir / "calo.h5", 24), scaling="standard",
+                       model="hit_graph_transformer", kwargs=SMALL["hit_graph_transformer"], epochs=1, ranks=1)
+
+
+def _flat(batch) -> list[torch.Tensor]:
+    if torch.is_tensor(batch):
+        return [batch.clone()]
+    if isinstance(batch, dict):
+        return [t for k in sorted(batch) for t in _flat(batch[k])]
+    if isinstance(batch, (list, tuple)):
+        return [t for part in batch for t in _flat(part)]
+    return []
+
+
+@pytest.mark.parametrize("case", ["image-synthetic", "regression-cache", "hits"])
+def test_each_objectives_loader_reads_the_same_batches_in_fork_server_workers(workdir: Path, case: str) -> None:
+    sweep = make_sweep(workdir, _spec(workdir, case), tracking=False)
+    spec = sweep.task(0).spec()
+    objective = get_objective(spec.data.task)(spec, sweep.root)
+    data = objective.build_data(None)
+    parents = workdir / "parents"
+    parents.mkdir()
+
+    def batches(dataset, workers: int) -> list[list[torch.Tensor]]:
+        loader = objective.loader(dataset, None, 5, workers=workers, generator=torch.Generator().manual_seed(2),
+                                  pin_memory=False, persistent=False, context=worker_procs.context(workers),
+                                  worker_init_fn=functools.partial(record_parent, parents) if workers else None)
+        return [_flat(b) for b in loader]
+
+    for dataset in (data.train, data.val):
+        alone, shared = batches(dataset, 0), batches(dataset, 2)
+        assert len(alone) == len(shared) > 1
+        for a, b in zip(alone, shared):
+            assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
+    ppids = {int(p.read_text()) for p in parents.glob("*.ppid")}
+    assert len(list(parents.glob("*.ppid"))) == 4 and os.getpid() not in ppids, "workers forked from the trainer"
