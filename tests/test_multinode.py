@@ -4,6 +4,7 @@ in an exact resume, the kill of one node's ranks torn down as a gang, and the re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -99,6 +100,12 @@ def submit(workdir: Path, spec: Path, out: str) -> SweepDir:
 
 def in_queue(job: str) -> bool:
     return bool(subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip())
+
+
+def _queue() -> str:
+    """The queue and the nodes, for a failure's message."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True)
+    return run(["squeue", "-a", "-o", "%i %P %T %r %N"]).stdout + run(["sinfo", "-N", "-o", "%N %T %E"]).stdout
 
 
 def state(sweep: SweepDir) -> str:
@@ -200,12 +207,25 @@ def test_a_preemption_during_a_long_evaluation_loses_no_training(two_nodes: str,
             if task.checkpoints.exists() else []
         return any(m["epoch"] == 0 and m["step"] > 0 for m in metas)
 
-    wait_for(trained_not_evaluated, 600, "the checkpoint saved before epoch 0's evaluation")
-    blocker = subprocess.run(["sbatch", "--parsable", "--partition=high", "--nodes=2", "--cpus-per-task=2",
+    # the blocker waits held, so that its release is one quick call once the evaluation has begun
+    blocker = subprocess.run(["sbatch", "--parsable", "--hold", "--partition=high", "--nodes=2", "--cpus-per-task=2",
                               "--mem=300", "--output=/dev/null", "--wrap", "sleep 5"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    # torchrun's agents log the SIGTERM they pass on; the ranks then live until Slurm's SIGKILL
-    wait_for(lambda: "Received 15 death signal" in task.log.read_text(), 120, "the preemption's SIGTERM")
+    try:
+        wait_for(trained_not_evaluated, 600, "the checkpoint saved before epoch 0's evaluation")
+    finally:
+        subprocess.run(["scontrol", "release", blocker], check=True)
+
+    def signalled_or_said_why() -> bool:  # torchrun's agents log the SIGTERM they pass on
+        log = task.log.read_text()
+        assert " epoch 0: " not in log, f"the evaluation ended before the preemption began:\n{_queue()}"
+        return "Received 15 death signal" in log
+
+    try:
+        wait_for(signalled_or_said_why, 120, "the preemption's SIGTERM")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_queue()}\n{task.log.read_text()[-3000:]}") from None
+    # the ranks then live until Slurm's SIGKILL
     signalled = time.monotonic()
     wait_for(lambda: not any(trainers().values()), 120, "the gang to be gone from both nodes")
     gone_after = time.monotonic() - signalled
