@@ -32,21 +32,23 @@ def run_check(out: Path, *args: str, timeout: float = 1100) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout, cwd=out.parent)
 
 
-def expected_parts() -> list[str]:
-    return [f"{m}/{loop}" for m in MODELS for loop in ("hpcvit", "plain")] + ["resume_twin"]
+def expected_parts(models: list[str] = MODELS) -> list[str]:
+    return [f"{m}/{loop}" for m in models for loop in ("hpcvit", "plain")] + ["resume_twin"]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # six launches of 2 torchrun ranks on a shared 2-core machine
+@pytest.mark.timeout(1200)  # launches of 2 torchrun ranks on a shared 2-core machine
 def test_smoke_reports_every_part_with_figures(tmp_path: Path) -> None:
+    # one model: on the CPU (no compile) every model runs the same code paths; the GPU check runs all three
+    models = MODELS[:1]
     out = tmp_path / "tmp"
-    proc = run_check(out)
+    proc = run_check(out, "--models", ",".join(models))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     parts = result["parts"]
-    assert sorted(parts) == sorted(expected_parts())
+    assert sorted(parts) == sorted(expected_parts(models))
     keys = _module().THROUGHPUT_KEYS
-    for name in expected_parts()[:-1]:
+    for name in expected_parts(models)[:-1]:
         r = parts[name]
         assert r["status"] == "ok", f"{name}: {r}"
         for key in keys:
@@ -62,13 +64,13 @@ def test_smoke_reports_every_part_with_figures(tmp_path: Path) -> None:
     assert result["settings"]["world"] == 2 and result["settings"]["backend"] == "gloo"
 
     table = (out / "results.md").read_text()
-    for m in MODELS:
+    for m in models:
         for loop in ("hpcvit", "plain"):
             assert re.search(rf"^\| {m} \| {loop} \| \d+ \| [\d.]+x \| [\d.]+ % \| [\d.]+ s \| \d+ % \|.*\| ok",
                              table, re.MULTILINE), f"no row for {m}/{loop}:\n{table}"
     assert "final weights bitwise equal" in table
     logs = sorted(p.name for p in (out / "logs").iterdir())
-    assert logs == sorted([*(f"{m}.log" for m in MODELS), "twin-straight.log", "twin-half.log", "twin-resume.log"])
+    assert logs == sorted([*(f"{m}.log" for m in models), "twin-straight.log", "twin-half.log", "twin-resume.log"])
 
 
 def test_spent_budget_records_every_part_as_skipped(tmp_path: Path) -> None:
