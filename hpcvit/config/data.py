@@ -110,7 +110,8 @@ class DataSpec(Section):
     split_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """Seed of the train/validation/test split."""
     num_workers: int = Field(0, ge=0, le=1024)
-    """DataLoader worker processes per rank."""
+    """DataLoader worker processes per rank, forked from a server process each trainer starts (never from the
+    trainer itself, whose threads make forking it unsafe)."""
     preprocessing: PreprocessSpec = PreprocessSpec()
     """Preprocessing steps (GSoC study defaults)."""
     synthetic: SyntheticSpec = SyntheticSpec()
