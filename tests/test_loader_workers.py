@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import torch
 
 from hpcvit.objectives import get_objective
 from hpcvit.training import stop, workers as worker_procs
+from tests.conftest import REPO, wait_for
 from tests.test_hits_training import SMALL, SPEC as HITS, _events
 from tests.test_objectives import REGRESSION, _blobs
 from tests.test_train_features import make_sweep
@@ -65,3 +69,39 @@ def test_each_objectives_loader_reads_the_same_batches_in_fork_server_workers(wo
             assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
     ppids = {int(p.read_text()) for p in parents.glob("*.ppid")}
     assert len(list(parents.glob("*.ppid"))) == 4 and os.getpid() not in ppids, "workers forked from the trainer"
+
+
+KILLED_LOADER = """
+import os, signal, torch
+from multiprocessing import forkserver
+from torch.utils.data import DataLoader, TensorDataset
+from hpcvit.training import workers
+loader = DataLoader(TensorDataset(torch.arange(1000.0)), batch_size=1, num_workers=2,
+                    multiprocessing_context=workers.context(2))
+it = iter(loader)
+next(it)
+print(forkserver._forkserver._forkserver_pid, *(w.pid for w in it._workers), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_killed_trainer_leaves_no_fork_server_nor_worker_behind(tmp_path: Path) -> None:
+    # the workers watch their parent, the server; the server dies with the process that started it
+    proc = subprocess.run([sys.executable, "-c", KILLED_LOADER], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 3
+    try:
+        wait_for(lambda: not any(_alive(p) for p in pids), 30, "the fork server and its workers to exit")
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
