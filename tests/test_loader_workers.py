@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,37 @@ def test_a_killed_trainer_leaves_no_fork_server_nor_worker_behind(tmp_path: Path
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+SIGNALLED_LOADER = """
+import sys, torch
+from multiprocessing import forkserver, resource_tracker
+from torch.utils.data import DataLoader, TensorDataset
+from hpcvit.training import stop, workers
+loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2,
+                    worker_init_fn=stop.ignore_in_worker, multiprocessing_context=workers.context(2))
+it = iter(loader)
+total = float(next(it)[0].sum())
+print(forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid, *(w.pid for w in it._workers),
+      flush=True)
+sys.stdin.readline()
+print(total + sum(float(b[0].sum()) for b in it), flush=True)
+"""
+
+
+def test_the_stop_signals_leave_the_fork_server_its_tracker_and_workers_running() -> None:
+    # a preemption or time-limit warning signals every process of the job; the trainer saves and goes on reading
+    proc = subprocess.Popen([sys.executable, "-c", SIGNALLED_LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 4, proc.stderr.read()[-2000:] if proc.poll() is not None else pids
+        for pid in pids:
+            for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+                os.kill(pid, sig)
+        time.sleep(1.0)
+        assert all(_alive(p) for p in pids), [p for p in pids if not _alive(p)]
+        out, err = proc.communicate("go\n", timeout=60)
+        assert proc.returncode == 0 and float(out) == sum(range(64)), err[-2000:]
+    finally:
+        proc.kill()

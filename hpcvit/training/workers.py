@@ -10,15 +10,28 @@ need first (:mod:`._fork_server`), so each worker starts in milliseconds, and it
 from __future__ import annotations
 
 import multiprocessing
+import signal
+from multiprocessing import forkserver
 from typing import Any
+
+from hpcvit.training.stop import STOP_SIGNALS
 
 PRELOAD = ["hpcvit.training._fork_server"]
 
 
 def context(workers: int) -> Any:
-    """The multiprocessing context for a loader with ``workers`` processes (None without workers)."""
+    """The multiprocessing context for a loader with ``workers`` processes (None without workers); its server
+    is started now, if it is not running."""
     if not workers:
         return None
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)  # read when the server starts, on the first loader's first iteration
+    ctx.set_forkserver_preload(PRELOAD)
+    # The server and the resource tracker it starts inherit the blocked stop signals: one arriving in their
+    # start-up (seconds: the server imports torch) stays pending instead of killing them. The server ignores
+    # and unblocks them first thing; in the tracker they stay blocked.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return ctx
