@@ -124,9 +124,12 @@ def loader_rate(dataset, workers: int, batch_size: int = 64, repeats: int = 3, m
     import torch
     from torch.utils.data import DataLoader
 
+    from hpcvit.training.workers import context
+
     g = torch.Generator().manual_seed(0)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, generator=g,
-                        prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+                        prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+                        multiprocessing_context=context(workers))
     rates = []
     for _ in range(repeats):
         it = iter(loader)
@@ -181,6 +184,7 @@ def cached_input(dataset, workers: int, batch_size: int = 64, epochs: int = 5) -
 
     from hpcvit.data.batches import BatchLoader, already_collated
     from hpcvit.training.sampler import ShardSampler
+    from hpcvit.training.workers import context
 
     mapping = dataset.store.view(slice(None))
     buf = np.empty((batch_size, *dataset.store.shape), dtype=np.float32)
@@ -188,12 +192,14 @@ def cached_input(dataset, workers: int, batch_size: int = 64, epochs: int = 5) -
     sampler = ShardSampler(len(dataset), 0, 1, batch_size, seed=0)
     res: dict[str, float] = {}
     for w in sorted({0, workers}):
-        persistent = BatchLoader(dataset, sampler, batch_size, w, persistent=True)
-        makers = {
+        persistent = BatchLoader(dataset, sampler, batch_size, w, persistent=True, context=context(w))
+        makers = {  # workers from the trainer's fork server
             "batches": lambda p=persistent: p,
             "getitems": lambda w=w: DataLoader(_GetitemsBatches(dataset), batch_size=batch_size, sampler=sampler,
-                                               num_workers=w, collate_fn=already_collated),
-            "per_sample": lambda w=w: DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w),
+                                               num_workers=w, collate_fn=already_collated,
+                                               multiprocessing_context=context(w)),
+            "per_sample": lambda w=w: DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w,
+                                                 multiprocessing_context=context(w)),
         }
         rates: dict[str, list[float]] = {name: [] for name in makers}
         ceilings: dict[str, list[float]] = {name: [] for name in makers}
