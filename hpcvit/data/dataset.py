@@ -32,9 +32,8 @@ class SourceRows:
 
     def describe(self, row: int) -> str:
         """Store ``row`` in messages: its file and its sample number in the data set."""
-        k = int(np.searchsorted(self.starts, row, side="right") - 1)
-        in_file = int(row - self.starts[k] if self.source_rows is None else self.source_rows[row])
-        return f"{self.paths[k]} (sample {in_file} of the data set)"
+        found = self.of(np.array([row]))
+        return f"{found['file'][0]} (sample {int(found['row'][0])} of the data set)"
 
 
 class ImageDataset:
