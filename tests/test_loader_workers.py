@@ -93,6 +93,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _blocked(pid: int) -> set[int]:
+    mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigBlk:"))
+    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+
+
 def test_a_killed_trainer_leaves_no_fork_server_nor_worker_behind(tmp_path: Path) -> None:
     # the workers watch their parent, the server; the server dies with the process that started it
     proc = subprocess.run([sys.executable, "-c", KILLED_LOADER], capture_output=True, text=True, timeout=120,
@@ -108,35 +114,49 @@ def test_a_killed_trainer_leaves_no_fork_server_nor_worker_behind(tmp_path: Path
                 os.kill(pid, signal.SIGKILL)
 
 
+def held_then_ignoring(folder: Path, worker_id: int) -> None:
+    """A worker_init_fn that waits for the test's signals first: torch's own worker SIGTERM handler is
+    installed by then, and the stop signals not yet ignored."""
+    (folder / f"{os.getpid()}.held").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.02)
+    stop.ignore_in_worker(worker_id)
+
+
 SIGNALLED_LOADER = """
-import sys, torch
+import functools, sys, torch
 from multiprocessing import forkserver, resource_tracker
 from torch.utils.data import DataLoader, TensorDataset
-from hpcvit.training import stop, workers
+from hpcvit.training import workers
+from tests.test_loader_workers import held_then_ignoring
 loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4, num_workers=2,
-                    worker_init_fn=stop.ignore_in_worker, multiprocessing_context=workers.context(2))
+                    worker_init_fn=functools.partial(held_then_ignoring, __import__("pathlib").Path(sys.argv[1])),
+                    multiprocessing_context=workers.context(2))
 it = iter(loader)
-total = float(next(it)[0].sum())
 print(forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid, *(w.pid for w in it._workers),
       flush=True)
-sys.stdin.readline()
-print(total + sum(float(b[0].sum()) for b in it), flush=True)
+print(sum(float(b[0].sum()) for b in it), flush=True)
 """
 
 
-def test_the_stop_signals_leave_the_fork_server_its_tracker_and_workers_running() -> None:
-    # a preemption or time-limit warning signals every process of the job; the trainer saves and goes on reading
-    proc = subprocess.Popen([sys.executable, "-c", SIGNALLED_LOADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+def test_the_stop_signals_leave_the_fork_server_its_tracker_and_workers_running(tmp_path: Path) -> None:
+    # a preemption or time-limit warning signals every process of the job, whenever it comes; here while the
+    # workers are starting, and the trainer saves and goes on reading
+    proc = subprocess.Popen([sys.executable, "-c", SIGNALLED_LOADER, str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 4, proc.stderr.read()[-2000:] if proc.poll() is not None else pids
+        wait_for(lambda: len(list(tmp_path.glob("*.held"))) == 2, 60, "both workers to start")
+        # the server was started with them blocked, so none could reach it before it ignored them
+        assert set(stop.STOP_SIGNALS) <= _blocked(pids[0])
         for pid in pids:
             for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
                 os.kill(pid, sig)
         time.sleep(1.0)
         assert all(_alive(p) for p in pids), [p for p in pids if not _alive(p)]
-        out, err = proc.communicate("go\n", timeout=60)
+        (tmp_path / "go").touch()
+        out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and float(out) == sum(range(64)), err[-2000:]
     finally:
         proc.kill()

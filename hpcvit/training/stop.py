@@ -27,9 +27,14 @@ def install_handlers() -> None:
 
 
 def ignore_in_worker(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers must not die on the signals the trainer turns into a checkpoint."""
+    """DataLoader ``worker_init_fn``: workers must not die on the signals the trainer turns into a checkpoint.
+
+    A worker starts with them blocked (from its fork server); once ignored, the ones that came meanwhile are
+    dropped as they are unblocked.
+    """
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def watch_parent(grace_s: float = ORPHAN_GRACE_S) -> int:

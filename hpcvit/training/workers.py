@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from typing import Any
 
 from hpcvit.training.stop import STOP_SIGNALS
@@ -27,10 +27,13 @@ def context(workers: int) -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     # The server and the resource tracker it starts inherit the blocked stop signals: one arriving in their
-    # start-up (seconds: the server imports torch) stays pending instead of killing them. The server ignores
-    # and unblocks them first thing; in the tracker they stay blocked.
+    # start-up (seconds: the server imports torch) stays pending instead of killing them. They stay blocked
+    # in both, and in each worker until its worker_init_fn ignores them. Starting the tracker unblocks SIGINT
+    # and SIGTERM again (multiprocessing's own guard for it), so they are blocked anew for the server.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
