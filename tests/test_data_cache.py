@@ -156,3 +156,22 @@ def test_parallel_decode_matches_direct_reading(tmp_path):
     np.testing.assert_array_equal(np.load(raw.dir / "x.npy"), store.read(rows))
     pt = np.concatenate([store.column("pt")])
     np.testing.assert_array_equal(rows, np.flatnonzero((pt >= 5) & (pt < 95)))
+
+
+def test_a_cached_data_set_reaches_loader_workers_without_its_source_row_array(tmp_path):
+    # the rows' source positions (int64 per cached row) are read from the cache by a worker that needs them
+    import pickle
+
+    p, _ = make_file(tmp_path / "a.parquet", n=4000)
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(tmp_path / "cache"),
+                    cuts={"pt": [10, 90]}, val_fraction=0.25)
+    val = build_datasets(spec, tmp_path).val
+    sent = pickle.dumps(val)
+    # the split's own rows and targets, and a few kB of the rest, against the whole cache's source rows
+    assert len(sent) < val.rows.nbytes + val.targets.nbytes + 8192 < val.source.source_rows.nbytes
+    assert len(pickle.dumps(val.source)) < 2048
+    there = pickle.loads(sent)
+    rows = val.rows[::7]
+    assert [there.source.describe(r) for r in rows] == [val.source.describe(r) for r in rows]
+    np.testing.assert_array_equal(there.source.of(rows)["row"], val.source.of(rows)["row"])
+    assert there.source.of(rows)["row"].max() > 0 and len(set(there.source.of(rows)["row"])) == len(rows)

@@ -231,7 +231,7 @@ def build_datasets(spec: DataSpec, sweep_dir: Path, stats: dict[str, list[float]
         sources = raw.meta["sources"]
         starts = np.concatenate([[0], np.cumsum(raw.meta["rows_per_file"])])
 
-        source = SourceRows([s["path"] for s in sources], starts, source_rows)
+        source = SourceRows([s["path"] for s in sources], starts, source_rows, raw.columns_file)
         where = source.describe  # picklable: it goes to loader workers with the data sets
         values = rule.make(raw.columns[spec.target_key], spec, where)
         n, n_source = raw.n, int(raw.meta["n_source"])

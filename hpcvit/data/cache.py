@@ -175,6 +175,10 @@ class RawCache:
     def store(self) -> MemmapStore:
         return MemmapStore(self.dir / "x.npy")
 
+    @property
+    def columns_file(self) -> Path:
+        return self.dir / "columns.npz"
+
 
 def decode_workers(n_rows: int, workers: int | None) -> int:
     """Processes decoding a raw cache: the usable cores (at most 16), at least 512 samples each."""

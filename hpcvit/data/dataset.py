@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,29 @@ from hpcvit.config import PreprocessSpec
 class SourceRows:
     """Where each row of a store came from: the data set's files and each row's file and index in it."""
 
-    def __init__(self, paths: list[str], starts: np.ndarray, source_rows: np.ndarray | None = None):
+    def __init__(self, paths: list[str], starts: np.ndarray, source_rows: np.ndarray | None = None,
+                 saved_in: Path | None = None):
         self.paths = [str(p) for p in paths]
         self.starts = np.asarray(starts, dtype=np.int64)
         """First store row of each file."""
-        self.source_rows = source_rows
+        self._source_rows = source_rows
+        self.saved_in = saved_in
+        """The cache's ``columns.npz`` holding ``source_rows``: another process (a loader worker) reads them
+        from it when it first needs them (a message), instead of receiving a row-long array pickled."""
+
+    @property
+    def source_rows(self) -> np.ndarray | None:
         """A cache's row -> the row of its source file (None: the store reads the files themselves)."""
+        if self._source_rows is None and self.saved_in is not None:
+            with np.load(self.saved_in) as z:
+                self._source_rows = z["__source_row__"]
+        return self._source_rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self.saved_in is not None:
+            state["_source_rows"] = None
+        return state
 
     def of(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """``file`` (path) and ``row`` (index in that file) of store ``rows``."""
