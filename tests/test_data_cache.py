@@ -114,7 +114,7 @@ def test_waits_for_a_build_holding_the_lock_and_races_are_safe(tmp_path):
         results = [r.get(timeout=60) for r in pending]
     assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
     assert len(dirs(cache, "raw-")) == 1 and len(dirs(cache, "pre-")) == 1
-    assert not list(cache.glob(".*.tmp-*"))
+    assert not list(cache.glob(".*.tmp"))
 
 
 def test_cached_samples_through_loader_workers_and_writes_do_not_reach_the_cache(tmp_path):
@@ -175,3 +175,60 @@ def test_a_cached_data_set_reaches_loader_workers_without_its_source_row_array(t
     assert [there.source.describe(r) for r in rows] == [val.source.describe(r) for r in rows]
     np.testing.assert_array_equal(there.source.of(rows)["row"], val.source.of(rows)["row"])
     assert there.source.of(rows)["row"].max() > 0 and len(set(there.source.of(rows)["row"])) == len(rows)
+
+
+DECODE = """
+import sys
+from pathlib import Path
+from hpcvit.config import DataSpec
+from hpcvit.data.cache import ensure_raw
+spec = DataSpec(format="parquet", nonfinite="zero", paths=[sys.argv[1]], cache_dir=sys.argv[2])
+ensure_raw(spec, [Path(sys.argv[1])], workers=2)
+"""
+
+
+def _decoding(pid: int) -> list[int]:
+    """Spawned children of ``pid`` writing a part of a cache being built."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            if any(os.readlink(fd).endswith(".tmp/x.npy") for fd in (stat.parent / "fd").iterdir()):
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_a_decode_process_that_dies_fails_the_build_at_once_and_leaves_no_cache(tmp_path):
+    # the out-of-memory killer takes a decode process in its part: the build stops with a one-line error
+    # instead of waiting for that part for ever (under the cache lock, which every task of the sweep waits on)
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    from hpcvit.data.parquet import write_jets
+
+    n = 4096  # two processes, eight parts of a few tenths of a second each (one row per row group)
+    x = np.random.default_rng(0).exponential(1.0, size=(n, 3, 32, 32)).astype(np.float32)
+    p = write_jets(tmp_path / "a.parquet", x, {"y": (np.arange(n) % 2).astype(float)})
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", DECODE, str(p), str(cache)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, busy = time.monotonic() + 60, []
+        while not busy and proc.poll() is None and time.monotonic() < deadline:
+            busy = _decoding(proc.pid)
+        assert busy, proc.stderr.read()[-2000:] if proc.poll() is not None else "no decode process in its part"
+        os.kill(busy[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "WorkerDied: a decode process died before it finished" in err, err[-2000:]
+    assert not dirs(cache, "raw-") and not list(cache.glob(".*.tmp"))
+    spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(cache))
+    from hpcvit.data.cache import ensure_raw
+    assert ensure_raw(spec, [p], workers=2).n == n  # nothing held: the next build goes through

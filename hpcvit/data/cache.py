@@ -38,6 +38,7 @@ from hpcvit.data.memmap import MemmapStore, RowWriter, create_npy
 from hpcvit.data.preprocess import ChannelStats, apply, channel_stats, check_finite, stats_block
 from hpcvit.data.selection import select
 from hpcvit.data.store import DataError, Store, rows_per
+from hpcvit.parallel import spawn_map
 from hpcvit.config import DataSpec, PreprocessSpec, data_fields
 
 log = logging.getLogger(__name__)
@@ -234,15 +235,12 @@ def _build_raw(spec: DataSpec, paths: list[Path], progress: bool, tmp: Path, wor
         if n_proc == 1:
             _decode_part(store, rows, 0, tmp / "x.npy", offset, advance)
         else:
-            import multiprocessing as mp
-
             bounds = np.linspace(0, len(rows), 4 * n_proc + 1).astype(np.int64)
             parts = [(store, rows[a:b], int(a), tmp / "x.npy", offset)
                      for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-            # spawn: the parent may hold pyarrow/torch threads that a fork would copy in a broken state
-            with mp.get_context("spawn").Pool(n_proc, initializer=_decode_worker_init) as pool:
-                for got in pool.imap_unordered(_decode_part_job, parts):
-                    advance(got)
+            for got in spawn_map(_decode_part_job, parts, n_proc, ordered=False, initializer=_decode_worker_init,
+                                 what="decode"):
+                advance(got)
     np.savez(tmp / "columns.npz", __source_row__=rows, **cols)
     file_of = store.file_index(rows)
     meta = {

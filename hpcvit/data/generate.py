@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from hpcvit import fsio
+from hpcvit.parallel import spawn_map
 
 IMAGE = 125
 PIXEL_ETA = 0.0174
@@ -334,7 +335,6 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
 
     Returns a summary: jets, events per class, seconds, jets per second.
     """
-    import multiprocessing as mp
 
     import pyarrow.parquet as pq
 
@@ -368,25 +368,25 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
                 bar.start()
                 task = bar.add_task("jets", total=cfg.n, rate="")
-            with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-                for res in pool.imap_unordered(_work, [(cfg, s) for s in shards]):
-                    done[res["index"]] = res
-                    events[res["label"]] += res["n_events"]
-                    if on_shard:
-                        on_shard(res)
-                    if bar is not None:
-                        got = bar.tasks[0].completed + len(res["pt"])
-                        bar.update(task, completed=got, rate=f"{got / (time.monotonic() - t0):.1f} jets/s")
-                    while next_write in done:  # write in shard order: the file does not depend on scheduling
-                        r = done.pop(next_write)
-                        n = len(r["pt"])
-                        table = jets_table(densify(r), {"y": np.full(n, float(r["label"])), "pt": r["pt"],
-                                                        "m0": r["m0"], "eta": r["eta"], "phi": r["phi"]},
-                                           metadata=meta)
-                        if writer is None:
-                            writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
-                        writer.write_table(table, row_group_size=row_group_size)
-                        next_write += 1
+            for res in spawn_map(_work, [(cfg, s) for s in shards], workers, ordered=False,
+                                 initializer=_worker_init, what="generator"):
+                done[res["index"]] = res
+                events[res["label"]] += res["n_events"]
+                if on_shard:
+                    on_shard(res)
+                if bar is not None:
+                    got = bar.tasks[0].completed + len(res["pt"])
+                    bar.update(task, completed=got, rate=f"{got / (time.monotonic() - t0):.1f} jets/s")
+                while next_write in done:  # write in shard order: the file does not depend on scheduling
+                    r = done.pop(next_write)
+                    n = len(r["pt"])
+                    table = jets_table(densify(r), {"y": np.full(n, float(r["label"])), "pt": r["pt"],
+                                                    "m0": r["m0"], "eta": r["eta"], "phi": r["phi"]},
+                                       metadata=meta)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+                    writer.write_table(table, row_group_size=row_group_size)
+                    next_write += 1
             writer.close()
             writer = None
     finally:

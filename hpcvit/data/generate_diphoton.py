@@ -26,7 +26,6 @@ the mass is measured from. Rows: ``X_jet`` (8 x 125 x 125), ``m`` (GeV), ``pt``,
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import numpy as np
 from hpcvit import fsio
 from hpcvit.data import showers
 from hpcvit.data.generate_egamma import plan
+from hpcvit.parallel import spawn_map
 
 IMAGE = 125
 CHANNELS = ["track pT", "track d0", "track dz", "ECAL", "HCAL", "BPix layer 1", "BPix layer 2", "BPix layer 3"]
@@ -187,13 +187,12 @@ def generate_diphoton(n: int, out: Path, seed: int = 1, workers: int = 1, shard_
     writer = None
     try:
         with fsio.atomic_path(out) as tmp:
-            with mp.get_context("spawn").Pool(max(1, min(workers, len(shards)))) as pool:
-                for res in pool.imap(_work, shards):
-                    table = jets_table(res["x"], {k: res[k] for k in ("m", "pt", "eta", "phi", "ieta", "iphi")},
-                                       image_column="X_jet", metadata=meta)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
-                    writer.write_table(table, row_group_size=row_group_size)
+            for res in spawn_map(_work, shards, max(1, min(workers, len(shards))), what="generator"):
+                table = jets_table(res["x"], {k: res[k] for k in ("m", "pt", "eta", "phi", "ieta", "iphi")},
+                                   image_column="X_jet", metadata=meta)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+                writer.write_table(table, row_group_size=row_group_size)
             writer.close()
             writer = None
     finally:

@@ -11,7 +11,6 @@ files depend on the seed, ``n`` and the shard size only, not on the number of wo
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from hpcvit import fsio
 from hpcvit.data import showers
+from hpcvit.parallel import spawn_map
 
 PT = 50.0
 ETA_MAX = 1.4
@@ -102,19 +102,18 @@ def generate_egamma(n: int, out_dir: Path, seed: int = 1, workers: int = 1, shar
                 f.attrs.update({"generator": "hpcvit.data.generate_egamma", "seed": seed, "pt_gev": PT,
                                 "abs_eta_max": ETA_MAX, "label": ["photon", "electron"][lab],
                                 "channels": "ECAL energy (GeV), arrival time (ns)"})
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(max(1, min(workers, len(shards)))) as pool:
-                for res in pool.imap(_work, shards):  # in shard order: the files do not depend on scheduling
-                    f = files[res["label"]]
-                    m = len(res["x"])
-                    f["X"].resize(f["X"].shape[0] + m, axis=0)
-                    f["X"][-m:] = res["x"]
-                    f["y"].resize(f["y"].shape[0] + m, axis=0)
-                    f["y"][-m:] = float(res["label"])
-                    for column, values in (("pt", np.full(m, PT)), ("eta", res["eta"]), ("phi", res["phi"])):
-                        f[column].resize(f[column].shape[0] + m, axis=0)
-                        f[column][-m:] = values
-                    converted[res["label"]] += int(res["converted"].sum())
+            # in shard order: the files do not depend on scheduling
+            for res in spawn_map(_work, shards, max(1, min(workers, len(shards))), what="generator"):
+                f = files[res["label"]]
+                m = len(res["x"])
+                f["X"].resize(f["X"].shape[0] + m, axis=0)
+                f["X"][-m:] = res["x"]
+                f["y"].resize(f["y"].shape[0] + m, axis=0)
+                f["y"][-m:] = float(res["label"])
+                for column, values in (("pt", np.full(m, PT)), ("eta", res["eta"]), ("phi", res["phi"])):
+                    f[column].resize(f[column].shape[0] + m, axis=0)
+                    f[column][-m:] = values
+                converted[res["label"]] += int(res["converted"].sum())
         finally:
             for f in files.values():
                 f.close()

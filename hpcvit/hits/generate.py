@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 from hpcvit import __version__
 from hpcvit.hits import detector
 from hpcvit.hits.simulate import EventConfig, make_event
+from hpcvit.parallel import spawn_map
 
 EVENT_COLUMNS = ("n_particles", "jet_energy", "jet_eta", "jet_phi", "n_noise", "min_distance")
 
@@ -38,8 +38,7 @@ def events(n: int, seed: int, cfg: EventConfig, workers: int = 1, shard: int = 5
     jobs = [(seed, lo, min(lo + shard, n), cfg) for lo in range(0, n, shard)]
     if workers <= 1 or len(jobs) == 1:
         return [e for job in jobs for e in _shard(job)]
-    with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-        return [e for part in pool.imap(_shard, jobs) for e in part]
+    return [e for part in spawn_map(_shard, jobs, min(workers, len(jobs)), what="generator") for e in part]
 
 
 def _ragged(evs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
