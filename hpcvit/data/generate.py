@@ -335,7 +335,6 @@ def generate(cfg: GenConfig, out: str | Path, workers: int | None = None, row_gr
 
     Returns a summary: jets, events per class, seconds, jets per second.
     """
-
     import pyarrow.parquet as pq
 
     from hpcvit.data.parquet import jets_table
