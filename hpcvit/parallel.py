@@ -1,19 +1,25 @@
 """One function over many parts in fresh processes: data cache decoding and the event generators.
 
 The processes are spawned, not forked: the caller may hold pyarrow, torch or tracking threads, which a fork
-would copy in a broken state. A process that dies (the kernel's out-of-memory killer, a kill) ends the whole
-map with :class:`WorkerDied` at once; ``multiprocessing.Pool`` would replace the process and wait for the
-lost part for ever.
+would copy in a broken state. They hold the stop signals blocked, so a preemption that signals every process
+of the job leaves the caller to decide (a trainer finishes its cache, then saves); they die with the caller.
+A process that dies (the kernel's out-of-memory killer, a kill) ends the whole map with :class:`WorkerDied`
+at once, where ``multiprocessing.Pool`` would replace it and wait for its lost part for ever; an error or an
+early stop of the caller kills the processes rather than waiting for the parts they run.
 """
 
 from __future__ import annotations
 
+import functools
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any, TypeVar
+
+from hpcvit.scheduler.procs import die_with_parent, held_signals
 
 T = TypeVar("T")
 
@@ -22,26 +28,41 @@ class WorkerDied(RuntimeError):
     """A process of :func:`spawn_map` ended without returning its part."""
 
 
+def _start(initializer: Callable[[], None] | None) -> None:
+    die_with_parent(signal.SIGKILL)  # spawned by the caller's thread, which runs the map to its end
+    if initializer is not None:
+        initializer()
+
+
 def spawn_map(fn: Callable[[Any], T], parts: Iterable[Any], processes: int, *, ordered: bool = True,
               initializer: Callable[[], None] | None = None, what: str = "worker") -> Iterator[T]:
     """``fn(part)`` for every part in ``processes`` spawned processes: results in the parts' order, or as
-    they finish (``ordered=False``). Results already taken are not kept. Parts not yet started are dropped
-    when the caller stops early or a part raises (its exception is raised here)."""
-    with ProcessPoolExecutor(processes, mp_context=get_context("spawn"), initializer=initializer) as pool:
-        pending: deque[Future[T]] = deque(pool.submit(fn, part) for part in parts)
-        try:
-            while pending:
-                if ordered:
-                    yield pending.popleft().result()
-                    continue
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    pending.remove(future)
-                for future in done:
-                    yield future.result()
-        except BrokenProcessPool:
-            raise WorkerDied(f"a {what} process died before it finished its part (killed, or out of memory: "
-                             f"try fewer processes)") from None
-        finally:
-            for future in pending:
-                future.cancel()
+    they finish (``ordered=False``); results already taken are not kept. An exception of a part is raised
+    here; then, or when the caller stops early, the processes are killed."""
+    with held_signals():  # its queues may start the resource tracker
+        pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"),
+                                   initializer=functools.partial(_start, initializer))
+    futures: deque[Future[T]] = deque()
+    done = False
+    try:
+        with held_signals():  # processes start when parts are submitted
+            futures.extend(pool.submit(fn, part) for part in parts)
+        if ordered:
+            while futures:
+                yield futures.popleft().result()
+        else:
+            pending = set(futures)
+            futures.clear()
+            for future in as_completed(pending):
+                pending.discard(future)
+                yield future.result()
+        done = True
+    except BrokenProcessPool as exc:
+        raise WorkerDied(f"a {what} process ended before it finished its part (killed: out of memory? "
+                         f"try fewer processes)") from exc
+    finally:
+        if not done:
+            # 3.11's executor has no public way to stop the parts that run; its processes are its own
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)  # the parts not started are dropped

@@ -89,6 +89,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def signals_in(pid: int, field: str) -> set[int]:
+    """The signals in ``/proc/PID/status`` line ``field``: ``SigBlk`` (blocked), ``SigIgn`` (ignored)."""
+    mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(f"{field}:"))
+    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
+
+
 def kill_tree(root: int) -> None:
     """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
     parents: dict[int, list[int]] = {}

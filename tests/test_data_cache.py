@@ -187,30 +187,30 @@ ensure_raw(spec, [Path(sys.argv[1])], workers=2)
 """
 
 
-def _decoding(pid: int) -> list[int]:
-    """Spawned children of ``pid`` writing a part of a cache being built."""
-    found = []
+def _children(pid: int) -> dict[int, str]:
+    """Children of ``pid``: their command lines, with the paths of the files they have open."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:
-                continue
-            if any(os.readlink(fd).endswith(".tmp/x.npy") for fd in (stat.parent / "fd").iterdir()):
-                found.append(int(stat.parent.name))
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                files = [os.readlink(fd) for fd in (stat.parent / "fd").iterdir()]
+                found[int(stat.parent.name)] = " ".join([(stat.parent / "cmdline").read_text(), *files])
         except (OSError, IndexError, ValueError):
             continue
     return found
 
 
-def test_a_decode_process_that_dies_fails_the_build_at_once_and_leaves_no_cache(tmp_path):
-    # the out-of-memory killer takes a decode process in its part: the build stops with a one-line error
-    # instead of waiting for that part for ever (under the cache lock, which every task of the sweep waits on)
+def test_a_decode_process_resists_stop_signals_and_one_that_dies_fails_the_build_at_once(tmp_path):
+    # a preemption signals every process of the job: the decode processes go on (the trainer saves after the
+    # build); the out-of-memory killer takes one in its part: the build stops with a one-line error instead
+    # of waiting for that part for ever (under the cache lock, which every task of the sweep waits on)
     import signal
     import subprocess
     import sys
 
-    from tests.conftest import REPO
-
+    from hpcvit.scheduler.procs import STOP_SIGNALS
     from hpcvit.data.parquet import write_jets
+    from tests.conftest import REPO, signals_in
 
     n = 4096  # two processes, eight parts of a few tenths of a second each (one row per row group)
     x = np.random.default_rng(0).exponential(1.0, size=(n, 3, 32, 32)).astype(np.float32)
@@ -219,15 +219,25 @@ def test_a_decode_process_that_dies_fails_the_build_at_once_and_leaves_no_cache(
     proc = subprocess.Popen([sys.executable, "-c", DECODE, str(p), str(cache)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline, busy = time.monotonic() + 60, []
+        deadline, busy, children = time.monotonic() + 60, [], {}
         while not busy and proc.poll() is None and time.monotonic() < deadline:
-            busy = _decoding(proc.pid)
+            children = _children(proc.pid)
+            busy = [pid for pid, what in children.items() if ".tmp/x.npy" in what]
+            time.sleep(0.01)
         assert busy, proc.stderr.read()[-2000:] if proc.poll() is not None else "no decode process in its part"
+        tracker = [pid for pid, what in children.items() if "resource_tracker" in what]
+        for pid in [*busy, *tracker]:  # the tracker was started with them blocked too: it ignores two of three
+            assert set(STOP_SIGNALS) <= signals_in(pid, "SigBlk") | signals_in(pid, "SigIgn"), pid
+        for sig in STOP_SIGNALS:
+            os.kill(busy[0], sig)
+        time.sleep(0.2)
+        assert Path(f"/proc/{busy[0]}").exists() and proc.poll() is None
         os.kill(busy[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode != 0 and "WorkerDied: a decode process died before it finished" in err, err[-2000:]
+    assert proc.returncode != 0 and "WorkerDied: a decode process ended before it finished its part" in err, \
+        err[-2000:]
     assert not dirs(cache, "raw-") and not list(cache.glob(".*.tmp"))
     spec = DataSpec(format="parquet", nonfinite="zero", paths=[str(p)], cache_dir=str(cache))
     from hpcvit.data.cache import ensure_raw

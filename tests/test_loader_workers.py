@@ -17,7 +17,7 @@ import torch
 
 from hpcvit.objectives import get_objective
 from hpcvit.training import stop, workers as worker_procs
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, signals_in, wait_for
 from tests.test_hits_training import SMALL, SPEC as HITS, _events
 from tests.test_objectives import REGRESSION, _blobs
 from tests.test_train_features import make_sweep
@@ -93,12 +93,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _blocked(pid: int) -> set[int]:
-    mask = next(int(line.split()[1], 16) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("SigBlk:"))
-    return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
-
-
 def test_a_killed_trainer_leaves_no_fork_server_nor_worker_behind(tmp_path: Path) -> None:
     # the workers watch their parent, the server; the server dies with the process that started it
     proc = subprocess.run([sys.executable, "-c", KILLED_LOADER], capture_output=True, text=True, timeout=120,
@@ -150,7 +144,7 @@ def test_the_stop_signals_leave_the_fork_server_its_tracker_and_workers_running(
         assert len(pids) == 4, proc.stderr.read()[-2000:] if proc.poll() is not None else pids
         wait_for(lambda: len(list(tmp_path.glob("*.held"))) == 2, 60, "both workers to start")
         # the server was started with them blocked, so none could reach it before it ignored them
-        assert set(stop.STOP_SIGNALS) <= _blocked(pids[0])
+        assert set(stop.STOP_SIGNALS) <= signals_in(pids[0], "SigBlk")
         for pid in pids:
             for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
                 os.kill(pid, sig)

@@ -7,9 +7,14 @@ import ctypes
 import functools
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+"""Signals that ask a job to stop: preemption or ``scancel``, the time-limit warning, Ctrl-C. Slurm sends
+them to every process of the job step, helpers included."""
 
 
 def process_start_time(pid: int) -> int | None:
@@ -39,6 +44,23 @@ def libc() -> ctypes.CDLL:
     """The C library, loaded once. A parent that forks with threads running loads it first, so that its
     child's :func:`die_with_parent` (a ``preexec_fn``) only calls into it and never takes the loader's lock."""
     return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+@contextlib.contextmanager
+def held_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Processes started in this block start with ``signals`` blocked (they stay pending, never delivered,
+    until the process unblocks them), and so does multiprocessing's resource tracker if this starts it: its
+    own guard unblocks SIGINT and SIGTERM again on its way out, and it dies on SIGUSR2. The calling thread
+    gets its signals when the block ends."""
+    from multiprocessing import resource_tracker
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:

@@ -8,10 +8,12 @@ import threading
 import time
 from typing import Any
 
+from hpcvit.scheduler import procs
+
 ORPHAN_GRACE_S = 60.0
 """How long a rank whose torchrun agent died may go on (to finish saving) before it exits by itself."""
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+STOP_SIGNALS = procs.STOP_SIGNALS
 """Signals that make the trainer save at the next step and exit (preemption, time-limit warning, Ctrl-C)."""
 
 _received: dict[str, str] = {}

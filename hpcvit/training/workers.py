@@ -10,31 +10,28 @@ need first (:mod:`._fork_server`), so each worker starts in milliseconds, and it
 from __future__ import annotations
 
 import multiprocessing
-import signal
-from multiprocessing import forkserver, resource_tracker
+from multiprocessing import forkserver
 from typing import Any
 
-from hpcvit.training.stop import STOP_SIGNALS
+from hpcvit.scheduler.procs import held_signals
 
 PRELOAD = ["hpcvit.training._fork_server"]
 
 
 def context(workers: int) -> Any:
     """The multiprocessing context for a loader with ``workers`` processes (None without workers); its server
-    is started now, if it is not running."""
+    is started now, if it is not running.
+
+    Its workers start with the stop signals blocked, so that none reaches a worker while torch's own handler
+    is installed: the loader's ``worker_init_fn`` must be :func:`.stop.ignore_in_worker`, which ignores and
+    unblocks them (without it, nothing could stop the workers but a kill).
+    """
     if not workers:
         return None
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    # The server and the resource tracker it starts inherit the blocked stop signals: one arriving in their
-    # start-up (seconds: the server imports torch) stays pending instead of killing them. They stay blocked
-    # in both, and in each worker until its worker_init_fn ignores them. Starting the tracker unblocks SIGINT
-    # and SIGTERM again (multiprocessing's own guard for it), so they are blocked anew for the server.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # The server (and the resource tracker, if not running yet) start with them blocked: one arriving in their
+    # start-up (seconds: the server imports torch) stays pending instead of killing them; they stay blocked.
+    with held_signals():
         forkserver.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return ctx
