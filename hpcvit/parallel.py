@@ -39,13 +39,13 @@ def spawn_map(fn: Callable[[Any], T], parts: Iterable[Any], processes: int, *, o
     """``fn(part)`` for every part in ``processes`` spawned processes: results in the parts' order, or as
     they finish (``ordered=False``); results already taken are not kept. An exception of a part is raised
     here; then, or when the caller stops early, the processes are killed."""
-    with held_signals():  # its queues may start the resource tracker
-        pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"),
-                                   initializer=functools.partial(_start, initializer))
+    pool: ProcessPoolExecutor | None = None
     futures: deque[Future[T]] = deque()
     done = False
     try:
-        with held_signals():  # processes start when parts are submitted
+        with held_signals():  # the pool's queues may start the resource tracker; its processes start at submit
+            pool = ProcessPoolExecutor(processes, mp_context=get_context("spawn"),
+                                       initializer=functools.partial(_start, initializer))
             futures.extend(pool.submit(fn, part) for part in parts)
         if ordered:
             while futures:
@@ -61,8 +61,9 @@ def spawn_map(fn: Callable[[Any], T], parts: Iterable[Any], processes: int, *, o
         raise WorkerDied(f"a {what} process ended before it finished its part (killed: out of memory? "
                          f"try fewer processes)") from exc
     finally:
-        if not done:
-            # 3.11's executor has no public way to stop the parts that run; its processes are its own
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)  # the parts not started are dropped
+        if pool is not None:
+            if not done:
+                # 3.11's executor has no public way to stop the parts that run; its processes are its own
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+            pool.shutdown(wait=True, cancel_futures=True)  # the parts not started are dropped

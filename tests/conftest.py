@@ -96,8 +96,8 @@ def signals_in(pid: int, field: str) -> set[int]:
     return {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
 
 
-def kill_tree(root: int) -> None:
-    """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, by the parent's pid (read from ``/proc`` now)."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -105,6 +105,12 @@ def kill_tree(root: int) -> None:
         except OSError:
             continue
         parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return parents
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL a process and all its descendants (stopped first, so none can react to the others dying)."""
+    parents = process_children()
     tree, todo = [], [root]
     while todo:
         pid = todo.pop()

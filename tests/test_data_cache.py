@@ -189,13 +189,14 @@ ensure_raw(spec, [Path(sys.argv[1])], workers=2)
 
 def _children(pid: int) -> dict[int, str]:
     """Children of ``pid``: their command lines, with the paths of the files they have open."""
+    from tests.conftest import process_children
+
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for child in process_children().get(pid, []):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                files = [os.readlink(fd) for fd in (stat.parent / "fd").iterdir()]
-                found[int(stat.parent.name)] = " ".join([(stat.parent / "cmdline").read_text(), *files])
-        except (OSError, IndexError, ValueError):
+            files = [os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()]
+            found[child] = " ".join([Path(f"/proc/{child}/cmdline").read_text(), *files])
+        except OSError:
             continue
     return found
 
